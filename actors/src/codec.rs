@@ -1,0 +1,131 @@
+//! The wire codec: MessagePack (rmp-serde) with a hard size bound.
+//!
+//! Peers are not trusted to send well-formed data. [`decode`] never panics: a payload that is
+//! too large, truncated or of the wrong shape comes back as a [`CodecError`] that names what
+//! was wrong, so the receiver can answer the sender instead of dropping the message silently.
+//!
+//! Structs are encoded as maps (field names on the wire), so adding an optional field later
+//! stays compatible with older peers.
+
+use serde::{de::DeserializeOwned, Serialize};
+
+/// Largest frame, in bytes, that any tether protocol accepts from a peer (16 MiB).
+pub const MAX_FRAME_LEN: usize = 16 * 1024 * 1024;
+
+/// Why a value could not be encoded or decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    /// The payload is larger than the limit the receiver accepts.
+    #[error("payload of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge {
+        /// Size of the payload.
+        len: usize,
+        /// The limit in force.
+        max: usize,
+    },
+    /// The bytes are not a valid encoding of the expected type.
+    #[error("malformed payload: {0}")]
+    Malformed(String),
+    /// The value could not be serialized.
+    #[error("cannot encode value: {0}")]
+    Encode(String),
+}
+
+/// Encodes `value` as MessagePack with named fields.
+///
+/// # Errors
+/// [`CodecError::Encode`] if serde refuses the value; [`CodecError::TooLarge`] if the result is
+/// larger than [`MAX_FRAME_LEN`], which no peer would accept.
+pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
+    let bytes = rmp_serde::to_vec_named(value).map_err(|e| CodecError::Encode(e.to_string()))?;
+    if bytes.len() > MAX_FRAME_LEN {
+        return Err(CodecError::TooLarge {
+            len: bytes.len(),
+            max: MAX_FRAME_LEN,
+        });
+    }
+    Ok(bytes)
+}
+
+/// Decodes a MessagePack payload into `T`.
+///
+/// # Errors
+/// [`CodecError::TooLarge`] above [`MAX_FRAME_LEN`]; [`CodecError::Malformed`] for anything that
+/// is not a complete, valid encoding of `T` (including trailing bytes).
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    if bytes.len() > MAX_FRAME_LEN {
+        return Err(CodecError::TooLarge {
+            len: bytes.len(),
+            max: MAX_FRAME_LEN,
+        });
+    }
+    let mut de = rmp_serde::Deserializer::new(bytes);
+    let value = T::deserialize(&mut de).map_err(|e| CodecError::Malformed(e.to_string()))?;
+    let rest = de.into_inner();
+    if !rest.is_empty() {
+        return Err(CodecError::Malformed(format!(
+            "{} trailing bytes after the value",
+            rest.len()
+        )));
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Hello {
+        name: String,
+        n: u64,
+    }
+
+    #[test]
+    fn round_trips_named_struct() {
+        let v = Hello {
+            name: "r1".into(),
+            n: 7,
+        };
+        let bytes = encode(&v).unwrap();
+        assert_eq!(decode::<Hello>(&bytes).unwrap(), v);
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        for junk in [&b""[..], b"\xff\xff\xff", b"\x81\xa4name", &[0xc1; 64]] {
+            assert!(matches!(
+                decode::<Hello>(junk),
+                Err(CodecError::Malformed(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn wrong_shape_is_malformed() {
+        let bytes = encode(&("r1", 1u8, true)).unwrap();
+        let err = decode::<Hello>(&bytes).unwrap_err();
+        assert!(matches!(err, CodecError::Malformed(_)), "{err}");
+    }
+
+    #[test]
+    fn trailing_bytes_are_rejected() {
+        let mut bytes = encode(&Hello {
+            name: "a".into(),
+            n: 1,
+        })
+        .unwrap();
+        bytes.push(0);
+        assert!(decode::<Hello>(&bytes).is_err());
+    }
+
+    #[test]
+    fn oversized_input_is_refused_before_parsing() {
+        let big = vec![0u8; MAX_FRAME_LEN + 1];
+        assert!(matches!(
+            decode::<Hello>(&big),
+            Err(CodecError::TooLarge { .. })
+        ));
+    }
+}
