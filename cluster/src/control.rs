@@ -1,0 +1,386 @@
+//! The operator's control plane: the CLI talks to each node over QUIC with the operator's
+//! certificate (ALPN `tether-ctl/1`). One request per bidi stream, one response back.
+//!
+//! Fault rules never apply to these connections (see [`crate::fault`]), so a partitioned node
+//! can always be inspected and healed.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::Connection;
+use rustls_pki_types::CertificateDer;
+use serde::{Deserialize, Serialize};
+use tokio::time::timeout;
+use tracing::{info, warn};
+
+use crate::certs::Identity;
+use crate::detector::PeerState;
+use crate::fault::FaultRule;
+use crate::identity::Role;
+use crate::node::Shared;
+use crate::tls::ANY_NODE_SNI;
+use crate::transport;
+use crate::wire::{self, WireError, MAX_CONTROL_FRAME};
+
+/// Longest wait a [`ControlRequest::WaitPeers`] may ask for.
+pub const MAX_WAIT: Duration = Duration::from_secs(600);
+
+/// A request from the operator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ControlRequest {
+    /// This node's view of the cluster.
+    Status,
+    /// Answer once every peer in `peers` (every known peer if empty) is in one of `states`, and
+    /// at least `count` peers are known; or fail after `timeout_ms`.
+    WaitPeers {
+        /// Peers to watch; empty means all known peers.
+        peers: Vec<String>,
+        /// Accepted states.
+        states: Vec<PeerState>,
+        /// Minimum number of known peers.
+        count: Option<usize>,
+        /// Deadline in milliseconds.
+        timeout_ms: u64,
+    },
+    /// Replace this node's fault rules tagged `tag` with `rules`.
+    SetFaults {
+        /// The tag (`partition`, `quality`).
+        tag: String,
+        /// The new rules.
+        rules: Vec<FaultRule>,
+    },
+    /// Remove every fault rule of this node.
+    ClearFaults,
+    /// Stop the node cleanly.
+    Shutdown,
+}
+
+/// A node's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ControlResponse {
+    /// The node's view.
+    Status(NodeStatus),
+    /// The rules now in force (or, for `ClearFaults`, the rules removed).
+    Faults {
+        /// The rules.
+        rules: Vec<FaultRule>,
+    },
+    /// Done.
+    Ok,
+    /// The request failed; the message says why.
+    Error {
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// One node's view of the cluster.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// Node name.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// QUIC endpoint address.
+    pub addr: SocketAddr,
+    /// OS process id.
+    pub pid: u32,
+    /// Incarnation of this run.
+    pub incarnation: u64,
+    /// Milliseconds since the node started.
+    pub uptime_ms: u64,
+    /// How this node sees each other member.
+    pub peers: Vec<PeerStatus>,
+    /// Fault rules in force on this node.
+    pub faults: Vec<FaultRule>,
+    /// Seed of the fault layer's random generator.
+    pub fault_seed: u64,
+    /// Datagrams the fault layer dropped so far.
+    pub datagrams_dropped: u64,
+    /// Datagrams the fault layer delayed so far.
+    pub datagrams_delayed: u64,
+}
+
+/// How one node sees one peer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    /// Peer name.
+    pub name: String,
+    /// Its role.
+    pub role: Role,
+    /// Its QUIC endpoint address.
+    pub addr: SocketAddr,
+    /// Its incarnation, as known here.
+    pub incarnation: u64,
+    /// up, unreachable, down or joining.
+    pub state: PeerState,
+    /// Smoothed round-trip time of the link, while up.
+    pub rtt_ms: Option<f64>,
+    /// Milliseconds in the current state.
+    pub since_ms: u64,
+    /// Milliseconds since the last heartbeat.
+    pub last_heard_ms: u64,
+    /// Number of state changes seen for this peer.
+    pub changes: u64,
+    /// A QUIC link is established.
+    pub linked: bool,
+    /// The ractor_cluster session on the link is authenticated.
+    pub session: bool,
+    /// The peer shut down cleanly.
+    pub left: bool,
+}
+
+impl NodeStatus {
+    /// The view of peer `name`, if known.
+    pub fn peer(&self, name: &str) -> Option<&PeerStatus> {
+        self.peers.iter().find(|p| p.name == name)
+    }
+}
+
+/// Serves one operator connection until it closes.
+pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection) {
+    loop {
+        let Ok((mut send, mut recv)) = conn.accept_bi().await else {
+            return;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let req = timeout(
+                Duration::from_secs(10),
+                wire::read_frame::<ControlRequest>(&mut recv, MAX_CONTROL_FRAME),
+            )
+            .await;
+            let resp = match req {
+                Ok(Ok(Some(req))) => handle(&shared, req).await,
+                Ok(Ok(None)) => return,
+                Ok(Err(e)) => ControlResponse::Error {
+                    message: format!("bad request: {e}"),
+                },
+                Err(_) => ControlResponse::Error {
+                    message: "no request within 10 s".into(),
+                },
+            };
+            if wire::write_frame(&mut send, &resp).await.is_ok() {
+                let _ = send.finish();
+                // let the response reach the CLI before the stream is dropped
+                let _ = timeout(Duration::from_secs(5), send.stopped()).await;
+            }
+        });
+    }
+}
+
+async fn handle(shared: &Arc<Shared>, req: ControlRequest) -> ControlResponse {
+    match req {
+        ControlRequest::Status => ControlResponse::Status(shared.snapshot()),
+        ControlRequest::WaitPeers {
+            peers,
+            states,
+            count,
+            timeout_ms,
+        } => wait_peers(shared, &peers, &states, count, timeout_ms).await,
+        ControlRequest::SetFaults { tag, rules } => {
+            match shared.faults_layer().replace_tag(&tag, rules) {
+                Ok(set) => {
+                    info!(tag = %tag, rules = set.rules().len(), "fault rules changed");
+                    ControlResponse::Faults {
+                        rules: set.rules().to_vec(),
+                    }
+                }
+                Err(e) => ControlResponse::Error {
+                    message: e.to_string(),
+                },
+            }
+        }
+        ControlRequest::ClearFaults => {
+            let old = shared.faults_layer().clear();
+            if !old.rules().is_empty() {
+                info!(removed = old.rules().len(), "fault rules cleared");
+            }
+            ControlResponse::Faults {
+                rules: old.rules().to_vec(),
+            }
+        }
+        ControlRequest::Shutdown => {
+            warn!("shutdown requested by the operator");
+            shared.request_shutdown();
+            ControlResponse::Ok
+        }
+    }
+}
+
+/// Whether `status` satisfies a wait.
+pub fn wait_satisfied(
+    status: &NodeStatus,
+    peers: &[String],
+    states: &[PeerState],
+    count: Option<usize>,
+) -> bool {
+    let known = status.peers.iter().filter(|p| !p.left).count();
+    if count.is_some_and(|c| known < c) {
+        return false;
+    }
+    if peers.is_empty() {
+        status
+            .peers
+            .iter()
+            .filter(|p| !p.left)
+            .all(|p| states.contains(&p.state))
+    } else {
+        peers
+            .iter()
+            .all(|n| status.peer(n).is_some_and(|p| states.contains(&p.state)))
+    }
+}
+
+async fn wait_peers(
+    shared: &Arc<Shared>,
+    peers: &[String],
+    states: &[PeerState],
+    count: Option<usize>,
+    timeout_ms: u64,
+) -> ControlResponse {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms).min(MAX_WAIT);
+    let mut changes = shared.subscribe_changes();
+    loop {
+        // mark the current version seen before checking, so no change slips between the two
+        changes.borrow_and_update();
+        let status = shared.snapshot();
+        if wait_satisfied(&status, peers, states, count) {
+            return ControlResponse::Status(status);
+        }
+        // the detector's own clock moves states too; tick at least every 100 ms
+        let tick = tokio::time::sleep(Duration::from_millis(100));
+        tokio::select! {
+            _ = changes.changed() => {}
+            _ = tick => {}
+            _ = tokio::time::sleep_until(deadline) => {
+                let now: Vec<String> = status.peers.iter().map(|p| format!("{}={}", p.name, p.state)).collect();
+                return ControlResponse::Error {
+                    message: format!("timed out after {timeout_ms} ms; {} sees: {}", status.name,
+                        if now.is_empty() { "no peers".to_owned() } else { now.join(", ") }),
+                };
+            }
+        }
+    }
+}
+
+/// Why a control call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// The node could not be reached.
+    #[error("cannot reach {addr}: {reason}")]
+    Connect {
+        /// The node's address.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// No answer within the deadline.
+    #[error("no answer from {addr} within {after:?}")]
+    Timeout {
+        /// The node's address.
+        addr: SocketAddr,
+        /// The deadline.
+        after: Duration,
+    },
+    /// The answer did not decode.
+    #[error("bad answer from {addr}: {source}")]
+    Wire {
+        /// The node's address.
+        addr: SocketAddr,
+        /// The decoding error.
+        source: WireError,
+    },
+    /// The node answered with an error.
+    #[error("{0}")]
+    Remote(String),
+}
+
+/// A connection to one node's control plane.
+#[derive(Debug)]
+pub struct ControlClient {
+    _endpoint: quinn::Endpoint,
+    conn: Connection,
+    addr: SocketAddr,
+}
+
+impl ControlClient {
+    /// Connects to the node at `addr` (named `name`, if known) as the operator.
+    ///
+    /// # Errors
+    /// [`ControlError::Connect`] or [`ControlError::Timeout`].
+    pub async fn connect(
+        addr: SocketAddr,
+        name: Option<&str>,
+        ca: &CertificateDer<'static>,
+        admin: &Identity,
+        deadline: Duration,
+    ) -> Result<Self, ControlError> {
+        let connect_err = |reason: String| ControlError::Connect { addr, reason };
+        let endpoint =
+            transport::control_endpoint(addr, ca, admin).map_err(|e| connect_err(e.to_string()))?;
+        let connecting = endpoint
+            .connect(addr, name.unwrap_or(ANY_NODE_SNI))
+            .map_err(|e| connect_err(e.to_string()))?;
+        let conn = timeout(deadline, connecting)
+            .await
+            .map_err(|_| ControlError::Timeout {
+                addr,
+                after: deadline,
+            })?
+            .map_err(|e| connect_err(e.to_string()))?;
+        Ok(Self {
+            _endpoint: endpoint,
+            conn,
+            addr,
+        })
+    }
+
+    /// Sends one request and waits for the answer.
+    ///
+    /// # Errors
+    /// [`ControlError`]; an answer of [`ControlResponse::Error`] becomes [`ControlError::Remote`].
+    pub async fn call(
+        &self,
+        req: &ControlRequest,
+        deadline: Duration,
+    ) -> Result<ControlResponse, ControlError> {
+        let addr = self.addr;
+        let wire_err = |source| ControlError::Wire { addr, source };
+        let fut = async {
+            let (mut send, mut recv) =
+                self.conn
+                    .open_bi()
+                    .await
+                    .map_err(|e| ControlError::Connect {
+                        addr,
+                        reason: e.to_string(),
+                    })?;
+            wire::write_frame(&mut send, req).await.map_err(wire_err)?;
+            let _ = send.finish();
+            wire::read_frame::<ControlResponse>(&mut recv, MAX_CONTROL_FRAME)
+                .await
+                .map_err(wire_err)?
+                .ok_or(ControlError::Wire {
+                    addr,
+                    source: WireError::Truncated,
+                })
+        };
+        match timeout(deadline, fut).await {
+            Err(_) => Err(ControlError::Timeout {
+                addr,
+                after: deadline,
+            }),
+            Ok(Ok(ControlResponse::Error { message })) => Err(ControlError::Remote(message)),
+            Ok(r) => r,
+        }
+    }
+
+    /// Closes the connection politely.
+    pub fn close(&self) {
+        self.conn.close(0u32.into(), b"bye");
+    }
+}

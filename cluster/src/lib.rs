@@ -1,0 +1,36 @@
+//! tether-cluster: nodes, their QUIC transport, and how they see each other.
+//!
+//! Where to start reading: [`node`] runs a node; [`link`] and [`detector`] are the two state
+//! machines it drives, written without I/O and tested on virtual time.
+//!
+//! Map of the crate:
+//! - [`identity`]: node names, roles, [`NodeInfo`](identity::NodeInfo), who dials whom.
+//! - [`certs`]: the cluster CA and node/operator certificates (rcgen), on disk.
+//! - [`tls`]: rustls configurations for mutual TLS; the peer's name comes from its certificate.
+//! - [`transport`]: quinn endpoints (keep-alive, idle timeout, keys from the node secret).
+//! - [`fault`]: the fault layer: ordered drop/loss/delay rules on every datagram.
+//! - [`wire`]: framing of tether's own streams and heartbeat datagrams.
+//! - [`link`]: the link protocol: one connection per pair, agreed by both sides (sans-IO).
+//! - [`detector`]: the failure detector: up / unreachable / down (sans-IO).
+//! - [`statedir`]: what a node keeps on disk: secret, incarnation, `node.json`.
+//! - [`node`]: the running node: accept, dial, heartbeats, gossip, ractor_cluster bridge.
+//! - [`control`]: the operator's control plane: status, waits, fault rules, shutdown.
+
+pub mod certs;
+pub mod control;
+pub mod detector;
+pub mod fault;
+pub mod identity;
+pub mod link;
+pub mod node;
+pub mod statedir;
+pub mod tls;
+pub mod transport;
+pub mod wire;
+
+pub use control::{
+    ControlClient, ControlError, ControlRequest, ControlResponse, NodeStatus, PeerStatus,
+};
+pub use detector::PeerState;
+pub use identity::{NodeInfo, Role};
+pub use node::{Node, NodeConfig, NodeError, Timing};

@@ -1,0 +1,598 @@
+//! A running node: its endpoint, its view of the cluster, and the tasks that keep it true.
+//!
+//! ```text
+//! Node
+//!  ├─ accept loop ── per incoming connection: control session (operator) or peer hello
+//!  ├─ ticker (every heartbeat_interval)
+//!  │    ├─ sends a heartbeat datagram on every link
+//!  │    ├─ ticks every peer's failure detector (up / unreachable / down)
+//!  │    ├─ dials peers and seeds that need it (link::dial_due)
+//!  │    └─ gossips the member list every gossip_interval
+//!  ├─ per link: link-stream reader + writer, datagram reader, stream acceptor (ractor)
+//!  └─ ractor_cluster NodeServer (its own supervision tree; its sessions run on QUIC streams)
+//! ```
+//!
+//! The membership table is a `DashMap` keyed by node name. No guard is held across an
+//! `.await`: every handler reads or changes an entry, drops the guard, then does I/O.
+//! Changes bump a version number on a `watch` channel, which is how control-plane waits
+//! (`tether wait`, `tether up`) learn of them without polling.
+
+mod links;
+mod ractor_bridge;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use quinn::{Connection, Endpoint};
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+use crate::certs::{CertDir, CertError};
+use crate::control::{NodeStatus, PeerStatus};
+use crate::detector::{Detector, DetectorConfig, PeerState, Transition};
+use crate::fault::FaultLayer;
+use crate::identity::{designated_dialer, validate_name, NameError, NodeInfo, Role};
+use crate::link::{self, DialConfig};
+use crate::statedir::{NodeDir, NodeRecord};
+use crate::transport::{self, QuicTiming, TransportError};
+use crate::wire::{self, close, PeerMsg};
+
+/// All of a node's timers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    /// How often heartbeats are sent and detectors ticked.
+    pub heartbeat_interval: Duration,
+    /// Failure detector thresholds.
+    pub detector: DetectorConfig,
+    /// Dialing and probing.
+    pub dial: DialConfig,
+    /// QUIC keep-alive and idle timeout.
+    pub quic: QuicTiming,
+    /// Deadline of a connection handshake plus hello exchange.
+    pub connect_timeout: Duration,
+    /// How often the member list is sent to every peer.
+    pub gossip_interval: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_millis(150),
+            detector: DetectorConfig::default(),
+            dial: DialConfig::default(),
+            quic: QuicTiming::default(),
+            connect_timeout: Duration::from_millis(1500),
+            gossip_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+/// What a node needs to start.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// The node's name; its certificate must carry it.
+    pub name: String,
+    /// Local or remote.
+    pub role: Role,
+    /// UDP address to bind.
+    pub listen: SocketAddr,
+    /// Address peers dial, when `listen` is a wildcard (`0.0.0.0`); defaults to `listen`.
+    pub advertise: Option<SocketAddr>,
+    /// Addresses of nodes to join through.
+    pub seeds: Vec<SocketAddr>,
+    /// Where the CA and this node's certificate are.
+    pub certs: CertDir,
+    /// This node's own state directory.
+    pub node_dir: NodeDir,
+    /// Timers.
+    pub timing: Timing,
+    /// Seed of the fault layer's loss and jitter generator.
+    pub fault_seed: u64,
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The name is not a valid node name.
+    #[error(transparent)]
+    Name(#[from] NameError),
+    /// Certificates or state files are missing or unreadable.
+    #[error(transparent)]
+    Certs(#[from] CertError),
+    /// The certificate was issued for another name.
+    #[error("certificate {path} is for {found:?}, not for node {name:?}")]
+    WrongCertificate {
+        /// The node name asked for.
+        name: String,
+        /// The name in the certificate.
+        found: String,
+        /// The certificate file.
+        path: String,
+    },
+    /// The endpoint could not be made.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The ractor_cluster node server did not start.
+    #[error("ractor node server: {0}")]
+    Ractor(String),
+    /// The advertised address is a wildcard.
+    #[error(
+        "listen address {0} is a wildcard; give --advertise with the address peers should dial"
+    )]
+    NeedAdvertise(SocketAddr),
+}
+
+/// A live link to a peer.
+#[derive(Debug, Clone)]
+struct Link {
+    conn: Connection,
+    tx: mpsc::UnboundedSender<PeerMsg>,
+}
+
+/// Everything this node knows about one peer.
+#[derive(Debug)]
+struct Peer {
+    info: NodeInfo,
+    detector: Detector,
+    link: Option<Link>,
+    i_am_designated: bool,
+    pending_dial: bool,
+    last_dial_end: Option<Instant>,
+    failures: u32,
+    /// Since when the pair has had no link (None while linked).
+    unlinked_since: Option<Instant>,
+    /// The ractor_cluster session on the current link is authenticated.
+    session: bool,
+    /// The peer closed its connections with the shutdown code.
+    left: bool,
+}
+
+impl Peer {
+    fn new(me: &NodeInfo, info: NodeInfo, cfg: DetectorConfig, now: Instant) -> Self {
+        let designated =
+            designated_dialer((&me.name, me.role), (&info.name, info.role)) == me.name.as_str();
+        Self {
+            detector: Detector::new(cfg, info.incarnation, now),
+            info,
+            link: None,
+            i_am_designated: designated,
+            pending_dial: false,
+            last_dial_end: None,
+            failures: 0,
+            unlinked_since: Some(now),
+            session: false,
+            left: false,
+        }
+    }
+
+    fn link_id(&self) -> Option<usize> {
+        self.link.as_ref().map(|l| l.conn.stable_id())
+    }
+}
+
+/// A seed address: dialed until a link exists to whatever node answers there.
+#[derive(Debug)]
+struct Seed {
+    addr: SocketAddr,
+    pending: bool,
+    last_end: Option<Instant>,
+    failures: u32,
+}
+
+pub(crate) struct Shared {
+    me: NodeInfo,
+    timing: Timing,
+    endpoint: Endpoint,
+    client_cfg: quinn::ClientConfig,
+    faults: Arc<FaultLayer>,
+    peers: DashMap<String, Peer>,
+    seeds: Mutex<Vec<Seed>>,
+    version: watch::Sender<u64>,
+    shutdown: watch::Sender<bool>,
+    ractor: ractor::ActorRef<ractor_cluster::NodeServerMessage>,
+    started: Instant,
+    hb_seq: AtomicU64,
+    node_dir: NodeDir,
+}
+
+/// A running node. Cheap to clone; [`Node::shutdown`] stops it.
+#[derive(Clone)]
+pub struct Node {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node").field("me", &self.shared.me).finish()
+    }
+}
+
+impl Node {
+    /// Starts a node: binds its endpoint, starts its tasks, and begins joining its seeds.
+    /// Returns once the endpoint listens; joining goes on in the background.
+    ///
+    /// # Errors
+    /// [`NodeError`] if the name, certificates, state files or socket are unusable.
+    pub async fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
+        validate_name(&cfg.name)?;
+        let ca = cfg.certs.load_ca()?;
+        let id = cfg.certs.load_node(&cfg.name)?;
+        let cert_name = id
+            .chain
+            .first()
+            .and_then(crate::tls::cert_name)
+            .unwrap_or_default();
+        if cert_name != cfg.name {
+            return Err(NodeError::WrongCertificate {
+                name: cfg.name.clone(),
+                found: cert_name,
+                path: cfg
+                    .certs
+                    .node_dir(&cfg.name)
+                    .join("cert.pem")
+                    .display()
+                    .to_string(),
+            });
+        }
+        let secret = cfg.node_dir.secret()?;
+        let incarnation = cfg.node_dir.next_incarnation()?;
+        let faults = FaultLayer::new(cfg.fault_seed);
+        let (endpoint, client_cfg) = transport::node_endpoint(
+            cfg.listen,
+            &ca,
+            &id,
+            &secret,
+            faults.clone(),
+            cfg.timing.quic,
+        )?;
+        let bound = endpoint.local_addr().map_err(|source| {
+            NodeError::Transport(TransportError::Bind {
+                addr: cfg.listen,
+                source,
+            })
+        })?;
+        let addr = match cfg.advertise {
+            Some(a) => a,
+            None if bound.ip().is_unspecified() => return Err(NodeError::NeedAdvertise(bound)),
+            None => bound,
+        };
+        let me = NodeInfo {
+            name: cfg.name.clone(),
+            role: cfg.role,
+            addr,
+            incarnation,
+        };
+        let ractor = ractor_bridge::start_node_server(&me, &ca)
+            .await
+            .map_err(NodeError::Ractor)?;
+        let (version, _) = watch::channel(0);
+        let (shutdown, _) = watch::channel(false);
+        let seeds = cfg
+            .seeds
+            .iter()
+            .filter(|a| **a != addr)
+            .map(|&addr| Seed {
+                addr,
+                pending: false,
+                last_end: None,
+                failures: 0,
+            })
+            .collect();
+        let shared = Arc::new(Shared {
+            me: me.clone(),
+            timing: cfg.timing,
+            endpoint,
+            client_cfg,
+            faults,
+            peers: DashMap::new(),
+            seeds: Mutex::new(seeds),
+            version,
+            shutdown,
+            ractor,
+            started: Instant::now(),
+            hb_seq: AtomicU64::new(0),
+            node_dir: cfg.node_dir.clone(),
+        });
+        ractor_bridge::subscribe(&shared);
+        tokio::spawn(links::accept_loop(shared.clone()));
+        tokio::spawn(ticker(shared.clone()));
+        cfg.node_dir.write_addr(addr)?;
+        cfg.node_dir.write_record(&NodeRecord {
+            name: me.name.clone(),
+            role: me.role,
+            addr,
+            pid: std::process::id(),
+            incarnation,
+        })?;
+        info!(name = %me.name, role = %me.role, %addr, incarnation, fault_seed = cfg.fault_seed, "node started");
+        Ok(Node { shared })
+    }
+
+    /// This node as the cluster sees it.
+    pub fn info(&self) -> &NodeInfo {
+        &self.shared.me
+    }
+
+    /// The fault layer of this node's endpoint.
+    pub fn faults(&self) -> &Arc<FaultLayer> {
+        &self.shared.faults
+    }
+
+    /// A snapshot of this node's view of the cluster.
+    pub fn status(&self) -> NodeStatus {
+        self.shared.status()
+    }
+
+    /// Resolves when a shutdown was asked for (by [`Node::shutdown`] or the control plane).
+    pub async fn shutdown_requested(&self) {
+        let mut rx = self.shared.shutdown.subscribe();
+        // the sender lives in `shared`, which outlives this borrow
+        let _ = rx.wait_for(|stop| *stop).await;
+    }
+
+    /// Stops the node: tells peers it is leaving, closes the endpoint, stops ractor.
+    pub async fn shutdown(&self) {
+        self.shared.shutdown.send_replace(true);
+        self.shared
+            .endpoint
+            .close(close::SHUTDOWN.into(), b"node shutting down");
+        let _ =
+            tokio::time::timeout(Duration::from_secs(1), self.shared.endpoint.wait_idle()).await;
+        self.shared.ractor.stop(Some("node shutting down".into()));
+        self.shared.node_dir.remove_record();
+        info!(name = %self.shared.me.name, "node stopped");
+    }
+}
+
+impl Shared {
+    fn bump(&self) {
+        self.version.send_modify(|v| *v += 1);
+    }
+
+    fn refresh_fault_addrs(&self) {
+        self.faults
+            .set_node_addrs(self.peers.iter().map(|p| p.info.addr));
+    }
+
+    fn log_transition(&self, peer: &str, t: Transition) {
+        if t.restarted {
+            info!(peer, from = %t.from, to = %t.to, "peer restarted");
+        } else if t.to == PeerState::Up {
+            info!(peer, from = %t.from, "peer up");
+        } else {
+            warn!(peer, from = %t.from, to = %t.to, "peer {}", t.to);
+        }
+    }
+
+    /// Learns of a member (from gossip or a handshake). Returns whether anything changed.
+    fn merge(&self, info: NodeInfo) -> bool {
+        if info.name == self.me.name {
+            if info.incarnation > self.me.incarnation {
+                warn!(name = %info.name, incarnation = info.incarnation,
+                    "another process claims this node's name with a newer incarnation");
+            }
+            return false;
+        }
+        if validate_name(&info.name).is_err() {
+            return false;
+        }
+        let now = Instant::now();
+        let mut stale_link = None;
+        let changed = match self.peers.entry(info.name.clone()) {
+            dashmap::Entry::Vacant(v) => {
+                info!(peer = %info.name, role = %info.role, addr = %info.addr, "learned of member");
+                v.insert(Peer::new(&self.me, info, self.timing.detector, now));
+                true
+            }
+            dashmap::Entry::Occupied(mut o) => {
+                let p = o.get_mut();
+                if info.incarnation > p.info.incarnation {
+                    if let Some(t) = p.detector.observe_incarnation(info.incarnation, now) {
+                        self.log_transition(&info.name, t);
+                    }
+                    stale_link = p.link.take().map(|l| l.conn);
+                    p.unlinked_since.get_or_insert(now);
+                    p.session = false;
+                    p.left = false;
+                    p.info = info;
+                    true
+                } else if info.incarnation == p.info.incarnation && info.addr != p.info.addr {
+                    p.info.addr = info.addr;
+                    true
+                } else {
+                    false
+                }
+            }
+        };
+        if let Some(conn) = stale_link {
+            conn.close(close::STALE.into(), b"newer incarnation known");
+        }
+        if changed {
+            self.refresh_fault_addrs();
+            self.bump();
+        }
+        changed
+    }
+
+    fn members(&self) -> Vec<NodeInfo> {
+        let mut v: Vec<NodeInfo> = self
+            .peers
+            .iter()
+            .filter(|p| !p.left)
+            .map(|p| p.info.clone())
+            .collect();
+        v.push(self.me.clone());
+        v
+    }
+
+    fn status(&self) -> NodeStatus {
+        let now = Instant::now();
+        let mut peers: Vec<PeerStatus> = self
+            .peers
+            .iter()
+            .map(|p| PeerStatus {
+                name: p.info.name.clone(),
+                role: p.info.role,
+                addr: p.info.addr,
+                incarnation: p.info.incarnation,
+                state: p.detector.state(),
+                rtt_ms: p
+                    .link
+                    .as_ref()
+                    .filter(|_| p.detector.state() == PeerState::Up)
+                    .map(|l| l.conn.rtt().as_secs_f64() * 1000.0),
+                since_ms: now
+                    .saturating_duration_since(p.detector.since())
+                    .as_millis() as u64,
+                last_heard_ms: now
+                    .saturating_duration_since(p.detector.last_heard())
+                    .as_millis() as u64,
+                changes: p.detector.changes(),
+                linked: p.link.is_some(),
+                session: p.session,
+                left: p.left,
+            })
+            .collect();
+        peers.sort_by(|a, b| a.name.cmp(&b.name));
+        let (dropped, delayed) = self.faults.counters();
+        NodeStatus {
+            name: self.me.name.clone(),
+            role: self.me.role,
+            addr: self.me.addr,
+            pid: std::process::id(),
+            incarnation: self.me.incarnation,
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+            peers,
+            faults: self.faults.rules().rules().to_vec(),
+            fault_seed: self.faults.seed(),
+            datagrams_dropped: dropped,
+            datagrams_delayed: delayed,
+        }
+    }
+
+    pub(crate) fn subscribe_changes(&self) -> watch::Receiver<u64> {
+        self.version.subscribe()
+    }
+
+    pub(crate) fn faults_layer(&self) -> &FaultLayer {
+        &self.faults
+    }
+
+    pub(crate) fn request_shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    pub(crate) fn snapshot(&self) -> NodeStatus {
+        self.status()
+    }
+}
+
+/// The periodic work: heartbeats, detector ticks, dials, gossip.
+async fn ticker(shared: Arc<Shared>) {
+    let mut every = tokio::time::interval(shared.timing.heartbeat_interval);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_gossip = Instant::now();
+    let mut stop = shared.shutdown.subscribe();
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let now = Instant::now();
+        send_heartbeats(&shared);
+        let mut changed = false;
+        let mut dials = Vec::new();
+        for mut p in shared.peers.iter_mut() {
+            if let Some(t) = p.detector.tick(now) {
+                shared.log_transition(&p.info.name, t);
+                changed = true;
+            }
+            if p.left || p.pending_dial {
+                continue;
+            }
+            let silent_since = if p.link.is_some() && p.detector.is_silent(now) {
+                Some(p.detector.last_heard() + shared.timing.detector.suspect_after)
+            } else {
+                None
+            };
+            let trouble = p
+                .unlinked_since
+                .or(silent_since)
+                .map(|t| now.saturating_duration_since(t));
+            let since_dial = p.last_dial_end.map(|t| now.saturating_duration_since(t));
+            if link::dial_due(
+                &shared.timing.dial,
+                p.i_am_designated,
+                trouble,
+                since_dial,
+                p.failures,
+            ) {
+                p.pending_dial = true;
+                dials.push((p.info.addr, p.info.name.clone(), p.link.is_some()));
+            }
+        }
+        if changed {
+            shared.bump();
+        }
+        for (addr, name, replace) in dials {
+            tokio::spawn(links::dial_peer(shared.clone(), addr, name, replace));
+        }
+        dial_seeds(&shared, now);
+        if now.duration_since(last_gossip) >= shared.timing.gossip_interval {
+            last_gossip = now;
+            gossip(&shared);
+        }
+    }
+}
+
+fn send_heartbeats(shared: &Shared) {
+    let seq = shared.hb_seq.fetch_add(1, Ordering::Relaxed);
+    let hb = wire::Heartbeat {
+        incarnation: shared.me.incarnation,
+        seq,
+    };
+    // invariant: a two-integer struct always encodes
+    let bytes = bytes::Bytes::from(tether_actors::codec::encode(&hb).expect("heartbeat encodes"));
+    for p in shared.peers.iter() {
+        if let Some(l) = &p.link {
+            // a full datagram buffer or a dead connection is loss, which the detector measures
+            let _ = l.conn.send_datagram(bytes.clone());
+        }
+    }
+}
+
+fn gossip(shared: &Shared) {
+    let members = shared.members();
+    for p in shared.peers.iter() {
+        if let Some(l) = &p.link {
+            let _ = l.tx.send(PeerMsg::Gossip {
+                members: members.clone(),
+            });
+        }
+    }
+}
+
+fn dial_seeds(shared: &Arc<Shared>, now: Instant) {
+    // once the node at a seed address is a known member, the peer dial logic owns it
+    let known: Vec<SocketAddr> = shared.peers.iter().map(|p| p.info.addr).collect();
+    let mut seeds = shared.seeds.lock().expect("seeds lock");
+    for s in seeds.iter_mut() {
+        if s.pending || known.contains(&s.addr) {
+            continue;
+        }
+        let since = s.last_end.map(|t| now.saturating_duration_since(t));
+        if link::dial_due(
+            &shared.timing.dial,
+            true,
+            Some(Duration::MAX),
+            since,
+            s.failures,
+        ) {
+            s.pending = true;
+            tokio::spawn(links::dial_seed(shared.clone(), s.addr));
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! tether's own frames on QUIC streams and datagrams.
+//!
+//! A clean shutdown is announced by closing every connection with [`close::SHUTDOWN`].
+//!
+//! A stream starts with one tag byte that says what runs on it ([`StreamTag`]); then come
+//! frames: a 4-byte big-endian length and that many bytes of MessagePack. The length is checked
+//! against the reader's limit before anything is allocated, and the payload is decoded
+//! fallibly, so a peer that sends garbage gets its connection closed, and nothing else.
+//!
+//! Heartbeats travel as QUIC datagrams: unreliable on purpose, so loss is what the failure
+//! detector sees, and never stuck behind stream data or retransmissions.
+
+use quinn::{RecvStream, SendStream};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use tether_actors::codec::{self, CodecError};
+
+use crate::identity::NodeInfo;
+use crate::link::Refusal;
+
+/// Version of the link protocol; a hello with another version is refused.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest frame of the link and control protocols (1 MiB): they carry small messages.
+pub const MAX_CONTROL_FRAME: usize = 1024 * 1024;
+
+/// What a stream carries, announced by its first byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum StreamTag {
+    /// ractor_cluster's node session.
+    Ractor = 1,
+    /// The link protocol: hello and gossip.
+    Link = 2,
+}
+
+impl StreamTag {
+    /// The tag for a byte, if it is one.
+    pub fn from_byte(b: u8) -> Option<Self> {
+        match b {
+            1 => Some(StreamTag::Ractor),
+            2 => Some(StreamTag::Link),
+            _ => None,
+        }
+    }
+}
+
+/// Messages of the link protocol.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerMsg {
+    /// First frame from the dialer.
+    Hello {
+        /// [`PROTOCOL_VERSION`] of the dialer.
+        protocol: u32,
+        /// The dialer; its name must equal its certificate's.
+        node: NodeInfo,
+        /// The dialer cannot hear the acceptor on the current link and asks to replace it.
+        replace: bool,
+    },
+    /// The acceptor's answer.
+    HelloAck {
+        /// The acceptor.
+        node: NodeInfo,
+        /// Whether this connection is now the pair's link.
+        accepted: bool,
+        /// Why not, when refused.
+        refusal: Option<Refusal>,
+    },
+    /// Every member the sender knows (itself included).
+    Gossip {
+        /// The members.
+        members: Vec<NodeInfo>,
+    },
+}
+
+/// A heartbeat datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// The sender's incarnation.
+    pub incarnation: u64,
+    /// Sequence number, for loss accounting.
+    pub seq: u64,
+}
+
+/// Why a frame could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// The frame announces more bytes than the reader accepts.
+    #[error("frame of {len} bytes exceeds the limit of {max}")]
+    TooLarge {
+        /// Announced length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The payload does not decode.
+    #[error("bad frame: {0}")]
+    Codec(#[from] CodecError),
+    /// The stream ended in the middle of a frame.
+    #[error("stream ended inside a frame")]
+    Truncated,
+    /// The stream failed (connection lost, reset by the peer...).
+    #[error("stream: {0}")]
+    Stream(String),
+    /// The stream's first byte is not a known tag.
+    #[error("unknown stream tag {0:#04x}")]
+    UnknownTag(u8),
+    /// A wait ran out.
+    #[error("timed out after {0:?}")]
+    Timeout(std::time::Duration),
+}
+
+/// Writes one frame.
+///
+/// # Errors
+/// [`WireError::Codec`] if `value` cannot be encoded, [`WireError::Stream`] if the stream fails.
+pub async fn write_frame<T: Serialize>(send: &mut SendStream, value: &T) -> Result<(), WireError> {
+    let body = codec::encode(value)?;
+    let len = u32::try_from(body.len()).map_err(|_| WireError::TooLarge {
+        len: body.len(),
+        max: u32::MAX as usize,
+    })?;
+    let mut buf = Vec::with_capacity(4 + body.len());
+    buf.extend_from_slice(&len.to_be_bytes());
+    buf.extend_from_slice(&body);
+    send.write_all(&buf)
+        .await
+        .map_err(|e| WireError::Stream(e.to_string()))
+}
+
+/// Reads one frame of at most `max` bytes. `Ok(None)` when the stream ended cleanly between
+/// frames.
+///
+/// # Errors
+/// [`WireError`] for an oversized, truncated or undecodable frame, or a failed stream.
+///
+/// # Cancel safety
+/// Not cancel safe: a cancelled read may leave half a frame consumed. Callers own one reader
+/// per stream and do not race it.
+pub async fn read_frame<T: DeserializeOwned>(
+    recv: &mut RecvStream,
+    max: usize,
+) -> Result<Option<T>, WireError> {
+    let mut len = [0u8; 4];
+    match recv.read_exact(&mut len).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(quinn::ReadExactError::FinishedEarly(_)) => return Err(WireError::Truncated),
+        Err(quinn::ReadExactError::ReadError(e)) => return Err(WireError::Stream(e.to_string())),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > max {
+        return Err(WireError::TooLarge { len, max });
+    }
+    let mut body = vec![0u8; len];
+    match recv.read_exact(&mut body).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(_)) => return Err(WireError::Truncated),
+        Err(quinn::ReadExactError::ReadError(e)) => return Err(WireError::Stream(e.to_string())),
+    }
+    Ok(Some(codec::decode(&body)?))
+}
+
+/// Reads the tag byte that opens a stream.
+///
+/// # Errors
+/// [`WireError::UnknownTag`] or a stream failure.
+pub async fn read_tag(recv: &mut RecvStream) -> Result<StreamTag, WireError> {
+    let mut b = [0u8; 1];
+    recv.read_exact(&mut b).await.map_err(|e| match e {
+        quinn::ReadExactError::FinishedEarly(_) => WireError::Truncated,
+        quinn::ReadExactError::ReadError(e) => WireError::Stream(e.to_string()),
+    })?;
+    StreamTag::from_byte(b[0]).ok_or(WireError::UnknownTag(b[0]))
+}
+
+/// Writes the tag byte that opens a stream.
+///
+/// # Errors
+/// A stream failure.
+pub async fn write_tag(send: &mut SendStream, tag: StreamTag) -> Result<(), WireError> {
+    send.write_all(&[tag as u8])
+        .await
+        .map_err(|e| WireError::Stream(e.to_string()))
+}
+
+/// Application close codes on QUIC connections, so the other side can tell why it was closed.
+pub mod close {
+    /// Clean shutdown of the node.
+    pub const SHUTDOWN: u32 = 0;
+    /// Replaced by a newer connection of the same pair.
+    pub const REPLACED: u32 = 1;
+    /// The acceptor refused this connection as the pair's link.
+    pub const REFUSED: u32 = 2;
+    /// The peer broke the protocol (bad frame, unknown tag, name mismatch...).
+    pub const PROTOCOL: u32 = 3;
+    /// The peer's identity is not allowed here.
+    pub const FORBIDDEN: u32 = 4;
+    /// The peer belongs to an older incarnation.
+    pub const STALE: u32 = 5;
+}
