@@ -299,8 +299,8 @@ pub enum ControlError {
     Remote(String),
 }
 
-/// A connection to one node's control plane.
-#[derive(Debug)]
+/// A connection to one node's control plane. Clones share the connection.
+#[derive(Debug, Clone)]
 pub struct ControlClient {
     _endpoint: quinn::Endpoint,
     conn: Connection,

@@ -1,0 +1,106 @@
+//! `tether node`: run one node in the foreground until Ctrl-C, SIGTERM or `tether down`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+use tether_cluster::certs::CertDir;
+use tether_cluster::statedir::NodeDir;
+use tether_cluster::{Node, NodeConfig, Role, Timing};
+use tracing::info;
+
+use super::StateDirArg;
+
+#[derive(Debug, Args)]
+pub(crate) struct NodeArgs {
+    /// Node name: its certificate's DNS name (lowercase letters, digits, '-').
+    #[arg(long, env = "TETHER_NAME")]
+    name: String,
+    /// `remote` (backend) or `local` (a user's device).
+    #[arg(long, env = "TETHER_ROLE", default_value = "remote")]
+    role: Role,
+    /// UDP address to listen on. Default: the address this node used last time (so peers'
+    /// old connections are reset at once after a restart), else 127.0.0.1 on a free port.
+    #[arg(long, env = "TETHER_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Address peers should dial, when --listen is a wildcard such as 0.0.0.0:7000.
+    #[arg(long, env = "TETHER_ADVERTISE")]
+    advertise: Option<SocketAddr>,
+    /// Address of a node to join through; repeat or comma-separate for several.
+    #[arg(long, env = "TETHER_SEEDS", value_delimiter = ',')]
+    seed: Vec<SocketAddr>,
+    /// Directory with ca.pem and nodes/NAME/{cert,key}.pem (default: the state directory).
+    #[arg(long, env = "TETHER_CERTS")]
+    certs: Option<PathBuf>,
+    /// Seed of the fault layer's random generator (loss, jitter); random if not given.
+    #[arg(long)]
+    fault_seed: Option<u64>,
+    #[command(flatten)]
+    state: StateDirArg,
+}
+
+pub(crate) async fn run(a: NodeArgs) -> anyhow::Result<ExitCode> {
+    init_logging();
+    let state_dir = a.state.state_dir;
+    let node_dir = NodeDir::new(state_dir.join("nodes").join(&a.name));
+    let listen = a
+        .listen
+        .or_else(|| node_dir.last_addr())
+        .unwrap_or_else(|| "127.0.0.1:0".parse().expect("literal address"));
+    let fault_seed = a.fault_seed.unwrap_or_else(rand_seed);
+    let cfg = NodeConfig {
+        name: a.name.clone(),
+        role: a.role,
+        listen,
+        advertise: a.advertise,
+        seeds: a.seed,
+        certs: CertDir::new(a.certs.unwrap_or_else(|| state_dir.clone())),
+        node_dir,
+        timing: Timing::default(),
+        fault_seed,
+    };
+    let node = Node::start(cfg).await?;
+    let me = node.info();
+    // one machine-readable line on stdout: `tether up` waits for it; logs go to stderr
+    println!(
+        "ready name={} role={} addr={} incarnation={} pid={}",
+        me.name,
+        me.role,
+        me.addr,
+        me.incarnation,
+        std::process::id()
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => info!("interrupted"),
+        _ = term.recv() => info!("terminated"),
+        _ = node.shutdown_requested() => {}
+    }
+    node.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,ractor=warn,ractor_cluster=warn,quinn=warn"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .init();
+}
+
+fn rand_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    h.finish()
+}

@@ -1,0 +1,214 @@
+//! `tether status` and `tether wait`.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use serde_json::json;
+use tether_cluster::{ControlRequest, ControlResponse, PeerState};
+
+use super::common::{self, connect_all, human_ms, parse_duration, print_table, statuses};
+use super::StateDirArg;
+
+#[derive(Debug, Args)]
+pub(crate) struct StatusArgs {
+    /// Print JSON for tools: {"nodes": [{"name", "role", "addr", "pid", "incarnation",
+    /// "running", "peers": [{"name", "state", "rtt_ms", ...}], ...}]}.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    state: StateDirArg,
+}
+
+pub(crate) async fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
+    let (_op, found) = connect_all(&a.state.state_dir).await?;
+    let sts = statuses(&found).await;
+    if a.json {
+        let nodes: Vec<serde_json::Value> = found
+            .iter()
+            .zip(&sts)
+            .map(|(f, s)| match s {
+                Ok(s) => {
+                    let mut v = serde_json::to_value(s).unwrap_or_default();
+                    v["running"] = json!(true);
+                    v
+                }
+                Err(e) => json!({
+                    "name": f.record.name, "role": f.record.role, "addr": f.record.addr.to_string(),
+                    "pid": f.record.pid, "incarnation": f.record.incarnation,
+                    "running": false, "error": e, "peers": [],
+                }),
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "nodes": nodes }))?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    let mut rows = vec![vec![
+        "NODE".into(),
+        "ROLE".into(),
+        "ADDR".into(),
+        "PID".into(),
+        "INC".into(),
+        "UPTIME".into(),
+        "STATE".into(),
+    ]];
+    for (f, s) in found.iter().zip(&sts) {
+        let r = &f.record;
+        match s {
+            Ok(s) => rows.push(vec![
+                s.name.clone(),
+                s.role.to_string(),
+                s.addr.to_string(),
+                s.pid.to_string(),
+                s.incarnation.to_string(),
+                human_ms(s.uptime_ms),
+                "running".into(),
+            ]),
+            Err(e) => rows.push(vec![
+                r.name.clone(),
+                r.role.to_string(),
+                r.addr.to_string(),
+                r.pid.to_string(),
+                r.incarnation.to_string(),
+                "-".into(),
+                e.clone(),
+            ]),
+        }
+    }
+    print_table(&rows);
+
+    // the view matrix: row = observer, column = observed
+    let names: Vec<&str> = found.iter().map(|f| f.record.name.as_str()).collect();
+    println!("\nVIEW (row sees column)");
+    let mut m = vec![std::iter::once(String::new())
+        .chain(names.iter().map(|n| n.to_string()))
+        .collect::<Vec<_>>()];
+    for (f, s) in found.iter().zip(&sts) {
+        let mut row = vec![f.record.name.clone()];
+        for n in &names {
+            let cell = match s {
+                Err(_) => "?".to_owned(),
+                Ok(_) if *n == f.record.name => "-".to_owned(),
+                Ok(s) => match s.peer(n) {
+                    None => "unknown".to_owned(),
+                    Some(p) => match (p.state, p.rtt_ms) {
+                        (PeerState::Up, Some(rtt)) => format!("up {rtt:.1}ms"),
+                        (st, _) => format!("{st} {}", human_ms(p.since_ms)),
+                    },
+                },
+            };
+            row.push(cell);
+        }
+        m.push(row);
+    }
+    print_table(&m);
+
+    let mut any_fault = false;
+    for s in sts.iter().flatten() {
+        if !s.faults.is_empty() {
+            if !any_fault {
+                println!("\nFAULTS (heal with `tether heal`)");
+                any_fault = true;
+            }
+            for r in &s.faults {
+                println!("{}: {r}", s.name);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct WaitArgs {
+    /// Observer node(s); default: every running node.
+    #[arg(long, value_delimiter = ',')]
+    node: Vec<String>,
+    /// Peer(s) to watch; default: every peer the observer knows.
+    #[arg(long, value_delimiter = ',')]
+    peer: Vec<String>,
+    /// Accepted state(s): up, unreachable, down, joining.
+    #[arg(long, value_delimiter = ',', default_value = "up")]
+    state: Vec<PeerState>,
+    /// Also require each observer to know at least this many peers.
+    #[arg(long)]
+    count: Option<usize>,
+    /// Give up after this long (e.g. 500ms, 3s, 1m).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    timeout: Duration,
+    /// Print each observer's status as JSON when satisfied.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    dir: StateDirArg,
+}
+
+pub(crate) async fn wait(a: WaitArgs) -> anyhow::Result<ExitCode> {
+    let (_op, found) = connect_all(&a.dir.state_dir).await?;
+    let chosen: Vec<_> = found
+        .iter()
+        .filter(|f| a.node.is_empty() || a.node.contains(&f.record.name))
+        .collect();
+    for n in &a.node {
+        if !found.iter().any(|f| &f.record.name == n) {
+            anyhow::bail!("no node named {n:?} in {}", a.dir.state_dir.display());
+        }
+    }
+    let req = ControlRequest::WaitPeers {
+        peers: a.peer.clone(),
+        states: a.state.clone(),
+        count: a.count,
+        timeout_ms: a.timeout.as_millis() as u64,
+    };
+    let mut set = tokio::task::JoinSet::new();
+    for (i, f) in chosen.iter().enumerate() {
+        let client = f.client.clone();
+        let name = f.record.name.clone();
+        let req = req.clone();
+        let deadline = a.timeout + common::CONTROL_TIMEOUT;
+        set.spawn(async move {
+            let r = match client {
+                Err(e) => Err(format!("{name}: {e}")),
+                Ok(c) => match c.call(&req, deadline).await {
+                    Ok(ControlResponse::Status(s)) => Ok(s),
+                    Ok(other) => Err(format!("{name}: unexpected answer {other:?}")),
+                    Err(e) => Err(format!("{name}: {e}")),
+                },
+            };
+            (i, r)
+        });
+    }
+    let results = common::in_order(set.join_all().await);
+    let mut ok = true;
+    let mut out = Vec::new();
+    for r in results {
+        match r {
+            Ok(s) => out.push(s),
+            Err(e) => {
+                ok = false;
+                eprintln!("{e}");
+            }
+        }
+    }
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "nodes": out }))?
+        );
+    } else if ok {
+        let states: Vec<String> = a.state.iter().map(ToString::to_string).collect();
+        println!(
+            "{} node(s) see their peers {}",
+            out.len(),
+            states.join(" or ")
+        );
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
