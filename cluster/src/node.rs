@@ -140,6 +140,8 @@ struct Peer {
     link: Option<Link>,
     i_am_designated: bool,
     pending_dial: bool,
+    /// Bumped when a newer life of the peer is learned: dials started before are stale.
+    dial_epoch: u64,
     last_dial_end: Option<Instant>,
     failures: u32,
     /// Since when the pair has had no link (None while linked).
@@ -160,6 +162,7 @@ impl Peer {
             link: None,
             i_am_designated: designated,
             pending_dial: false,
+            dial_epoch: 0,
             last_dial_end: None,
             failures: 0,
             unlinked_since: Some(now),
@@ -381,6 +384,7 @@ impl Shared {
         }
         let now = Instant::now();
         let mut stale_link = None;
+        let mut restarted = false;
         let changed = match self.peers.entry(info.name.clone()) {
             dashmap::Entry::Vacant(v) => {
                 info!(peer = %info.name, role = %info.role, addr = %info.addr, "learned of member");
@@ -395,6 +399,12 @@ impl Shared {
                     }
                     stale_link = p.link.take().map(|l| l.conn);
                     p.unlinked_since.get_or_insert(now);
+                    // a dial in flight targets the old life; let the ticker dial the new one now
+                    p.dial_epoch += 1;
+                    p.pending_dial = false;
+                    p.failures = 0;
+                    p.last_dial_end = None;
+                    restarted = true;
                     p.session = false;
                     p.left = false;
                     p.info = info;
@@ -413,6 +423,10 @@ impl Shared {
         if changed {
             self.refresh_fault_addrs();
             self.bump();
+        }
+        if restarted {
+            // spread the news at once: peers drop their links to the old life and redial
+            gossip(self);
         }
         changed
     }
@@ -531,14 +545,19 @@ async fn ticker(shared: Arc<Shared>) {
                 p.failures,
             ) {
                 p.pending_dial = true;
-                dials.push((p.info.addr, p.info.name.clone(), p.link.is_some()));
+                dials.push((
+                    p.info.addr,
+                    p.info.name.clone(),
+                    p.link.is_some(),
+                    p.dial_epoch,
+                ));
             }
         }
         if changed {
             shared.bump();
         }
-        for (addr, name, replace) in dials {
-            tokio::spawn(links::dial_peer(shared.clone(), addr, name, replace));
+        for (addr, name, replace, epoch) in dials {
+            tokio::spawn(links::dial_peer(shared.clone(), addr, name, replace, epoch));
         }
         dial_seeds(&shared, now);
         if now.duration_since(last_gossip) >= shared.timing.gossip_interval {

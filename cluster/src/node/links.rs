@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio::time::timeout;
 use tracing::{debug, info, warn};
 
-use super::{Link, Peer, Shared};
+use super::{Link, Shared};
 use crate::identity::{validate_name, NodeInfo, ADMIN_NAME};
 use crate::link::{self, Decision, LinkView};
 use crate::tls::{self, ALPN_CONTROL, ALPN_PEER, ANY_NODE_SNI};
@@ -140,23 +140,24 @@ async fn accept_peer(shared: &Arc<Shared>, conn: Connection, name: &str) -> Resu
         info.addr = SocketAddr::new(conn.remote_address().ip(), info.addr.port());
     }
 
+    // decide against what was known before this hello (a restart must look like one), then
+    // learn of the peer (a newer incarnation replaces the old life here)
+    let known_before = shared.peers.get(name).map(|p| p.info.incarnation);
+    shared.merge(info.clone());
     let now = Instant::now();
     let decision = {
-        let mut entry = shared
-            .peers
-            .entry(name.to_owned())
-            .or_insert_with(|| Peer::new(&shared.me, info.clone(), shared.timing.detector, now));
-        let p = entry.value_mut();
+        let Some(p) = shared.peers.get(name) else {
+            return Err(DialError::Refused("peer could not be registered".into()));
+        };
         let view = LinkView {
             has_current: p.link.is_some(),
             current_silent: p.detector.is_silent(now),
             pending_dial: p.pending_dial,
-            known_incarnation: Some(p.info.incarnation),
+            known_incarnation: known_before,
             i_am_designated: p.i_am_designated,
         };
         link::decide(view, info.incarnation, replace)
     };
-    shared.merge(info.clone());
     let accepted = matches!(decision, Decision::Accept { .. });
     let ack = PeerMsg::HelloAck {
         node: shared.me.clone(),
@@ -191,10 +192,20 @@ async fn accept_peer(shared: &Arc<Shared>, conn: Connection, name: &str) -> Resu
 }
 
 /// Dials a known peer (the ticker marked it `pending_dial`).
-pub(super) async fn dial_peer(shared: Arc<Shared>, addr: SocketAddr, name: String, replace: bool) {
-    let res = dial(&shared, addr, Some(&name), replace).await;
+pub(super) async fn dial_peer(
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    name: String,
+    replace: bool,
+    epoch: u64,
+) {
+    let res = dial(&shared, addr, Some((&name, epoch)), replace).await;
     let now = Instant::now();
     if let Some(mut p) = shared.peers.get_mut(&name) {
+        if p.dial_epoch != epoch {
+            // a newer life of the peer was learned meanwhile; this attempt no longer counts
+            return;
+        }
         p.pending_dial = false;
         p.last_dial_end = Some(now);
         match &res {
@@ -231,9 +242,13 @@ pub(super) async fn dial_seed(shared: Arc<Shared>, addr: SocketAddr) {
 async fn dial(
     shared: &Arc<Shared>,
     addr: SocketAddr,
-    expected: Option<&str>,
+    expected: Option<(&str, u64)>,
     replace: bool,
 ) -> Result<(), DialError> {
+    let (expected, epoch) = match expected {
+        Some((n, e)) => (Some(n), Some(e)),
+        None => (None, None),
+    };
     let deadline = shared.timing.connect_timeout;
     let connecting = shared
         .endpoint
@@ -261,12 +276,20 @@ async fn dial(
         conn.close(close::REFUSED.into(), b"self");
         return Err(DialError::SelfDial);
     }
-    if expected.is_none() {
-        // a seed turned out to be a member this node is already linked to
-        if shared.peers.get(&name).is_some_and(|p| p.link.is_some()) {
-            conn.close(close::REFUSED.into(), b"already linked");
-            return Err(DialError::AlreadyLinked);
-        }
+    // while this dial was in flight, the pair may have got a working link (the peer dialed
+    // in, or a newer life of the peer was learned): then a hello would only make it flap
+    let superseded = shared.peers.get(&name).is_some_and(|p| {
+        let healthy_link = p
+            .link
+            .as_ref()
+            .is_some_and(|l| l.conn.stable_id() != conn.stable_id())
+            && !p.detector.is_silent(Instant::now());
+        let stale_epoch = epoch.is_some_and(|e| e != p.dial_epoch);
+        healthy_link || stale_epoch
+    });
+    if superseded {
+        conn.close(close::REFUSED.into(), b"already linked");
+        return Err(DialError::AlreadyLinked);
     }
     let (mut send, mut recv) = conn
         .open_bi()

@@ -1,0 +1,202 @@
+//! Shared helpers of the integration tests: a real cluster of `tether` processes in a private
+//! state directory, driven through the CLI exactly as an operator would.
+#![allow(dead_code, unreachable_pub)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const TETHER: &str = env!("CARGO_BIN_EXE_tether");
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A fresh, empty state directory unique to this test.
+pub fn state_dir(tag: &str) -> PathBuf {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let d = std::env::temp_dir().join(format!("tether-it-{tag}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A cluster started with `tether up --detach`; stopped and removed on drop.
+pub struct Cluster {
+    pub dir: PathBuf,
+}
+
+impl Cluster {
+    pub fn up(tag: &str, remote: usize, local: usize) -> Cluster {
+        let dir = state_dir(tag);
+        let c = Cluster { dir };
+        let out = c.tether(&[
+            "up",
+            "--detach",
+            "--remote",
+            &remote.to_string(),
+            "--local",
+            &local.to_string(),
+        ]);
+        assert!(out.status.success(), "tether up failed:\n{}", text(&out));
+        c
+    }
+
+    /// Runs `tether ARGS --state-dir DIR`.
+    pub fn tether(&self, args: &[&str]) -> Output {
+        run_tether(args, &self.dir)
+    }
+
+    /// Runs `tether ARGS` and asserts success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.tether(args);
+        assert!(
+            out.status.success(),
+            "tether {args:?} failed:\n{}",
+            text(&out)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `tether status --json`.
+    pub fn status(&self) -> Value {
+        serde_json::from_str(&self.ok(&["status", "--json"])).expect("status --json is JSON")
+    }
+
+    /// `tether wait`: Ok(elapsed) when satisfied within `timeout`, Err(output) otherwise.
+    pub fn wait(
+        &self,
+        nodes: &[&str],
+        peers: &[&str],
+        state: &str,
+        timeout: Duration,
+    ) -> Result<Duration, String> {
+        let t = format!("{}ms", timeout.as_millis());
+        let mut args = vec!["wait", "--state", state, "--timeout", &t];
+        let n = nodes.join(",");
+        let p = peers.join(",");
+        if !nodes.is_empty() {
+            args.extend(["--node", &n]);
+        }
+        if !peers.is_empty() {
+            args.extend(["--peer", &p]);
+        }
+        let start = Instant::now();
+        let out = self.tether(&args);
+        if out.status.success() {
+            Ok(start.elapsed())
+        } else {
+            Err(text(&out))
+        }
+    }
+
+    /// (addr, pid, incarnation) of a node from its node.json.
+    pub fn record(&self, name: &str) -> (String, u32, u64) {
+        let p = self.dir.join("nodes").join(name).join("node.json");
+        let v: Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+        (
+            v["addr"].as_str().unwrap().to_owned(),
+            v["pid"].as_u64().unwrap() as u32,
+            v["incarnation"].as_u64().unwrap(),
+        )
+    }
+
+    pub fn kill(&self, name: &str, signal: i32) {
+        let (_, pid, _) = self.record(name);
+        // SAFETY: signalling a node process this test started
+        assert_eq!(unsafe { libc::kill(pid as i32, signal) }, 0, "kill {name}");
+    }
+
+    /// Starts `tether node` for `name` again (same state dir, so same address and secret);
+    /// returns once it printed its ready line.
+    pub fn restart(&self, name: &str, role: &str, seeds: &[String]) -> std::process::Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("nodes").join(name).join("node.log"))
+            .unwrap();
+        let mut cmd = Command::new(TETHER);
+        cmd.args(["node", "--name", name, "--role", role, "--state-dir"])
+            .arg(&self.dir)
+            .stdout(std::process::Stdio::piped())
+            .stderr(log);
+        if !seeds.is_empty() {
+            cmd.args(["--seed", &seeds.join(",")]);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let mut line = String::new();
+        use std::io::BufRead;
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.starts_with("ready "), "unexpected first line {line:?}");
+        child
+    }
+
+    /// How `observer` sees `peer` in a status snapshot.
+    pub fn view<'a>(status: &'a Value, observer: &str, peer: &str) -> &'a Value {
+        let node = status["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == observer)
+            .unwrap_or_else(|| panic!("no node {observer}"));
+        node["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == peer)
+            .unwrap_or_else(|| panic!("{observer} does not know {peer}"))
+    }
+
+    /// Total state changes seen by every node for every peer.
+    pub fn total_changes(status: &Value) -> u64 {
+        status["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|n| n["peers"].as_array().unwrap().iter())
+            .map(|p| p["changes"].as_u64().unwrap())
+            .sum()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = self.tether(&["down", "--grace", "2s"]);
+        if let Ok(entries) = std::fs::read_dir(self.dir.join("nodes")) {
+            for e in entries.flatten() {
+                if let Ok(b) = std::fs::read(e.path().join("node.json")) {
+                    if let Ok(v) = serde_json::from_slice::<Value>(&b) {
+                        if let Some(pid) = v["pid"].as_u64() {
+                            // SAFETY: killing a leftover node process of this test
+                            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                        }
+                    }
+                }
+            }
+        }
+        if std::env::var_os("TETHER_KEEP_TEST_DIRS").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+pub fn run_tether(args: &[&str], dir: &Path) -> Output {
+    Command::new(TETHER)
+        .args(args)
+        .arg("--state-dir")
+        .arg(dir)
+        .output()
+        .expect("run tether")
+}
+
+pub fn text(out: &Output) -> String {
+    format!(
+        "status: {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
