@@ -20,6 +20,8 @@
 mod links;
 mod ractor_bridge;
 
+pub use ractor_bridge::cookie as ractor_cookie;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -58,7 +58,7 @@ fn parse_label(label: &str) -> Option<(&str, usize)> {
 
 /// The cookie ractor's handshake checks: derived from the cluster CA, so every node of one
 /// cluster has it and no other cluster does.
-fn cookie(ca: &CertificateDer<'_>) -> String {
+pub fn cookie(ca: &CertificateDer<'_>) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, ca.as_ref());
     digest.as_ref()[..16]
         .iter()
