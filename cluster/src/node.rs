@@ -386,11 +386,14 @@ impl Shared {
         }
         let now = Instant::now();
         let mut stale_link = None;
-        let mut restarted = false;
+        // a new member or a new life of one: told to every peer at once, not at the next
+        // periodic gossip, so a cluster forms (and learns of restarts) in round trips
+        let mut news = false;
         let changed = match self.peers.entry(info.name.clone()) {
             dashmap::Entry::Vacant(v) => {
                 info!(peer = %info.name, role = %info.role, addr = %info.addr, "learned of member");
                 v.insert(Peer::new(&self.me, info, self.timing.detector, now));
+                news = true;
                 true
             }
             dashmap::Entry::Occupied(mut o) => {
@@ -406,7 +409,7 @@ impl Shared {
                     p.pending_dial = false;
                     p.failures = 0;
                     p.last_dial_end = None;
-                    restarted = true;
+                    news = true;
                     p.session = false;
                     p.left = false;
                     p.info = info;
@@ -426,8 +429,7 @@ impl Shared {
             self.refresh_fault_addrs();
             self.bump();
         }
-        if restarted {
-            // spread the news at once: peers drop their links to the old life and redial
+        if news {
             gossip(self);
         }
         changed

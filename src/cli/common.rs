@@ -74,14 +74,35 @@ pub(crate) fn records(state_dir: &Path) -> Vec<NodeRecord> {
 
 /// Connects to every node of the state directory at once.
 pub(crate) async fn connect_all(state_dir: &Path) -> anyhow::Result<(Operator, Vec<Found>)> {
+    connect_some(state_dir, &[]).await
+}
+
+/// Connects to the named nodes (all when `names` is empty) at once.
+///
+/// # Errors
+/// No cluster in `state_dir`, or a name that is not one of its nodes.
+pub(crate) async fn connect_some(
+    state_dir: &Path,
+    names: &[String],
+) -> anyhow::Result<(Operator, Vec<Found>)> {
     let op = Operator::load(state_dir)?;
-    let recs = records(state_dir);
-    if recs.is_empty() {
+    let all = records(state_dir);
+    if all.is_empty() {
         bail!(
             "no nodes in {}: start a cluster with `tether up` (or `tether node`)",
             state_dir.display()
         );
     }
+    for n in names {
+        if !all.iter().any(|r| &r.name == n) {
+            let known: Vec<&str> = all.iter().map(|r| r.name.as_str()).collect();
+            bail!("no node named {n:?}; the cluster has: {}", known.join(", "));
+        }
+    }
+    let recs: Vec<NodeRecord> = all
+        .into_iter()
+        .filter(|r| names.is_empty() || names.contains(&r.name))
+        .collect();
     let op = std::sync::Arc::new(op);
     let mut set = JoinSet::new();
     for (i, rec) in recs.into_iter().enumerate() {

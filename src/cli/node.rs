@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Args;
 use tether_cluster::certs::CertDir;
 use tether_cluster::statedir::NodeDir;
-use tether_cluster::{Node, NodeConfig, Role, Timing};
+use tether_cluster::{NodeConfig, Role, Timing};
 use tracing::info;
 
 use super::StateDirArg;
@@ -60,7 +60,10 @@ pub(crate) async fn run(a: NodeArgs) -> anyhow::Result<ExitCode> {
         timing: Timing::default(),
         fault_seed,
     };
-    let node = Node::start(cfg).await?;
+    let node = match cfg.role {
+        Role::Local => tether_node_local::start(cfg).await?,
+        Role::Remote => tether_node_remote::start(cfg).await?,
+    };
     let me = node.info();
     // one machine-readable line on stdout: `tether up` waits for it; logs go to stderr
     println!(

@@ -300,7 +300,7 @@ async fn supervise(dir: &Path, nodes: &mut Vec<Started>) -> anyhow::Result<ExitC
     Ok(ExitCode::SUCCESS)
 }
 
-async fn stop_children(dir: &Path, nodes: &mut Vec<Started>) {
+async fn stop_children(dir: &Path, nodes: &mut [Started]) {
     let _ = shutdown_all(dir).await;
     let deadline = Instant::now() + Duration::from_secs(5);
     for s in nodes.iter_mut() {
