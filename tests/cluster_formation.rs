@@ -96,3 +96,51 @@ fn commands_on_an_empty_state_dir_explain_what_to_do() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("--isolate"));
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn foreground_up_stops_every_node_cleanly_on_ctrl_c() {
+    use std::io::BufRead;
+    let dir = support::state_dir("fg");
+    let mut child = std::process::Command::new(TETHER)
+        .args(["up", "--remote", "1", "--local", "1", "--state-dir"])
+        .arg(&dir)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut pids = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if line.starts_with("r1 ") || line.starts_with("l1 ") {
+            pids.push(
+                line.split_whitespace()
+                    .nth(3)
+                    .unwrap()
+                    .parse::<i32>()
+                    .unwrap(),
+            );
+        }
+        if line.contains("Ctrl-C stops the cluster") {
+            break;
+        }
+    }
+    assert_eq!(pids.len(), 2, "up printed both nodes");
+    // SAFETY: interrupting the `tether up` process this test started, as Ctrl-C would
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let rest: Vec<String> = lines.map(Result::unwrap).collect();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "up exits cleanly: {status} {rest:?}");
+    assert!(
+        rest.iter().any(|l| l.contains("stopped 2 node(s)")),
+        "{rest:?}"
+    );
+    for pid in pids {
+        // SAFETY: probing pids this test's cluster used
+        assert_ne!(unsafe { libc::kill(pid, 0) }, 0, "node pid {pid} is gone");
+    }
+    assert!(
+        !dir.join("nodes/r1/node.json").exists(),
+        "a clean stop removes the node record"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}

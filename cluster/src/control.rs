@@ -251,11 +251,13 @@ async fn wait_peers(
         if wait_satisfied(&status, peers, states, count) {
             return ControlResponse::Status(status);
         }
-        // the detector's own clock moves states too; tick at least every 100 ms
-        let tick = tokio::time::sleep(Duration::from_millis(100));
+        // every state change (the detector's ticks included) bumps the version
         tokio::select! {
-            _ = changes.changed() => {}
-            _ = tick => {}
+            r = changes.changed() => {
+                if r.is_err() {
+                    return ControlResponse::Error { message: format!("{} is shutting down", status.name) };
+                }
+            }
             _ = tokio::time::sleep_until(deadline) => {
                 let now: Vec<String> = status.peers.iter().map(|p| format!("{}={}", p.name, p.state)).collect();
                 return ControlResponse::Error {

@@ -131,7 +131,7 @@ pub enum NodeError {
 #[derive(Debug, Clone)]
 struct Link {
     conn: Connection,
-    tx: mpsc::UnboundedSender<PeerMsg>,
+    tx: mpsc::Sender<PeerMsg>,
 }
 
 /// Everything this node knows about one peer.
@@ -591,7 +591,8 @@ fn gossip(shared: &Shared) {
     let members = shared.members();
     for p in shared.peers.iter() {
         if let Some(l) = &p.link {
-            let _ = l.tx.send(PeerMsg::Gossip {
+            // a full queue means a stalled link; the next gossip will carry the same news
+            let _ = l.tx.try_send(PeerMsg::Gossip {
                 members: members.clone(),
             });
         }

@@ -68,6 +68,9 @@ pub(crate) async fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
 
+    // handle Ctrl-C and SIGTERM from here on: a signal during start-up must stop the nodes
+    // already started, not kill `up` and orphan them
+    let mut signals = Signals::install()?;
     let t0 = Instant::now();
     let names: Vec<(String, Role)> = (1..=a.remote)
         .map(|i| (format!("r{i}"), Role::Remote))
@@ -128,11 +131,16 @@ pub(crate) async fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
     print_nodes(&statuses);
 
     if a.detach {
+        if signals.pending().await {
+            println!("\ninterrupted during start-up: stopping the cluster");
+            stop_children(&dir, &mut nodes).await;
+            return Ok(ExitCode::from(130));
+        }
         println!("\nnodes keep running; `tether status` to look, `tether down` to stop");
         return Ok(ExitCode::SUCCESS);
     }
     println!("\nCtrl-C stops the cluster");
-    supervise(&dir, &mut nodes).await
+    supervise(&dir, &mut nodes, signals).await
 }
 
 async fn spawn_node(
@@ -243,9 +251,44 @@ fn print_nodes(statuses: &[NodeStatus]) {
     print_table(&rows);
 }
 
+/// SIGINT and SIGTERM, registered before any node starts.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            int: signal(SignalKind::interrupt()).context("cannot handle Ctrl-C")?,
+            term: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+        })
+    }
+
+    /// Whether a signal arrived already (does not wait).
+    async fn pending(&mut self) -> bool {
+        tokio::select! {
+            biased;
+            _ = self.next() => true,
+            _ = std::future::ready(()) => false,
+        }
+    }
+
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
+    }
+}
+
 /// Foreground mode: report nodes that exit, stop everything on Ctrl-C or SIGTERM.
-async fn supervise(dir: &Path, nodes: &mut Vec<Started>) -> anyhow::Result<ExitCode> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+async fn supervise(
+    dir: &Path,
+    nodes: &mut Vec<Started>,
+    mut signals: Signals,
+) -> anyhow::Result<ExitCode> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut pids = Vec::new();
     for mut s in nodes.drain(..) {
@@ -260,8 +303,7 @@ async fn supervise(dir: &Path, nodes: &mut Vec<Started>) -> anyhow::Result<ExitC
     let mut alive = pids.len();
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
-            _ = term.recv() => break,
+            _ = signals.next() => break,
             exited = rx.recv() => {
                 let Some((name, status)) = exited else { break };
                 alive -= 1;

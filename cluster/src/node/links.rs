@@ -19,6 +19,10 @@ use crate::wire::{
     self, close, PeerMsg, StreamTag, WireError, MAX_CONTROL_FRAME, PROTOCOL_VERSION,
 };
 
+/// Messages waiting for a link's stream. Only gossip travels there, and gossip is periodic and
+/// idempotent: when a stalled link's queue is full, a new gossip is dropped, not queued.
+const LINK_QUEUE: usize = 16;
+
 /// Why a dial did not produce a link.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum DialError {
@@ -352,7 +356,7 @@ fn install_link(
     recv: RecvStream,
     dialed: bool,
 ) {
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (tx, rx) = mpsc::channel(LINK_QUEUE);
     let old = {
         let Some(mut p) = shared.peers.get_mut(&info.name) else {
             conn.close(close::STALE.into(), b"unknown peer");
@@ -380,7 +384,7 @@ fn install_link(
     }
     info!(peer = %info.name, dialed, remote = %conn.remote_address(), "link established");
     // introduce ourselves and everyone we know at once
-    let _ = tx.send(PeerMsg::Gossip {
+    let _ = tx.try_send(PeerMsg::Gossip {
         members: shared.members(),
     });
     shared.bump();
@@ -400,7 +404,7 @@ async fn run_link(
     conn: Connection,
     send: SendStream,
     recv: RecvStream,
-    rx: mpsc::UnboundedReceiver<PeerMsg>,
+    rx: mpsc::Receiver<PeerMsg>,
 ) {
     let id = conn.stable_id();
     let result = tokio::select! {
@@ -473,7 +477,7 @@ async fn read_link(
 async fn write_link(
     conn: &Connection,
     mut send: SendStream,
-    mut rx: mpsc::UnboundedReceiver<PeerMsg>,
+    mut rx: mpsc::Receiver<PeerMsg>,
 ) -> Result<(), WireError> {
     loop {
         let msg = tokio::select! {
