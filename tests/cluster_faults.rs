@@ -114,12 +114,7 @@ fn ten_percent_loss_causes_no_false_unreachable() {
         changes,
         "no false suspicion at 10% loss:\n{st:#}"
     );
-    let r1 = st["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["name"] == "r1")
-        .unwrap();
+    let r1 = Cluster::node(&st, "r1");
     assert!(
         r1["datagrams_dropped"].as_u64().unwrap() > 0,
         "the loss rule really dropped datagrams"

@@ -2,8 +2,7 @@
 
 mod support;
 
-use std::io::BufRead;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 
 use support::{run_tether, text, TETHER};
 
@@ -19,34 +18,7 @@ impl Drop for Nodes {
 }
 
 fn start(dir: &std::path::Path, name: &str, role: &str, seeds: &[String]) -> (Child, String) {
-    let mut cmd = Command::new(TETHER);
-    cmd.args([
-        "node",
-        "--name",
-        name,
-        "--role",
-        role,
-        "--listen",
-        "127.0.0.1:0",
-        "--state-dir",
-    ])
-    .arg(dir)
-    .stdout(Stdio::piped())
-    .stderr(Stdio::null());
-    if !seeds.is_empty() {
-        cmd.args(["--seed", &seeds.join(",")]);
-    }
-    let mut child = cmd.spawn().unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .split_whitespace()
-        .find_map(|kv| kv.strip_prefix("addr="))
-        .unwrap_or_else(|| panic!("no ready line: {line:?}"))
-        .to_owned();
-    (child, addr)
+    support::spawn_node(dir, name, role, Some("127.0.0.1:0"), seeds)
 }
 
 #[test]

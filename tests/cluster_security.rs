@@ -67,21 +67,37 @@ fn hello(name: &str, addr: SocketAddr) -> PeerMsg {
     }
 }
 
+/// Connects as `mallory` (a valid certificate of the cluster CA), sends an honest hello and
+/// returns the connection with its link stream, after the node's answer.
+async fn linked_as_mallory(
+    certs: &CertDir,
+    target: SocketAddr,
+) -> (
+    Endpoint,
+    Connection,
+    quinn::SendStream,
+    quinn::RecvStream,
+    PeerMsg,
+) {
+    certs.ensure_node("mallory").unwrap();
+    let ep = peer_client(certs, &certs.load_node("mallory").unwrap(), tls::ALPN_PEER);
+    let conn = ep.connect(target, "r1").unwrap().await.unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    wire::write_tag(&mut send, StreamTag::Link).await.unwrap();
+    wire::write_frame(&mut send, &hello("mallory", ep.local_addr().unwrap()))
+        .await
+        .unwrap();
+    let ack: PeerMsg = wire::read_frame(&mut recv, 1 << 20).await.unwrap().unwrap();
+    (ep, conn, send, recv, ack)
+}
+
 /// After each attack the real nodes still see each other up, with no state change.
 fn assert_cluster_unharmed(c: &Cluster, changes_before: u64) {
     c.wait(&["r1"], &["r2"], "up", Duration::from_secs(1))
         .expect("r1 still sees r2");
     c.wait(&["r2"], &["r1"], "up", Duration::from_secs(1))
         .expect("r2 still sees r1");
-    let st = c.status();
-    let real: u64 = st["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|n| n["peers"].as_array().unwrap().iter())
-        .filter(|p| p["name"] == "r1" || p["name"] == "r2")
-        .map(|p| p["changes"].as_u64().unwrap())
-        .sum();
+    let real = real_changes(c);
     assert_eq!(real, changes_before, "no real peer changed state");
 }
 
@@ -161,12 +177,7 @@ async fn hello_announcing_another_name_than_the_certificate_is_closed() {
         .unwrap();
     assert!(closed_with(&reason, close::PROTOCOL), "{reason}");
     let st = c.status();
-    let r1 = st["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["name"] == "r1")
-        .unwrap();
+    let r1 = Cluster::node(&st, "r1");
     assert!(
         r1["peers"]
             .as_array()
@@ -191,21 +202,8 @@ async fn ractor_handshake_announcing_another_name_gets_no_session() {
     let c = Cluster::up("ractorname", 2, 0);
     let changes = real_changes(&c);
     let certs = CertDir::new(&c.dir);
-    certs.ensure_node("mallory").unwrap();
-    let ep = peer_client(&certs, &certs.load_node("mallory").unwrap(), tls::ALPN_PEER);
-    let conn = ep
-        .connect(node_addr(&c, "r1"), "r1")
-        .unwrap()
-        .await
-        .unwrap();
-
     // an honest link hello as mallory...
-    let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    wire::write_tag(&mut send, StreamTag::Link).await.unwrap();
-    wire::write_frame(&mut send, &hello("mallory", ep.local_addr().unwrap()))
-        .await
-        .unwrap();
-    let ack: PeerMsg = wire::read_frame(&mut recv, 1 << 20).await.unwrap().unwrap();
+    let (_ep, conn, _send, _recv, ack) = linked_as_mallory(&certs, node_addr(&c, "r1")).await;
     assert!(
         matches!(ack, PeerMsg::HelloAck { accepted: true, .. }),
         "{ack:?}"
@@ -285,14 +283,7 @@ async fn garbage_or_oversized_frames_close_only_that_connection() {
 
     // an unknown stream tag and a garbage heartbeat datagram on an accepted link
     for what in ["unknown stream tag", "garbage datagram"] {
-        let ep = peer_client(&certs, &id, tls::ALPN_PEER);
-        let conn = ep.connect(target, "r1").unwrap().await.unwrap();
-        let (mut send, mut recv) = conn.open_bi().await.unwrap();
-        wire::write_tag(&mut send, StreamTag::Link).await.unwrap();
-        wire::write_frame(&mut send, &hello("mallory", ep.local_addr().unwrap()))
-            .await
-            .unwrap();
-        let _: PeerMsg = wire::read_frame(&mut recv, 1 << 20).await.unwrap().unwrap();
+        let (_ep, conn, _send, _recv, _ack) = linked_as_mallory(&certs, target).await;
         if what == "unknown stream tag" {
             let (mut s2, _r2) = conn.open_bi().await.unwrap();
             s2.write_all(&[0x7f]).await.unwrap();

@@ -124,24 +124,40 @@ pub(crate) async fn connect_some(
     Ok((op, found))
 }
 
-/// Asks every reachable node for its status, at once.
-pub(crate) async fn statuses(found: &[Found]) -> Vec<Result<NodeStatus, String>> {
+/// Sends each node its request (none where `request` gives `None`), all at once, and returns
+/// `(node name, answer)` in the order of `found`. An answer of `ControlResponse::Error`, an
+/// unreachable node or a timeout is an `Err` with a message for the operator.
+pub(crate) async fn call_each(
+    found: &[Found],
+    request: impl Fn(&Found) -> Option<ControlRequest>,
+    deadline: Duration,
+) -> Vec<(String, Result<ControlResponse, String>)> {
     let mut set = JoinSet::new();
     for (i, f) in found.iter().enumerate() {
+        let Some(req) = request(f) else { continue };
         let client = f.client.clone();
+        let name = f.record.name.clone();
         set.spawn(async move {
             let r = match client {
                 Err(e) => Err(e),
-                Ok(c) => match c.call(&ControlRequest::Status, CONTROL_TIMEOUT).await {
-                    Ok(ControlResponse::Status(s)) => Ok(s),
-                    Ok(other) => Err(format!("unexpected answer {other:?}")),
-                    Err(e) => Err(e.to_string()),
-                },
+                Ok(c) => c.call(&req, deadline).await.map_err(|e| e.to_string()),
             };
-            (i, r)
+            (i, (name, r))
         });
     }
     in_order(set.join_all().await)
+}
+
+/// Asks every reachable node for its status, at once.
+pub(crate) async fn statuses(found: &[Found]) -> Vec<Result<NodeStatus, String>> {
+    call_each(found, |_| Some(ControlRequest::Status), CONTROL_TIMEOUT)
+        .await
+        .into_iter()
+        .map(|(_, r)| match r? {
+            ControlResponse::Status(s) => Ok(s),
+            other => Err(format!("unexpected answer {other:?}")),
+        })
+        .collect()
 }
 
 /// Sorts `(index, value)` pairs back into index order.

@@ -13,7 +13,7 @@ use tether_cluster::fault::{Action, Direction, FaultRule, PeerMatch};
 use tether_cluster::statedir::NodeRecord;
 use tether_cluster::{ControlRequest, ControlResponse};
 
-use super::common::{connect_all, in_order, Found, CONTROL_TIMEOUT};
+use super::common::{call_each, connect_all, Found, CONTROL_TIMEOUT};
 use super::StateDirArg;
 
 #[derive(Debug, Args)]
@@ -198,48 +198,52 @@ fn quality_plan(
 }
 
 async fn apply(found: &[Found], tag: &str, plan: &Plan) -> anyhow::Result<ExitCode> {
-    let mut set = tokio::task::JoinSet::new();
-    for (i, f) in found.iter().enumerate() {
-        let Some(rules) = plan.get(&f.record.name) else {
-            continue;
-        };
-        let req = ControlRequest::SetFaults {
-            tag: tag.to_owned(),
-            rules: rules.clone(),
-        };
-        let client = f.client.clone();
-        let name = f.record.name.clone();
-        set.spawn(async move {
-            let r = match client {
-                Err(e) => Err(e),
-                Ok(c) => match c.call(&req, CONTROL_TIMEOUT).await {
-                    Ok(ControlResponse::Faults { rules }) => Ok(rules),
-                    Ok(other) => Err(format!("unexpected answer {other:?}")),
-                    Err(e) => Err(e.to_string()),
-                },
-            };
-            (i, (name, r))
-        });
-    }
+    let answers = call_each(
+        found,
+        |f| {
+            plan.get(&f.record.name)
+                .map(|rules| ControlRequest::SetFaults {
+                    tag: tag.to_owned(),
+                    rules: rules.clone(),
+                })
+        },
+        CONTROL_TIMEOUT,
+    )
+    .await;
+    Ok(report(answers, "", "not changed"))
+}
+
+/// Prints each node's rules (after `prefix`); returns failure if any node did not answer.
+fn report(
+    answers: Vec<(String, Result<ControlResponse, String>)>,
+    prefix: &str,
+    failed_as: &str,
+) -> ExitCode {
     let mut failed = false;
-    for (name, r) in in_order(set.join_all().await) {
+    for (name, r) in answers {
         match r {
-            Ok(rules) if rules.is_empty() => println!("{name}: no rules"),
-            Ok(rules) => {
+            Ok(ControlResponse::Faults { rules }) if rules.is_empty() => {
+                println!("{name}: no rules")
+            }
+            Ok(ControlResponse::Faults { rules }) => {
                 let text: Vec<String> = rules.iter().map(ToString::to_string).collect();
-                println!("{name}: {}", text.join("; "));
+                println!("{name}: {prefix}{}", text.join("; "));
+            }
+            Ok(other) => {
+                failed = true;
+                eprintln!("{name}: {failed_as}: unexpected answer {other:?}");
             }
             Err(e) => {
                 failed = true;
-                eprintln!("{name}: not changed: {e}");
+                eprintln!("{name}: {failed_as}: {e}");
             }
         }
     }
-    Ok(if failed {
+    if failed {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
-    })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -250,41 +254,13 @@ pub(crate) struct HealArgs {
 
 pub(crate) async fn heal(a: HealArgs) -> anyhow::Result<ExitCode> {
     let (_op, found) = connect_all(&a.dir.state_dir).await?;
-    let mut set = tokio::task::JoinSet::new();
-    for (i, f) in found.iter().enumerate() {
-        let client = f.client.clone();
-        let name = f.record.name.clone();
-        set.spawn(async move {
-            let r = match client {
-                Err(e) => Err(e),
-                Ok(c) => match c.call(&ControlRequest::ClearFaults, CONTROL_TIMEOUT).await {
-                    Ok(ControlResponse::Faults { rules }) => Ok(rules),
-                    Ok(other) => Err(format!("unexpected answer {other:?}")),
-                    Err(e) => Err(e.to_string()),
-                },
-            };
-            (i, (name, r))
-        });
-    }
-    let mut failed = false;
-    for (name, r) in in_order(set.join_all().await) {
-        match r {
-            Ok(rules) if rules.is_empty() => println!("{name}: no rules"),
-            Ok(rules) => {
-                let text: Vec<String> = rules.iter().map(ToString::to_string).collect();
-                println!("{name}: removed {}", text.join("; "));
-            }
-            Err(e) => {
-                failed = true;
-                eprintln!("{name}: not healed: {e}");
-            }
-        }
-    }
-    Ok(if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    let answers = call_each(
+        &found,
+        |_| Some(ControlRequest::ClearFaults),
+        CONTROL_TIMEOUT,
+    )
+    .await;
+    Ok(report(answers, "removed ", "not healed"))
 }
 
 #[cfg(test)]

@@ -149,8 +149,8 @@ pub(crate) struct WaitArgs {
 pub(crate) async fn wait(a: WaitArgs) -> anyhow::Result<ExitCode> {
     // only the observers are asked; a dead node elsewhere must not slow the wait down
     let (_op, found) = common::connect_some(&a.dir.state_dir, &a.node).await?;
-    let chosen: Vec<_> = found
-        .iter()
+    let chosen: Vec<common::Found> = found
+        .into_iter()
         .filter(|f| !a.node.is_empty() || common::pid_alive(f.record.pid))
         .collect();
     let req = ControlRequest::WaitPeers {
@@ -159,25 +159,19 @@ pub(crate) async fn wait(a: WaitArgs) -> anyhow::Result<ExitCode> {
         count: a.count,
         timeout_ms: a.timeout.as_millis() as u64,
     };
-    let mut set = tokio::task::JoinSet::new();
-    for (i, f) in chosen.iter().enumerate() {
-        let client = f.client.clone();
-        let name = f.record.name.clone();
-        let req = req.clone();
-        let deadline = a.timeout + common::CONTROL_TIMEOUT;
-        set.spawn(async move {
-            let r = match client {
-                Err(e) => Err(format!("{name}: {e}")),
-                Ok(c) => match c.call(&req, deadline).await {
-                    Ok(ControlResponse::Status(s)) => Ok(s),
-                    Ok(other) => Err(format!("{name}: unexpected answer {other:?}")),
-                    Err(e) => Err(format!("{name}: {e}")),
-                },
-            };
-            (i, r)
-        });
-    }
-    let results = common::in_order(set.join_all().await);
+    let results: Vec<Result<tether_cluster::NodeStatus, String>> = common::call_each(
+        &chosen,
+        |_| Some(req.clone()),
+        a.timeout + common::CONTROL_TIMEOUT,
+    )
+    .await
+    .into_iter()
+    .map(|(name, r)| match r {
+        Ok(ControlResponse::Status(s)) => Ok(s),
+        Ok(other) => Err(format!("{name}: unexpected answer {other:?}")),
+        Err(e) => Err(format!("{name}: {e}")),
+    })
+    .collect();
     let mut ok = true;
     let mut out = Vec::new();
     for r in results {

@@ -17,9 +17,7 @@ use tether_cluster::{ControlRequest, ControlResponse, NodeStatus, PeerState, Rol
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use super::common::{
-    self, connect_all, human_ms, pid_alive, print_table, Operator, CONTROL_TIMEOUT,
-};
+use super::common::{self, connect_all, human_ms, pid_alive, print_table, CONTROL_TIMEOUT};
 use super::StateDirArg;
 
 #[derive(Debug, Args)]
@@ -209,23 +207,15 @@ async fn wait_formed(dir: &Path, n: usize, timeout: Duration) -> anyhow::Result<
         count: Some(n - 1),
         timeout_ms: timeout.as_millis() as u64,
     };
-    let mut set = tokio::task::JoinSet::new();
-    for (i, f) in found.into_iter().enumerate() {
-        let req = req.clone();
-        set.spawn(async move {
-            let name = f.record.name.clone();
-            let r = match f.client {
-                Err(e) => Err(anyhow::anyhow!("{name}: {e}")),
-                Ok(c) => match c.call(&req, timeout + CONTROL_TIMEOUT).await {
-                    Ok(ControlResponse::Status(s)) => Ok(s),
-                    Ok(other) => Err(anyhow::anyhow!("{name}: unexpected answer {other:?}")),
-                    Err(e) => Err(anyhow::anyhow!("{name}: {e}")),
-                },
-            };
-            (i, r)
-        });
-    }
-    common::in_order(set.join_all().await).into_iter().collect()
+    common::call_each(&found, |_| Some(req.clone()), timeout + CONTROL_TIMEOUT)
+        .await
+        .into_iter()
+        .map(|(name, r)| match r {
+            Ok(ControlResponse::Status(s)) => Ok(s),
+            Ok(other) => Err(anyhow::anyhow!("{name}: unexpected answer {other:?}")),
+            Err(e) => Err(anyhow::anyhow!("{name}: {e}")),
+        })
+        .collect()
 }
 
 fn print_nodes(statuses: &[NodeStatus]) {
@@ -355,25 +345,27 @@ async fn stop_children(dir: &Path, nodes: &mut [Started]) {
     println!("stopped {} node(s)", nodes.len());
 }
 
-/// Asks every running node of the state directory to shut down. Returns the pids asked.
+/// Asks every running node of the state directory to shut down. Returns the nodes asked.
 async fn shutdown_all(dir: &Path) -> anyhow::Result<Vec<(String, u32)>> {
-    let op = Operator::load(dir)?;
-    let recs: Vec<_> = common::records(dir)
-        .into_iter()
-        .filter(|r| pid_alive(r.pid))
-        .collect();
-    let mut set = tokio::task::JoinSet::new();
-    let op = std::sync::Arc::new(op);
-    for r in recs {
-        let op = op.clone();
-        set.spawn(async move {
-            if let Ok(c) = op.connect(&r).await {
-                let _ = c.call(&ControlRequest::Shutdown, CONTROL_TIMEOUT).await;
-            }
-            (r.name, r.pid)
-        });
+    if !common::records(dir).iter().any(|r| pid_alive(r.pid)) {
+        return Ok(Vec::new());
     }
-    Ok(set.join_all().await)
+    let (_op, found) = connect_all(dir).await?;
+    let running: Vec<_> = found
+        .into_iter()
+        .filter(|f| pid_alive(f.record.pid))
+        .collect();
+    // a node that does not answer is killed by the caller after its grace period
+    common::call_each(
+        &running,
+        |_| Some(ControlRequest::Shutdown),
+        CONTROL_TIMEOUT,
+    )
+    .await;
+    Ok(running
+        .iter()
+        .map(|f| (f.record.name.clone(), f.record.pid))
+        .collect())
 }
 
 #[derive(Debug, Args)]

@@ -111,27 +111,17 @@ impl Cluster {
     /// Starts `tether node` for `name` again (same state dir, so same address and secret);
     /// returns once it printed its ready line.
     pub fn restart(&self, name: &str, role: &str, seeds: &[String]) -> std::process::Child {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("nodes").join(name).join("node.log"))
-            .unwrap();
-        let mut cmd = Command::new(TETHER);
-        cmd.args(["node", "--name", name, "--role", role, "--state-dir"])
-            .arg(&self.dir)
-            .stdout(std::process::Stdio::piped())
-            .stderr(log);
-        if !seeds.is_empty() {
-            cmd.args(["--seed", &seeds.join(",")]);
-        }
-        let mut child = cmd.spawn().unwrap();
-        let mut line = String::new();
-        use std::io::BufRead;
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert!(line.starts_with("ready "), "unexpected first line {line:?}");
-        child
+        spawn_node(&self.dir, name, role, None, seeds).0
+    }
+
+    /// Node `name` in a status snapshot.
+    pub fn node<'a>(status: &'a Value, name: &str) -> &'a Value {
+        status["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == name)
+            .unwrap_or_else(|| panic!("no node {name}"))
     }
 
     /// How `observer` sees `peer` in a status snapshot.
@@ -181,6 +171,47 @@ impl Drop for Cluster {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// Starts `tether node` in `dir` (stderr appended to the node's log); returns the child and
+/// the address from its ready line, once it printed it.
+pub fn spawn_node(
+    dir: &Path,
+    name: &str,
+    role: &str,
+    listen: Option<&str>,
+    seeds: &[String],
+) -> (std::process::Child, String) {
+    let node_dir = dir.join("nodes").join(name);
+    std::fs::create_dir_all(&node_dir).unwrap();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(node_dir.join("node.log"))
+        .unwrap();
+    let mut cmd = Command::new(TETHER);
+    cmd.args(["node", "--name", name, "--role", role, "--state-dir"])
+        .arg(dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(log);
+    if let Some(l) = listen {
+        cmd.args(["--listen", l]);
+    }
+    if !seeds.is_empty() {
+        cmd.args(["--seed", &seeds.join(",")]);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut line = String::new();
+    use std::io::BufRead;
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("addr="))
+        .unwrap_or_else(|| panic!("{name}: unexpected first line {line:?}"))
+        .to_owned();
+    (child, addr)
 }
 
 pub fn run_tether(args: &[&str], dir: &Path) -> Output {
