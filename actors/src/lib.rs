@@ -1,12 +1,34 @@
 //! tether-actors: the agent model shared by every other crate.
 //!
-//! Map of the crate:
-//! - [`codec`]: the one wire codec (MessagePack through rmp-serde). Every byte that arrives
-//!   from a peer is decoded here, fallibly and within a size bound; nothing on this path panics.
+//! Where to start reading: [`agent`] is what a user writes; [`host`] is how a node runs it.
 //!
-//! The agent trait, `AgentId`, `AgentRef` and envelopes join this crate with the agents issue;
-//! the codec comes first because the cluster's own protocols already speak it.
+//! Map of the crate:
+//! - [`id`]: `AgentId` = `kind/key`, deterministic.
+//! - [`placement`]: placement labels (sensitivity, compute, needs, prefer).
+//! - [`agent`]: the `Agent` trait, its context, and [`AgentError`], the typed error every
+//!   operation on an agent returns (it travels on the wire).
+//! - [`envelope`]: envelopes (sender, sequence, epoch, W3C trace context, contract).
+//! - [`kind`]: erased kinds: decode, handle, encode; each agent is a ractor actor.
+//! - [`host`]: the agents a node hosts; activation and the checks at delivery.
+//! - [`agent_ref`]: `AgentRef<A>`, the location-transparent handle, over a [`Router`].
+//! - [`builtin`]: `echo`, `counter`, `flaky`, `sleeper`.
+//! - [`codec`]: the wire codec (MessagePack), bounded and fallible.
 
+pub mod agent;
+pub mod agent_ref;
+pub mod builtin;
 pub mod codec;
+pub mod envelope;
+pub mod host;
+pub mod id;
+pub mod kind;
+pub mod placement;
 
+pub use agent::{Agent, AgentError, Ctx, Failure};
+pub use agent_ref::{AgentRef, Router, TellError};
 pub use codec::{decode, encode, CodecError, MAX_FRAME_LEN};
+pub use envelope::{Contract, Encoding, Envelope, TraceContext};
+pub use host::{Activation, AgentInfo, Delivery, Host};
+pub use id::AgentId;
+pub use kind::Body;
+pub use placement::{Compute, Placement, Prefer, Sensitivity};

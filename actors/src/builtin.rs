@@ -1,0 +1,156 @@
+//! Built-in kinds, so the CLI is useful without writing code. Their JSON protocol is part of
+//! the interface:
+//!
+//! | kind      | message                  | reply                     |
+//! |-----------|--------------------------|---------------------------|
+//! | `echo`    | any JSON value           | the same value            |
+//! | `counter` | `"inc"`, `{"add": N}`, `"get"` | the count after the message |
+//! | `flaky`   | `"ping"`, `"crash"`      | `"pong"`; `"crash"` fails the agent |
+//! | `sleeper` | `{"sleep_ms": N}`        | `"done"` after N ms       |
+//!
+//! `counter` takes optional args `{"start": N}`; its state (the count) is what a migration
+//! carries.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::agent::{Agent, Ctx, Failure};
+
+/// Replies with the value it got.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Echo;
+
+impl Agent for Echo {
+    const KIND: &'static str = "echo";
+    type Args = Value;
+    type Msg = Value;
+    type Reply = Value;
+    type State = ();
+
+    async fn init(&self, _ctx: &Ctx, _args: Value) -> Result<(), Failure> {
+        Ok(())
+    }
+
+    async fn handle(&self, _ctx: &Ctx, _state: &mut (), msg: Value) -> Result<Value, Failure> {
+        Ok(msg)
+    }
+}
+
+/// A number.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Counter;
+
+/// `counter` messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CounterMsg {
+    /// Add 1.
+    Inc,
+    /// Add N.
+    Add(i64),
+    /// Read.
+    Get,
+}
+
+/// `counter` spawn arguments.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CounterArgs {
+    /// Initial count.
+    pub start: i64,
+}
+
+impl Agent for Counter {
+    const KIND: &'static str = "counter";
+    type Args = Option<CounterArgs>;
+    type Msg = CounterMsg;
+    type Reply = i64;
+    type State = i64;
+
+    async fn init(&self, _ctx: &Ctx, args: Option<CounterArgs>) -> Result<i64, Failure> {
+        Ok(args.unwrap_or_default().start)
+    }
+
+    async fn handle(&self, _ctx: &Ctx, n: &mut i64, msg: CounterMsg) -> Result<i64, Failure> {
+        match msg {
+            CounterMsg::Inc => *n = n.checked_add(1).ok_or("counter overflow")?,
+            CounterMsg::Add(k) => *n = n.checked_add(k).ok_or("counter overflow")?,
+            CounterMsg::Get => {}
+        }
+        Ok(*n)
+    }
+}
+
+/// Fails on request, for supervision demos.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Flaky;
+
+/// `flaky` messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FlakyMsg {
+    /// Reply `"pong"`.
+    Ping,
+    /// Fail.
+    Crash,
+}
+
+impl Agent for Flaky {
+    const KIND: &'static str = "flaky";
+    type Args = Value;
+    type Msg = FlakyMsg;
+    type Reply = String;
+    type State = ();
+
+    async fn init(&self, _ctx: &Ctx, _args: Value) -> Result<(), Failure> {
+        Ok(())
+    }
+
+    async fn handle(&self, _ctx: &Ctx, _state: &mut (), msg: FlakyMsg) -> Result<String, Failure> {
+        match msg {
+            FlakyMsg::Ping => Ok("pong".into()),
+            FlakyMsg::Crash => Err("crash requested".into()),
+        }
+    }
+}
+
+/// Replies after a delay, for timeout demos.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Sleeper;
+
+/// `sleeper` message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SleepMsg {
+    /// How long to sleep.
+    pub sleep_ms: u64,
+}
+
+impl Agent for Sleeper {
+    const KIND: &'static str = "sleeper";
+    type Args = Value;
+    type Msg = SleepMsg;
+    type Reply = String;
+    type State = ();
+
+    async fn init(&self, _ctx: &Ctx, _args: Value) -> Result<(), Failure> {
+        Ok(())
+    }
+
+    async fn handle(&self, _ctx: &Ctx, _state: &mut (), msg: SleepMsg) -> Result<String, Failure> {
+        tokio::time::sleep(Duration::from_millis(msg.sleep_ms)).await;
+        Ok("done".into())
+    }
+}
+
+/// Every built-in kind, erased, for a node's registry.
+pub fn all() -> Vec<std::sync::Arc<dyn crate::kind::ErasedKind>> {
+    vec![
+        crate::kind::erase(Echo),
+        crate::kind::erase(Counter),
+        crate::kind::erase(Flaky),
+        crate::kind::erase(Sleeper),
+    ]
+}

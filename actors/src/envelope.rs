@@ -1,0 +1,180 @@
+//! Envelopes: what travels with every message.
+//!
+//! An envelope names its target and the target's epoch as the sender knows it (a host refuses
+//! an older epoch: fencing), the sender and its per-target sequence number (FIFO and dedupe),
+//! a W3C trace context (one trace id across nodes), and the payload's contract and encoding.
+
+use std::fmt;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::id::AgentId;
+
+/// How a payload is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    /// MessagePack (typed Rust senders).
+    MsgPack,
+    /// JSON (the CLI and other tools).
+    Json,
+}
+
+/// A contract: the name and version of a message schema.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Contract {
+    /// Name (the kind's name for agent messages).
+    pub name: String,
+    /// Version.
+    pub version: u32,
+}
+
+impl fmt::Display for Contract {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.name, self.version)
+    }
+}
+
+/// A W3C trace context (`traceparent`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TraceContext {
+    /// 128-bit trace id, shared by every step of a flow.
+    pub trace_id: u128,
+    /// 64-bit id of the sending span.
+    pub span_id: u64,
+    /// The sampled flag.
+    pub sampled: bool,
+}
+
+impl TraceContext {
+    /// A new trace (a flow that starts here).
+    pub fn new_root() -> Self {
+        Self {
+            trace_id: nonzero(rand::random()),
+            span_id: nonzero(rand::random()),
+            sampled: true,
+        }
+    }
+
+    /// A child span in the same trace.
+    pub fn child(&self) -> Self {
+        Self {
+            trace_id: self.trace_id,
+            span_id: nonzero(rand::random()),
+            sampled: self.sampled,
+        }
+    }
+
+    /// The trace that the current task runs in, if any (set while an agent handles a message),
+    /// continued as a child; else a new root.
+    pub fn current_or_new() -> Self {
+        CURRENT_TRACE
+            .try_with(|t| t.child())
+            .unwrap_or_else(|_| Self::new_root())
+    }
+
+    /// The trace id as 32 hex digits, as it appears in logs.
+    pub fn trace_id_hex(&self) -> String {
+        format!("{:032x}", self.trace_id)
+    }
+
+    /// `traceparent` header text.
+    pub fn to_traceparent(&self) -> String {
+        format!(
+            "00-{:032x}-{:016x}-{:02x}",
+            self.trace_id,
+            self.span_id,
+            u8::from(self.sampled)
+        )
+    }
+
+    /// Parses a `traceparent` header.
+    pub fn from_traceparent(s: &str) -> Option<Self> {
+        let mut parts = s.split('-');
+        let (v, t, p, f) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        if v != "00" || t.len() != 32 || p.len() != 16 || f.len() != 2 || parts.next().is_some() {
+            return None;
+        }
+        let trace_id = u128::from_str_radix(t, 16).ok().filter(|x| *x != 0)?;
+        let span_id = u64::from_str_radix(p, 16).ok().filter(|x| *x != 0)?;
+        let flags = u8::from_str_radix(f, 16).ok()?;
+        Some(Self {
+            trace_id,
+            span_id,
+            sampled: flags & 1 == 1,
+        })
+    }
+}
+
+fn nonzero<T: Default + PartialEq + From<u8>>(x: T) -> T {
+    if x == T::default() {
+        T::from(1)
+    } else {
+        x
+    }
+}
+
+tokio::task_local! {
+    /// The trace of the message the current task is handling.
+    pub static CURRENT_TRACE: TraceContext;
+}
+
+/// A message on its way to an agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// The target agent.
+    pub target: AgentId,
+    /// The target's epoch as the sender knows it (0: any).
+    pub epoch: u64,
+    /// The sender: a node name, or `node/agent-id` when an agent sends.
+    pub sender: String,
+    /// Per sender and target, from 1, without gaps.
+    pub seq: u64,
+    /// Trace context.
+    pub trace: TraceContext,
+    /// The payload's contract.
+    pub contract: Contract,
+    /// The payload's encoding.
+    pub encoding: Encoding,
+    /// The payload.
+    pub body: Bytes,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_round_trips() {
+        let t = TraceContext::new_root();
+        let s = t.to_traceparent();
+        assert_eq!(s.len(), 55);
+        assert_eq!(TraceContext::from_traceparent(&s), Some(t));
+        let c = t.child();
+        assert_eq!(c.trace_id, t.trace_id);
+        assert_ne!(c.span_id, t.span_id);
+    }
+
+    #[test]
+    fn bad_traceparents_are_none() {
+        for s in [
+            "",
+            "01-0000-00-00",
+            "00-00000000000000000000000000000000-0000000000000001-01",
+        ] {
+            assert_eq!(TraceContext::from_traceparent(s), None, "{s}");
+        }
+    }
+
+    #[tokio::test]
+    async fn current_trace_is_inherited_inside_a_scope() {
+        let root = TraceContext::new_root();
+        let inner = CURRENT_TRACE
+            .scope(root, async { TraceContext::current_or_new() })
+            .await;
+        assert_eq!(inner.trace_id, root.trace_id);
+        let outside = TraceContext::current_or_new();
+        assert_ne!(outside.trace_id, root.trace_id);
+    }
+}

@@ -1,0 +1,369 @@
+//! Kinds: a registered agent type, erased so a node can create agents by kind name.
+//!
+//! A message body is either a typed Rust value (local sends skip serialization) or bytes in
+//! MessagePack or JSON (from other nodes or the CLI). The erased layer decodes the body into
+//! the agent's message type, fallibly: a body that does not decode is answered with
+//! [`AgentError::BadPayload`] and the agent keeps running. The reply goes back in the form the
+//! request came in.
+//!
+//! ```text
+//! Host ── spawn(kind) ──▶ ErasedKind ──▶ AgentActor<A> (a ractor actor per agent)
+//!                                          pre_start: A::init
+//!                                          handle:    decode ─▶ A::handle ─▶ encode reply
+//!                                          post_stop: A::on_stop
+//! ```
+
+use std::any::Any;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use serde::{de::DeserializeOwned, Serialize};
+use tokio::sync::oneshot;
+use tracing::{debug, warn, Instrument};
+
+use crate::agent::{Agent, AgentError, Ctx};
+use crate::envelope::{Contract, Encoding, TraceContext, CURRENT_TRACE};
+use crate::id::AgentId;
+use crate::placement::Placement;
+
+/// A message or reply body.
+pub enum Body {
+    /// Encoded bytes.
+    Encoded(Encoding, Bytes),
+    /// A typed value (same process only).
+    Typed(Box<dyn Any + Send>),
+}
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Body::Encoded(e, b) => write!(f, "Encoded({e:?}, {} bytes)", b.len()),
+            Body::Typed(_) => f.write_str("Typed(..)"),
+        }
+    }
+}
+
+impl Body {
+    /// A JSON body.
+    pub fn json(v: &serde_json::Value) -> Self {
+        // invariant: a serde_json::Value always serializes
+        Body::Encoded(
+            Encoding::Json,
+            Bytes::from(serde_json::to_vec(v).expect("JSON value encodes")),
+        )
+    }
+
+    /// Decodes into `T`.
+    ///
+    /// # Errors
+    /// The decoder's message.
+    pub fn decode<T: DeserializeOwned + 'static>(self) -> Result<T, String> {
+        match self {
+            Body::Typed(b) => b
+                .downcast::<T>()
+                .map(|b| *b)
+                .map_err(|_| format!("expected a {}", std::any::type_name::<T>())),
+            Body::Encoded(Encoding::MsgPack, b) => {
+                crate::codec::decode(&b).map_err(|e| e.to_string())
+            }
+            Body::Encoded(Encoding::Json, b) => {
+                serde_json::from_slice(&b).map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    /// Encodes `v` the way a request came in (`None`: typed).
+    ///
+    /// # Errors
+    /// The encoder's message.
+    pub fn encode<T: Serialize + Send + 'static>(
+        v: T,
+        like: Option<Encoding>,
+    ) -> Result<Body, String> {
+        Ok(match like {
+            None => Body::Typed(Box::new(v)),
+            Some(Encoding::MsgPack) => Body::Encoded(
+                Encoding::MsgPack,
+                Bytes::from(crate::codec::encode(&v).map_err(|e| e.to_string())?),
+            ),
+            Some(Encoding::Json) => Body::Encoded(
+                Encoding::Json,
+                Bytes::from(serde_json::to_vec(&v).map_err(|e| e.to_string())?),
+            ),
+        })
+    }
+
+    /// The encoding, if encoded.
+    pub fn encoding(&self) -> Option<Encoding> {
+        match self {
+            Body::Encoded(e, _) => Some(*e),
+            Body::Typed(_) => None,
+        }
+    }
+
+    /// The body as JSON, if it can be read as such (for printing replies).
+    pub fn to_json(self) -> Result<serde_json::Value, String> {
+        match self {
+            Body::Encoded(Encoding::Json, b) => {
+                serde_json::from_slice(&b).map_err(|e| e.to_string())
+            }
+            Body::Encoded(Encoding::MsgPack, b) => {
+                crate::codec::decode(&b).map_err(|e| e.to_string())
+            }
+            Body::Typed(_) => Err("a typed reply has no JSON form".into()),
+        }
+    }
+}
+
+/// Where a reply goes.
+pub type ReplyTx = oneshot::Sender<Result<Body, AgentError>>;
+
+/// One message for an agent actor.
+pub struct Call {
+    /// The message.
+    pub body: Body,
+    /// Its trace.
+    pub trace: TraceContext,
+    /// Who sent it.
+    pub sender: Option<String>,
+    /// The sender's sequence number.
+    pub seq: u64,
+    /// Where the reply goes (`ask`), or none (`tell`).
+    pub reply: Option<ReplyTx>,
+}
+
+impl ractor::Message for Call {}
+
+/// Called once when an agent's actor ends: `None` for a clean stop, else the failure.
+pub type ExitHook = Arc<dyn Fn(&AgentId, u64, Option<String>) + Send + Sync>;
+
+/// Counters of one hosted agent.
+#[derive(Debug, Default)]
+pub struct AgentStats {
+    /// Messages handed to the agent.
+    pub received: AtomicU64,
+    /// Messages whose sequence number skipped ahead (a gap: something before was lost).
+    pub gaps: AtomicU64,
+    /// Messages refused as already delivered (sequence number not new).
+    pub duplicates: AtomicU64,
+    /// Messages in the mailbox, not yet picked up by the agent.
+    pub queued: AtomicU64,
+}
+
+/// What a node needs to start one agent.
+pub struct SpawnSpec {
+    /// The agent.
+    pub id: AgentId,
+    /// Its activation epoch.
+    pub epoch: u64,
+    /// The hosting node's name.
+    pub node: String,
+    /// Spawn arguments.
+    pub args: Body,
+    /// Trace of the spawn.
+    pub trace: TraceContext,
+    /// Called when the agent ends.
+    pub on_exit: ExitHook,
+    /// The agent's counters (the actor keeps `queued` true).
+    pub stats: Arc<AgentStats>,
+}
+
+/// A boxed future, for the erased interface.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A kind as the node sees it: by name, without its types.
+pub trait ErasedKind: Send + Sync {
+    /// The kind name.
+    fn name(&self) -> &'static str;
+    /// The message contract.
+    fn contract(&self) -> Contract;
+    /// Placement labels for these spawn arguments (decoding them).
+    fn placement(&self, args: Body) -> Result<(Placement, Body), AgentError>;
+    /// Starts an agent; resolves when its `init` finished.
+    fn spawn(&self, spec: SpawnSpec) -> BoxFuture<'_, Result<ActorRef<Call>, AgentError>>;
+}
+
+/// Erases agent kind `A`.
+pub fn erase<A: Agent>(behaviour: A) -> Arc<dyn ErasedKind> {
+    Arc::new(KindImpl {
+        behaviour: Arc::new(behaviour),
+    })
+}
+
+struct KindImpl<A> {
+    behaviour: Arc<A>,
+}
+
+impl<A: Agent> ErasedKind for KindImpl<A> {
+    fn name(&self) -> &'static str {
+        A::KIND
+    }
+
+    fn contract(&self) -> Contract {
+        Contract {
+            name: A::KIND.to_owned(),
+            version: A::CONTRACT_VERSION,
+        }
+    }
+
+    fn placement(&self, args: Body) -> Result<(Placement, Body), AgentError> {
+        let like = args.encoding();
+        let bad = |reason| AgentError::BadPayload {
+            id: format!("{} args", A::KIND),
+            reason,
+        };
+        let typed: A::Args = args.decode().map_err(bad)?;
+        let p = self.behaviour.placement(&typed);
+        Ok((p, Body::encode(typed, like).map_err(bad)?))
+    }
+
+    fn spawn(&self, spec: SpawnSpec) -> BoxFuture<'_, Result<ActorRef<Call>, AgentError>> {
+        let behaviour = self.behaviour.clone();
+        Box::pin(async move {
+            let id = spec.id.clone();
+            let args: A::Args = spec
+                .args
+                .decode()
+                .map_err(|reason| AgentError::BadPayload {
+                    id: format!("{id} args"),
+                    reason,
+                })?;
+            let ctx = Ctx {
+                id: spec.id,
+                epoch: spec.epoch,
+                node: spec.node,
+                trace: spec.trace,
+                sender: None,
+                seq: 0,
+            };
+            let actor = AgentActor::<A> { behaviour };
+            let (aref, _) = Actor::spawn(None, actor, (ctx, args, spec.on_exit, spec.stats))
+                .await
+                .map_err(|e| AgentError::Failed {
+                    id: id.to_string(),
+                    reason: format!("init failed: {e}"),
+                })?;
+            Ok(aref)
+        })
+    }
+}
+
+struct AgentActor<A> {
+    behaviour: Arc<A>,
+}
+
+struct ActorState<A: Agent> {
+    state: A::State,
+    ctx: Ctx,
+    on_exit: ExitHook,
+    exited: AtomicBool,
+    stats: Arc<AgentStats>,
+}
+
+impl<A: Agent> ActorState<A> {
+    fn exit(&self, reason: Option<String>) {
+        if !self.exited.swap(true, Ordering::AcqRel) {
+            (self.on_exit)(&self.ctx.id, self.ctx.epoch, reason);
+        }
+    }
+}
+
+impl<A: Agent> Actor for AgentActor<A> {
+    type Msg = Call;
+    type State = ActorState<A>;
+    type Arguments = (Ctx, A::Args, ExitHook, Arc<AgentStats>);
+
+    async fn pre_start(
+        &self,
+        _me: ActorRef<Call>,
+        (ctx, args, on_exit, stats): Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let span = tracing::info_span!("agent", id = %ctx.id, trace_id = %ctx.trace.trace_id_hex());
+        let state = CURRENT_TRACE
+            .scope(ctx.trace, self.behaviour.init(&ctx, args))
+            .instrument(span)
+            .await
+            .map_err(|e| -> ActorProcessingErr { e.to_string().into() })?;
+        Ok(ActorState {
+            state,
+            ctx,
+            on_exit,
+            exited: AtomicBool::new(false),
+            stats,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _me: ActorRef<Call>,
+        call: Call,
+        st: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        st.stats.queued.fetch_sub(1, Ordering::Relaxed);
+        let like = call.body.encoding();
+        let msg: A::Msg = match call.body.decode() {
+            Ok(m) => m,
+            Err(reason) => {
+                warn!(id = %st.ctx.id, trace_id = %call.trace.trace_id_hex(), %reason, "message does not decode; the agent keeps running");
+                if let Some(r) = call.reply {
+                    let _ = r.send(Err(AgentError::BadPayload {
+                        id: st.ctx.id.to_string(),
+                        reason,
+                    }));
+                }
+                return Ok(());
+            }
+        };
+        st.ctx.trace = call.trace;
+        st.ctx.sender = call.sender;
+        st.ctx.seq = call.seq;
+        let span =
+            tracing::info_span!("agent", id = %st.ctx.id, trace_id = %call.trace.trace_id_hex());
+        let ctx = st.ctx.clone();
+        let result = CURRENT_TRACE
+            .scope(call.trace, async {
+                debug!(seq = call.seq, sender = ?ctx.sender, "handling message");
+                self.behaviour.handle(&ctx, &mut st.state, msg).await
+            })
+            .instrument(span)
+            .await;
+        match result {
+            Ok(reply) => {
+                if let Some(r) = call.reply {
+                    let out = Body::encode(reply, like).map_err(|reason| {
+                        AgentError::Internal(format!("reply does not encode: {reason}"))
+                    });
+                    let _ = r.send(out);
+                }
+                Ok(())
+            }
+            Err(failure) => {
+                let reason = failure.to_string();
+                warn!(id = %st.ctx.id, trace_id = %call.trace.trace_id_hex(), %reason, "agent failed");
+                if let Some(r) = call.reply {
+                    let _ = r.send(Err(AgentError::Failed {
+                        id: st.ctx.id.to_string(),
+                        reason: reason.clone(),
+                    }));
+                }
+                st.exit(Some(reason.clone()));
+                Err(reason.into())
+            }
+        }
+    }
+
+    async fn post_stop(
+        &self,
+        _me: ActorRef<Call>,
+        st: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let ctx = st.ctx.clone();
+        self.behaviour.on_stop(&ctx, &mut st.state).await;
+        st.exit(None);
+        Ok(())
+    }
+}
