@@ -1,5 +1,6 @@
 //! Command definitions (clap) and dispatch. Each command lives in its own file under `cli/`.
 
+mod agents;
 mod certs;
 mod common;
 mod faults;
@@ -64,6 +65,14 @@ enum Command {
     Partition(faults::PartitionArgs),
     /// Remove every fault rule from every node.
     Heal(faults::HealArgs),
+    /// Get-or-spawn an agent of a registered kind: prints its id, node and epoch.
+    Spawn(agents::SpawnArgs),
+    /// Send an agent a JSON message without waiting for a reply.
+    Tell(agents::TellArgs),
+    /// Send an agent a JSON message and print its JSON reply.
+    Ask(agents::AskArgs),
+    /// Every agent in the cluster: node, epoch, status, placement.
+    Agents(agents::AgentsArgs),
     /// Certificates for a real deployment.
     #[command(subcommand)]
     Certs(certs::CertsCommand),
@@ -78,6 +87,10 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Wait(a) => status::wait(a).await,
         Command::Partition(a) => faults::partition(a).await,
         Command::Heal(a) => faults::heal(a).await,
+        Command::Spawn(a) => agents::spawn(a).await,
+        Command::Tell(a) => agents::tell(a).await,
+        Command::Ask(a) => agents::ask(a).await,
+        Command::Agents(a) => agents::agents(a).await,
         Command::Certs(c) => certs::run(c),
     }
 }

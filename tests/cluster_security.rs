@@ -62,6 +62,7 @@ fn hello(name: &str, addr: SocketAddr) -> PeerMsg {
             role: Role::Remote,
             addr,
             incarnation: 1,
+            kinds: Vec::new(),
         },
         replace: false,
     }

@@ -26,7 +26,7 @@ use tracing::info;
 use crate::agent::AgentError;
 use crate::envelope::{Contract, TraceContext};
 use crate::id::AgentId;
-use crate::kind::{AgentStats, Body, Call, ErasedKind, ReplyTx, SpawnSpec};
+use crate::kind::{AgentStats, Body, Call, ErasedKind, ExitHook, ReplyTx, SpawnSpec};
 use crate::placement::Placement;
 
 /// A running agent.
@@ -105,6 +105,7 @@ pub struct Host {
     failed: DashMap<AgentId, (u64, String)>,
     seqs: DashMap<(String, AgentId), u64>,
     activating: DashMap<AgentId, Arc<Mutex<()>>>,
+    exit_listener: std::sync::OnceLock<ExitHook>,
     me: Weak<Host>,
 }
 
@@ -131,8 +132,15 @@ impl Host {
             failed: DashMap::new(),
             seqs: DashMap::new(),
             activating: DashMap::new(),
+            exit_listener: std::sync::OnceLock::new(),
             me: me.clone(),
         })
+    }
+
+    /// Registers the one function told of every agent that ends here (after the host forgot
+    /// it). Returns false if one was registered already.
+    pub fn set_exit_listener(&self, f: ExitHook) -> bool {
+        self.exit_listener.set(f).is_ok()
     }
 
     /// The kind names this node can host.
@@ -186,6 +194,7 @@ impl Host {
         }
         let (kind_placement, args) = kind.placement(args)?;
         let placement = placement.unwrap_or(kind_placement);
+        let local_only = placement.is_local_only();
         let me = self.me.clone();
         let on_exit = Arc::new(move |id: &AgentId, epoch: u64, reason: Option<String>| {
             if let Some(host) = me.upgrade() {
@@ -202,6 +211,7 @@ impl Host {
                 trace,
                 on_exit,
                 stats: stats.clone(),
+                local_only,
             })
             .await?;
         self.failed.remove(&id);
@@ -230,11 +240,14 @@ impl Host {
     fn exited(&self, id: &AgentId, epoch: u64, reason: Option<String>) {
         let removed = self.agents.remove_if(id, |_, h| h.epoch == epoch).is_some();
         if removed {
-            match reason {
+            match &reason {
                 Some(r) => {
-                    self.failed.insert(id.clone(), (epoch, r));
+                    self.failed.insert(id.clone(), (epoch, r.clone()));
                 }
                 None => info!(agent = %id, epoch, "agent stopped"),
+            }
+            if let Some(l) = self.exit_listener.get() {
+                l(id, epoch, reason);
             }
         }
     }

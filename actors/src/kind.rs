@@ -119,6 +119,21 @@ impl Body {
     }
 }
 
+/// The agent whose handler (or init) the current task runs: who is sending, and whether what
+/// it sends must stay on this node.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    /// The agent.
+    pub id: AgentId,
+    /// It is local-only: its messages may not leave this node.
+    pub local_only: bool,
+}
+
+tokio::task_local! {
+    /// Set while an agent handles a message or runs `init`.
+    pub static CURRENT_AGENT: Origin;
+}
+
 /// Where a reply goes.
 pub type ReplyTx = oneshot::Sender<Result<Body, AgentError>>;
 
@@ -170,6 +185,8 @@ pub struct SpawnSpec {
     pub on_exit: ExitHook,
     /// The agent's counters (the actor keeps `queued` true).
     pub stats: Arc<AgentStats>,
+    /// The agent is local-only.
+    pub local_only: bool,
 }
 
 /// A boxed future, for the erased interface.
@@ -240,7 +257,10 @@ impl<A: Agent> ErasedKind for KindImpl<A> {
                 sender: None,
                 seq: 0,
             };
-            let actor = AgentActor::<A> { behaviour };
+            let actor = AgentActor::<A> {
+                behaviour,
+                local_only: spec.local_only,
+            };
             let (aref, _) = Actor::spawn(None, actor, (ctx, args, spec.on_exit, spec.stats))
                 .await
                 .map_err(|e| AgentError::Failed {
@@ -254,6 +274,16 @@ impl<A: Agent> ErasedKind for KindImpl<A> {
 
 struct AgentActor<A> {
     behaviour: Arc<A>,
+    local_only: bool,
+}
+
+impl<A> AgentActor<A> {
+    fn origin(&self, ctx: &Ctx) -> Origin {
+        Origin {
+            id: ctx.id.clone(),
+            local_only: self.local_only,
+        }
+    }
 }
 
 struct ActorState<A: Agent> {
@@ -283,8 +313,11 @@ impl<A: Agent> Actor for AgentActor<A> {
         (ctx, args, on_exit, stats): Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         let span = tracing::info_span!("agent", id = %ctx.id, trace_id = %ctx.trace.trace_id_hex());
-        let state = CURRENT_TRACE
-            .scope(ctx.trace, self.behaviour.init(&ctx, args))
+        let state = CURRENT_AGENT
+            .scope(
+                self.origin(&ctx),
+                CURRENT_TRACE.scope(ctx.trace, self.behaviour.init(&ctx, args)),
+            )
             .instrument(span)
             .await
             .map_err(|e| -> ActorProcessingErr { e.to_string().into() })?;
@@ -324,11 +357,15 @@ impl<A: Agent> Actor for AgentActor<A> {
         let span =
             tracing::info_span!("agent", id = %st.ctx.id, trace_id = %call.trace.trace_id_hex());
         let ctx = st.ctx.clone();
-        let result = CURRENT_TRACE
-            .scope(call.trace, async {
-                debug!(seq = call.seq, sender = ?ctx.sender, "handling message");
-                self.behaviour.handle(&ctx, &mut st.state, msg).await
-            })
+        let origin = self.origin(&ctx);
+        let result = CURRENT_AGENT
+            .scope(
+                origin,
+                CURRENT_TRACE.scope(call.trace, async {
+                    debug!(seq = call.seq, sender = ?ctx.sender, "handling message");
+                    self.behaviour.handle(&ctx, &mut st.state, msg).await
+                }),
+            )
             .instrument(span)
             .await;
         match result {

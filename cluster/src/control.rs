@@ -14,6 +14,12 @@ use serde::{Deserialize, Serialize};
 use tokio::time::timeout;
 use tracing::{info, warn};
 
+use tether_actors::envelope::CURRENT_TRACE;
+use tether_actors::{
+    Activation, AgentId, AgentInfo, Body, Contract, Placement, Router, TraceContext,
+};
+
+use crate::agents::{AgentCounters, Target};
 use crate::certs::Identity;
 use crate::detector::PeerState;
 use crate::fault::FaultRule;
@@ -55,6 +61,39 @@ pub enum ControlRequest {
     ClearFaults,
     /// Stop the node cleanly.
     Shutdown,
+    /// Get-or-spawn an agent (this node is the requester).
+    Spawn {
+        /// Kind.
+        kind: String,
+        /// Key.
+        key: String,
+        /// Spawn arguments, JSON text.
+        args: String,
+        /// Node to run on (None: where the placement labels choose).
+        on: Option<String>,
+        /// Labels overriding the kind's.
+        placement: Option<Placement>,
+    },
+    /// Tell an agent a JSON message, `repeat` times, in order (this node is the sender).
+    Tell {
+        /// Target agent id (`kind/key`).
+        id: String,
+        /// The message, JSON text.
+        json: String,
+        /// How many times.
+        repeat: u64,
+    },
+    /// Ask an agent a JSON message (this node is the sender).
+    Ask {
+        /// Target agent id.
+        id: String,
+        /// The message, JSON text.
+        json: String,
+        /// Deadline in milliseconds.
+        timeout_ms: u64,
+    },
+    /// The agents this node hosts.
+    Agents,
 }
 
 /// A node's answer.
@@ -70,6 +109,24 @@ pub enum ControlResponse {
     },
     /// Done.
     Ok,
+    /// An agent was spawned or found running.
+    Spawned(Activation),
+    /// Tells were sent.
+    Told {
+        /// How many.
+        count: u64,
+        /// The trace they share.
+        trace_id: String,
+    },
+    /// An ask's reply.
+    Replied {
+        /// The reply, JSON text.
+        json: String,
+        /// The trace of the ask.
+        trace_id: String,
+    },
+    /// Hosted agents.
+    Agents(Vec<AgentInfo>),
     /// The request failed; the message says why.
     Error {
         /// What went wrong.
@@ -102,6 +159,14 @@ pub struct NodeStatus {
     pub datagrams_dropped: u64,
     /// Datagrams the fault layer delayed so far.
     pub datagrams_delayed: u64,
+    /// Agent kinds this node can host.
+    #[serde(default)]
+    pub kinds: Vec<String>,
+    /// Agents hosted here.
+    #[serde(default)]
+    pub agents_hosted: u64,
+    /// Agent runtime counters.
+    pub agent_counters: AgentCounters,
 }
 
 /// How one node sees one peer.
@@ -208,7 +273,125 @@ async fn handle(shared: &Arc<Shared>, req: ControlRequest) -> ControlResponse {
             shared.request_shutdown();
             ControlResponse::Ok
         }
+        ControlRequest::Spawn {
+            kind,
+            key,
+            args,
+            on,
+            placement,
+        } => match spawn(shared, &kind, &key, &args, on, placement).await {
+            Ok(a) => ControlResponse::Spawned(a),
+            Err(message) => ControlResponse::Error { message },
+        },
+        ControlRequest::Tell { id, json, repeat } => tell(shared, &id, &json, repeat).await,
+        ControlRequest::Ask {
+            id,
+            json,
+            timeout_ms,
+        } => ask(shared, &id, &json, timeout_ms).await,
+        ControlRequest::Agents => ControlResponse::Agents(shared.agents.list()),
     }
+}
+
+fn parse_json(text: &str, what: &str) -> Result<serde_json::Value, String> {
+    serde_json::from_str(text).map_err(|e| format!("{what} is not valid JSON ({e}): {text}"))
+}
+
+fn parse_id(text: &str) -> Result<AgentId, String> {
+    text.parse::<AgentId>().map_err(|e| e.to_string())
+}
+
+/// The contract of a JSON message to `id`: the kind's, if this node knows it.
+fn contract_for(shared: &Shared, id: &AgentId) -> Contract {
+    match shared.agents.host().kind(id.kind()) {
+        Ok(k) => k.contract(),
+        Err(_) => Contract {
+            name: id.kind().to_owned(),
+            version: 1,
+        },
+    }
+}
+
+async fn spawn(
+    shared: &Arc<Shared>,
+    kind: &str,
+    key: &str,
+    args: &str,
+    on: Option<String>,
+    placement: Option<Placement>,
+) -> Result<Activation, String> {
+    let id = AgentId::new(kind, key).map_err(|e| e.to_string())?;
+    let args = Body::json(&parse_json(args, "--args")?);
+    let target = match on {
+        Some(n) => Target::On(n),
+        None => Target::Placed,
+    };
+    let root = TraceContext::new_root();
+    CURRENT_TRACE
+        .scope(root, shared.agents.spawn(id, args, placement, target))
+        .await
+        .map_err(|e| e.to_string())
+}
+
+async fn tell(shared: &Arc<Shared>, id: &str, json: &str, repeat: u64) -> ControlResponse {
+    let result: Result<ControlResponse, String> = async {
+        let id = parse_id(id)?;
+        let msg = parse_json(json, "the message")?;
+        // find the agent first, so that a tell to nothing is an error the operator sees
+        shared.agents.lookup(&id).await.map_err(|e| e.to_string())?;
+        let contract = contract_for(shared, &id);
+        let root = TraceContext::new_root();
+        let body = serde_json::to_vec(&msg).map_err(|e| e.to_string())?;
+        let body = bytes::Bytes::from(body);
+        CURRENT_TRACE.sync_scope(root, || {
+            for _ in 0..repeat {
+                Router::tell(
+                    shared.agents.as_ref(),
+                    &id,
+                    Body::Encoded(tether_actors::Encoding::Json, body.clone()),
+                    contract.clone(),
+                )
+                .map_err(|(e, _)| e.to_string())?;
+            }
+            Ok::<(), String>(())
+        })?;
+        Ok(ControlResponse::Told {
+            count: repeat,
+            trace_id: root.trace_id_hex(),
+        })
+    }
+    .await;
+    result.unwrap_or_else(|message| ControlResponse::Error { message })
+}
+
+async fn ask(shared: &Arc<Shared>, id: &str, json: &str, timeout_ms: u64) -> ControlResponse {
+    let result: Result<ControlResponse, String> = async {
+        let id = parse_id(id)?;
+        let msg = parse_json(json, "the message")?;
+        let contract = contract_for(shared, &id);
+        let root = TraceContext::new_root();
+        let deadline = Duration::from_millis(timeout_ms.max(1));
+        let fut = Router::ask(
+            shared.agents.as_ref(),
+            &id,
+            Body::json(&msg),
+            contract,
+            deadline,
+        );
+        let reply = CURRENT_TRACE.scope(root, fut).await;
+        match reply {
+            Ok(body) => Ok(ControlResponse::Replied {
+                json: body
+                    .to_json()
+                    .map_err(|e| format!("reply is not JSON: {e}"))?
+                    .to_string(),
+                trace_id: root.trace_id_hex(),
+            }),
+            Err(e) => Err(format!("{e} (trace {})", root.trace_id_hex())),
+        }
+    }
+    .await;
+    result.unwrap_or_else(|message| ControlResponse::Error { message })
 }
 
 /// Whether `status` satisfies a wait.

@@ -90,6 +90,9 @@ pub struct NodeInfo {
     pub addr: SocketAddr,
     /// Bumped at every start of the node; a higher number is a newer life of the same node.
     pub incarnation: u64,
+    /// Agent kinds the node can host.
+    #[serde(default)]
+    pub kinds: Vec<String>,
 }
 
 /// Of two nodes, the one that opens their connection.

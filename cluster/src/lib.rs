@@ -14,8 +14,10 @@
 //! - [`detector`]: the failure detector: up / unreachable / down (sans-IO).
 //! - [`statedir`]: what a node keeps on disk: secret, incarnation, `node.json`.
 //! - [`node`]: the running node: accept, dial, heartbeats, gossip, ractor_cluster bridge.
-//! - [`control`]: the operator's control plane: status, waits, fault rules, shutdown.
+//! - [`agents`]: the agent runtime: spawn by kind anywhere, route by id, the directory.
+//! - [`control`]: the operator's control plane: status, waits, fault rules, agents, shutdown.
 
+pub mod agents;
 pub mod certs;
 pub mod control;
 pub mod detector;
@@ -33,4 +35,4 @@ pub use control::{
 };
 pub use detector::PeerState;
 pub use identity::{NodeInfo, Role};
-pub use node::{Node, NodeConfig, NodeError, Timing};
+pub use node::{Kinds, Node, NodeConfig, NodeError, Timing};

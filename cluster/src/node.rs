@@ -32,6 +32,10 @@ use quinn::{Connection, Endpoint};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
+use tether_actors::kind::ErasedKind;
+use tether_actors::{Agent, AgentError, AgentId, AgentRef, Body, Host, Placement};
+
+use crate::agents::{AgentSystem, Target};
 use crate::certs::{CertDir, CertError};
 use crate::control::{NodeStatus, PeerStatus};
 use crate::detector::{Detector, DetectorConfig, PeerState, Transition};
@@ -93,6 +97,49 @@ pub struct NodeConfig {
     pub timing: Timing,
     /// Seed of the fault layer's loss and jitter generator.
     pub fault_seed: u64,
+    /// Agent kinds this node can host.
+    pub kinds: Kinds,
+}
+
+/// The agent kinds a node registers: what other nodes may spawn on it.
+#[derive(Clone, Default)]
+pub struct Kinds(Vec<Arc<dyn ErasedKind>>);
+
+impl std::fmt::Debug for Kinds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|k| k.name()))
+            .finish()
+    }
+}
+
+impl Kinds {
+    /// No kinds.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The built-in kinds (`echo`, `counter`, `flaky`, `sleeper`).
+    pub fn builtin() -> Self {
+        Self(tether_actors::builtin::all())
+    }
+
+    /// Adds kind `A`, built with `Default`.
+    pub fn register<A: Agent + Default>(self) -> Self {
+        self.register_agent(A::default())
+    }
+
+    /// Adds kind `A` with this behaviour value (configuration, clients).
+    pub fn register_agent<A: Agent>(mut self, behaviour: A) -> Self {
+        self.0.retain(|k| k.name() != A::KIND);
+        self.0.push(tether_actors::kind::erase(behaviour));
+        self
+    }
+
+    /// The kind names.
+    pub fn names(&self) -> Vec<String> {
+        self.0.iter().map(|k| k.name().to_owned()).collect()
+    }
 }
 
 /// Why a node could not start.
@@ -201,6 +248,7 @@ pub(crate) struct Shared {
     started: Instant,
     hb_seq: AtomicU64,
     node_dir: NodeDir,
+    pub(crate) agents: Arc<AgentSystem>,
 }
 
 /// A running node. Cheap to clone; [`Node::shutdown`] stops it.
@@ -264,12 +312,15 @@ impl Node {
             None if bound.ip().is_unspecified() => return Err(NodeError::NeedAdvertise(bound)),
             None => bound,
         };
+        let host = Host::new(&cfg.name, cfg.kinds.0.iter().cloned());
         let me = NodeInfo {
             name: cfg.name.clone(),
             role: cfg.role,
             addr,
             incarnation,
+            kinds: host.kinds(),
         };
+        let agents = AgentSystem::new(&cfg.name, cfg.role, host);
         let ractor = ractor_bridge::start_node_server(&me, &ca)
             .await
             .map_err(NodeError::Ractor)?;
@@ -300,7 +351,9 @@ impl Node {
             started: Instant::now(),
             hb_seq: AtomicU64::new(0),
             node_dir: cfg.node_dir.clone(),
+            agents,
         });
+        shared.agents.attach(Arc::downgrade(&shared));
         ractor_bridge::subscribe(&shared);
         tokio::spawn(links::accept_loop(shared.clone()));
         tokio::spawn(ticker(shared.clone()));
@@ -331,6 +384,79 @@ impl Node {
         self.shared.status()
     }
 
+    /// The agent runtime.
+    pub fn agents(&self) -> &Arc<AgentSystem> {
+        &self.shared.agents
+    }
+
+    /// A handle on agent `id` of kind `A`, wherever it runs.
+    pub fn agent_ref<A: Agent>(&self, id: AgentId) -> AgentRef<A> {
+        AgentRef::new(id, self.shared.agents.clone())
+    }
+
+    /// Get-or-spawn agent `key` of kind `A` on this node.
+    ///
+    /// # Errors
+    /// [`AgentError`] (see [`AgentSystem::spawn`]).
+    pub async fn spawn<A: Agent>(
+        &self,
+        key: &str,
+        args: A::Args,
+    ) -> Result<AgentRef<A>, AgentError> {
+        self.spawn_to::<A>(key, args, Target::Here).await
+    }
+
+    /// Get-or-spawn agent `key` of kind `A` on node `node`.
+    ///
+    /// # Errors
+    /// [`AgentError`]: refused by placement (a local-only agent on a remote node), the node is
+    /// unknown or unreachable, or it does not host the kind.
+    pub async fn spawn_on<A: Agent>(
+        &self,
+        node: &str,
+        key: &str,
+        args: A::Args,
+    ) -> Result<AgentRef<A>, AgentError> {
+        self.spawn_to::<A>(key, args, Target::On(node.to_owned()))
+            .await
+    }
+
+    /// Get-or-spawn agent `key` of kind `A` where its placement labels choose.
+    ///
+    /// # Errors
+    /// [`AgentError`] (see [`AgentSystem::spawn`]).
+    pub async fn spawn_placed<A: Agent>(
+        &self,
+        key: &str,
+        args: A::Args,
+    ) -> Result<AgentRef<A>, AgentError> {
+        self.spawn_to::<A>(key, args, Target::Placed).await
+    }
+
+    async fn spawn_to<A: Agent>(
+        &self,
+        key: &str,
+        args: A::Args,
+        target: Target,
+    ) -> Result<AgentRef<A>, AgentError> {
+        let id = AgentId::new(A::KIND, key).map_err(|e| AgentError::Refused(e.to_string()))?;
+        let placement = self
+            .shared
+            .agents
+            .host()
+            .kind(A::KIND)
+            .ok()
+            .map(|_| None::<Placement>)
+            .unwrap_or(None);
+        let args = Body::encode(args, Some(tether_actors::Encoding::MsgPack))
+            .map_err(AgentError::Internal)?;
+        self.shared
+            .agents
+            .spawn(id.clone(), args, placement, target)
+            .await?;
+        Ok(self.agent_ref(id))
+    }
+
     /// Resolves when a shutdown was asked for (by [`Node::shutdown`] or the control plane).
     pub async fn shutdown_requested(&self) {
         let mut rx = self.shared.shutdown.subscribe();
@@ -341,6 +467,7 @@ impl Node {
     /// Stops the node: tells peers it is leaving, closes the endpoint, stops ractor.
     pub async fn shutdown(&self) {
         self.shared.shutdown.send_replace(true);
+        self.shared.agents.host().stop_all();
         self.shared
             .endpoint
             .close(close::SHUTDOWN.into(), b"node shutting down");
@@ -488,7 +615,112 @@ impl Shared {
             fault_seed: self.faults.seed(),
             datagrams_dropped: dropped,
             datagrams_delayed: delayed,
+            kinds: self.me.kinds.clone(),
+            agents_hosted: self
+                .agents
+                .host()
+                .list()
+                .iter()
+                .filter(|a| a.status == "running")
+                .count() as u64,
+            agent_counters: self.agents.counters(),
         }
+    }
+
+    /// Up remote nodes, this one included if remote: the directory owners.
+    pub(crate) fn up_remotes(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .peers
+            .iter()
+            .filter(|p| {
+                p.info.role == Role::Remote && p.detector.state() == PeerState::Up && !p.left
+            })
+            .map(|p| p.info.name.clone())
+            .collect();
+        if self.me.role == Role::Remote {
+            v.push(self.me.name.clone());
+        }
+        v
+    }
+
+    /// Up nodes (this one included): name, role, kinds.
+    pub(crate) fn up_members(&self) -> Vec<(String, Role, Vec<String>)> {
+        let mut v: Vec<(String, Role, Vec<String>)> = self
+            .peers
+            .iter()
+            .filter(|p| p.detector.state() == PeerState::Up && !p.left)
+            .map(|p| (p.info.name.clone(), p.info.role, p.info.kinds.clone()))
+            .collect();
+        v.push((self.me.name.clone(), self.me.role, self.me.kinds.clone()));
+        v
+    }
+
+    /// Up peers that registered `kind`.
+    pub(crate) fn up_peers_with_kind(&self, kind: &str) -> Vec<String> {
+        self.peers
+            .iter()
+            .filter(|p| {
+                p.detector.state() == PeerState::Up && p.info.kinds.iter().any(|k| k == kind)
+            })
+            .map(|p| p.info.name.clone())
+            .collect()
+    }
+
+    /// A peer's role.
+    pub(crate) fn peer_role(&self, name: &str) -> Option<Role> {
+        if name == self.me.name {
+            return Some(self.me.role);
+        }
+        self.peers.get(name).map(|p| p.info.role)
+    }
+
+    /// A peer's state.
+    pub(crate) fn peer_state(&self, name: &str) -> Option<PeerState> {
+        self.peers.get(name).map(|p| {
+            if p.left {
+                PeerState::Down
+            } else {
+                p.detector.state()
+            }
+        })
+    }
+
+    /// The kinds a node registered.
+    pub(crate) fn kinds_of(&self, name: &str) -> Vec<String> {
+        if name == self.me.name {
+            return self.me.kinds.clone();
+        }
+        self.peers
+            .get(name)
+            .map(|p| p.info.kinds.clone())
+            .unwrap_or_default()
+    }
+
+    /// The current link to `peer`, waiting for one while the peer is not decided down.
+    pub(crate) async fn link_of(&self, peer: &str) -> Option<Connection> {
+        let mut changes = self.version.subscribe();
+        loop {
+            changes.borrow_and_update();
+            {
+                let p = self.peers.get(peer)?;
+                if let Some(l) = &p.link {
+                    return Some(l.conn.clone());
+                }
+                if p.left || p.detector.state() == PeerState::Down {
+                    return None;
+                }
+            }
+            if self.is_stopping() {
+                return None;
+            }
+            if changes.changed().await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    fn is_stopping(&self) -> bool {
+        *self.shutdown.borrow()
     }
 
     pub(crate) fn subscribe_changes(&self) -> watch::Receiver<u64> {
@@ -523,10 +755,14 @@ async fn ticker(shared: Arc<Shared>) {
         send_heartbeats(&shared);
         let mut changed = false;
         let mut dials = Vec::new();
+        let mut lost = Vec::new();
         for mut p in shared.peers.iter_mut() {
             if let Some(t) = p.detector.tick(now) {
                 shared.log_transition(&p.info.name, t);
                 changed = true;
+                if matches!(t.to, PeerState::Unreachable | PeerState::Down) {
+                    lost.push(p.info.name.clone());
+                }
             }
             if p.left || p.pending_dial {
                 continue;
@@ -559,6 +795,9 @@ async fn ticker(shared: Arc<Shared>) {
         }
         if changed {
             shared.bump();
+        }
+        for name in lost {
+            shared.agents.peer_lost(&name);
         }
         for (addr, name, replace, epoch) in dials {
             tokio::spawn(links::dial_peer(shared.clone(), addr, name, replace, epoch));

@@ -31,6 +31,8 @@ pub enum StreamTag {
     Ractor = 1,
     /// The link protocol: hello and gossip.
     Link = 2,
+    /// The agent protocol (see [`crate::agents`]).
+    Agents = 3,
 }
 
 impl StreamTag {
@@ -39,6 +41,7 @@ impl StreamTag {
         match b {
             1 => Some(StreamTag::Ractor),
             2 => Some(StreamTag::Link),
+            3 => Some(StreamTag::Agents),
             _ => None,
         }
     }

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Args;
 use tether_cluster::certs::CertDir;
 use tether_cluster::statedir::NodeDir;
-use tether_cluster::{NodeConfig, Role, Timing};
+use tether_cluster::{Kinds, NodeConfig, Role, Timing};
 use tracing::info;
 
 use super::StateDirArg;
@@ -59,6 +59,7 @@ pub(crate) async fn run(a: NodeArgs) -> anyhow::Result<ExitCode> {
         node_dir,
         timing: Timing::default(),
         fault_seed,
+        kinds: Kinds::builtin(),
     };
     let node = match cfg.role {
         Role::Local => tether_node_local::start(cfg).await?,

@@ -439,6 +439,7 @@ async fn run_link(
     if changed {
         if left {
             info!(%peer, "peer left the cluster");
+            shared.agents.peer_lost(&peer);
         } else {
             info!(%peer, %reason, "link closed");
         }
@@ -533,6 +534,17 @@ async fn accept_streams(
         match tag {
             StreamTag::Ractor => {
                 super::ractor_bridge::accept_session(shared, conn, peer, send, recv)
+            }
+            StreamTag::Agents => {
+                let sys = shared.agents.clone();
+                let peer = peer.to_owned();
+                let conn = conn.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = sys.serve(peer.clone(), send, recv).await {
+                        warn!(%peer, error = %e, "closing link after a bad agent frame");
+                        conn.close(close::PROTOCOL.into(), e.to_string().as_bytes());
+                    }
+                });
             }
             StreamTag::Link => {
                 return Err(WireError::Stream(

@@ -1,0 +1,1343 @@
+//! The agent runtime of a node: spawning by kind anywhere in the cluster, and routing messages
+//! by agent id to wherever the agent runs.
+//!
+//! ```text
+//! AgentRef::tell/ask ──▶ AgentSystem (Router)
+//!                          ├─ route known, local  ──▶ Host::deliver (typed, no encoding)
+//!                          ├─ route known, remote ──▶ peer queue ──▶ agent stream (QUIC, in order)
+//!                          └─ route unknown       ──▶ queued in order while the directory
+//!                                                     owner is asked (Lookup), then flushed
+//! agent stream from a peer ──▶ serve(): Tell/Ask ─▶ Host::deliver; Claim/Lookup ─▶ directory;
+//!                                       Activate/Probe ─▶ Host
+//! ```
+//!
+//! **Directory.** Each id's entry is kept by its owner (see [`directory::owner`]): get-or-spawn
+//! (`Claim`) is decided there, one claim per id at a time, which is what makes a race of two
+//! spawns of one id yield one agent. The owner picks the node ([`directory::choose`]), gives the
+//! activation the next epoch, and asks the host to start it. An owner without an entry asks the
+//! hosts (`Probe`): they are the source of truth, so a new owner rebuilds what it needs.
+//!
+//! **Ordering.** Per sender (this node, or one of its agents) and target, messages are numbered
+//! from 1 and travel in one ordered queue: the per-target queue while the route is resolved,
+//! then the per-peer queue and its single QUIC stream. The host checks the numbers.
+//!
+//! **Delivery.** A tell is at most once: a tell that fails on the receiving side is reported
+//! back (`TellFailed`) and logged here with its trace id; one caught in a connection that
+//! breaks is lost. An ask always ends: with the reply, a typed error, or a timeout at its
+//! deadline, and at once with [`AgentError::NodeUnreachable`] when the host's node becomes
+//! unreachable.
+//!
+//! **Local-only.** A `local-only` agent is private to the local node that runs it: it is never
+//! claimed at a (remote) directory owner, never placed elsewhere, and neither its messages nor
+//! those it sends leave the node. The checks run before any byte is written.
+
+pub mod directory;
+pub mod protocol;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use quinn::{RecvStream, SendStream};
+use tether_actors::kind::{BoxFuture, CURRENT_AGENT};
+use tether_actors::{
+    Activation, AgentError, AgentId, AgentInfo, Body, Contract, Delivery, Encoding, Envelope, Host,
+    Placement, Router, TraceContext,
+};
+use tokio::sync::{mpsc, oneshot, Mutex};
+use tracing::{debug, info, warn};
+
+use crate::detector::PeerState;
+use crate::identity::Role;
+use crate::node::Shared;
+use crate::wire::{self, StreamTag, WireError};
+use directory::{Candidate, PlacementError};
+use protocol::{Answer, Location, Request, Response, MAX_AGENT_FRAME};
+
+/// How long a spawn may take end to end (claim, placement, activation).
+pub const SPAWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a lookup may take.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where a spawn should happen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// On this node.
+    Here,
+    /// On the named node.
+    On(String),
+    /// Where the placement labels choose.
+    Placed,
+}
+
+/// A message waiting for its route.
+struct Outgoing {
+    target: AgentId,
+    body: Body,
+    contract: Contract,
+    sender: String,
+    seq: u64,
+    trace: TraceContext,
+    ask: Option<(oneshot::Sender<Result<Body, AgentError>>, Duration)>,
+}
+
+enum Route {
+    Local,
+    Remote(Location),
+    /// Messages queued in order while the route is looked up. (A typed body is `Send` but not
+    /// `Sync`; the mutex makes the queue shareable, and is only taken on this path.)
+    Resolving(std::sync::Mutex<Vec<Outgoing>>),
+}
+
+/// A directory entry kept by the owner.
+#[derive(Debug, Clone)]
+struct DirEntry {
+    node: String,
+    epoch: u64,
+    failed: Option<String>,
+}
+
+struct Pending {
+    peer: String,
+    tx: oneshot::Sender<Result<Answer, AgentError>>,
+}
+
+/// The agent runtime of one node.
+pub struct AgentSystem {
+    me: String,
+    role: Role,
+    host: Arc<Host>,
+    net: OnceLock<Weak<Shared>>,
+    myself: Weak<AgentSystem>,
+    next_req: AtomicU64,
+    pending: DashMap<u64, Pending>,
+    routes: DashMap<AgentId, Route>,
+    seqs: DashMap<(String, AgentId), u64>,
+    outs: DashMap<String, mpsc::UnboundedSender<Request>>,
+    dir: DashMap<AgentId, DirEntry>,
+    claim_locks: DashMap<AgentId, Arc<Mutex<()>>>,
+    frames_in: AtomicU64,
+    tell_failures: AtomicU64,
+}
+
+impl std::fmt::Debug for AgentSystem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentSystem")
+            .field("me", &self.me)
+            .field("host", &self.host)
+            .finish()
+    }
+}
+
+/// Counters of the agent runtime, for status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AgentCounters {
+    /// Agent-protocol frames received from peers.
+    pub frames_in: u64,
+    /// Tells reported as failed by their receiving node.
+    pub tell_failures: u64,
+    /// Asks waiting for an answer.
+    pub pending_asks: u64,
+}
+
+impl AgentSystem {
+    pub(crate) fn new(me: &str, role: Role, host: Arc<Host>) -> Arc<Self> {
+        let sys = Arc::new_cyclic(|myself| Self {
+            me: me.to_owned(),
+            role,
+            host,
+            net: OnceLock::new(),
+            myself: myself.clone(),
+            next_req: AtomicU64::new(1),
+            pending: DashMap::new(),
+            routes: DashMap::new(),
+            seqs: DashMap::new(),
+            outs: DashMap::new(),
+            dir: DashMap::new(),
+            claim_locks: DashMap::new(),
+            frames_in: AtomicU64::new(0),
+            tell_failures: AtomicU64::new(0),
+        });
+        let weak = Arc::downgrade(&sys);
+        sys.host
+            .set_exit_listener(Arc::new(move |id, epoch, reason| {
+                if let Some(sys) = weak.upgrade() {
+                    sys.on_exit(id, epoch, reason);
+                }
+            }));
+        sys
+    }
+
+    pub(crate) fn attach(&self, net: Weak<Shared>) {
+        let _ = self.net.set(net);
+    }
+
+    fn net(&self) -> Result<Arc<Shared>, AgentError> {
+        self.net
+            .get()
+            .and_then(Weak::upgrade)
+            .ok_or_else(|| AgentError::Internal("node is shutting down".into()))
+    }
+
+    fn arc(&self) -> Arc<AgentSystem> {
+        // invariant: `self` is only reachable through the Arc made in `new`
+        self.myself
+            .upgrade()
+            .expect("agent system is alive while used")
+    }
+
+    /// The agents this node hosts.
+    pub fn host(&self) -> &Arc<Host> {
+        &self.host
+    }
+
+    /// Hosted agents, for status and `tether agents`.
+    pub fn list(&self) -> Vec<AgentInfo> {
+        self.host.list()
+    }
+
+    /// Counters for status.
+    pub fn counters(&self) -> AgentCounters {
+        AgentCounters {
+            frames_in: self.frames_in.load(Ordering::Relaxed),
+            tell_failures: self.tell_failures.load(Ordering::Relaxed),
+            pending_asks: self.pending.len() as u64,
+        }
+    }
+
+    fn next_seq(&self, sender: &str, target: &AgentId) -> u64 {
+        let mut e = self
+            .seqs
+            .entry((sender.to_owned(), target.clone()))
+            .or_insert(0);
+        *e += 1;
+        *e
+    }
+
+    /// The sender of a message sent now: the current agent, or this node.
+    fn sender(&self) -> (String, bool) {
+        CURRENT_AGENT
+            .try_with(|o| (format!("{}/{}", self.me, o.id), o.local_only))
+            .unwrap_or_else(|_| (self.me.clone(), false))
+    }
+
+    // ---------------------------------------------------------------- spawning
+
+    /// Get-or-spawn `id` with `args` (`placement` overrides the kind's labels).
+    ///
+    /// # Errors
+    /// [`AgentError`]: refused placement (local-only rules), unknown kind, no directory,
+    /// unreachable node, failed init, timeout.
+    pub async fn spawn(
+        &self,
+        id: AgentId,
+        args: Body,
+        placement: Option<Placement>,
+        target: Target,
+    ) -> Result<Activation, AgentError> {
+        let trace = TraceContext::current_or_new();
+        let (placement, args) = match self.host.kind(id.kind()) {
+            Ok(kind) => {
+                let (p, args) = kind.placement(args)?;
+                (placement.unwrap_or(p), args)
+            }
+            // the kind lives elsewhere: the labels are the user's or the defaults
+            Err(_) => (placement.unwrap_or_default(), args),
+        };
+        if placement.is_local_only() {
+            return self.spawn_private(id, args, placement, target, trace).await;
+        }
+        let net = self.net()?;
+        if let Target::On(node) = &target {
+            if node != &self.me {
+                let role = net.peer_role(node).ok_or_else(|| {
+                    AgentError::Refused(format!("no node named {node:?} in this cluster"))
+                })?;
+                directory::role_allows(&placement, role).map_err(|why| {
+                    AgentError::Refused(format!("{id} cannot run on {node}: {why}"))
+                })?;
+            }
+        }
+        let target = match target {
+            Target::Here => Some(self.me.clone()),
+            Target::On(n) => Some(n),
+            Target::Placed => None,
+        };
+        let (encoding, bytes) = encode_for_wire(args)?;
+        let owner = self.owner_of(&id)?;
+        let act = if owner == self.me {
+            self.claim(id.clone(), encoding, bytes, placement, target, trace)
+                .await?
+        } else {
+            let req = Request::Claim {
+                req: 0,
+                id: id.clone(),
+                args_encoding: encoding,
+                args: bytes,
+                placement,
+                target,
+                trace,
+            };
+            match self.request(&owner, req, SPAWN_TIMEOUT).await? {
+                Answer::Activation(a) => a,
+                other => {
+                    return Err(AgentError::Internal(format!(
+                        "unexpected answer to a claim: {other:?}"
+                    )))
+                }
+            }
+        };
+        self.set_route(&act.id, &act.node, act.epoch);
+        Ok(act)
+    }
+
+    /// A local-only agent: activated here, registered nowhere else.
+    async fn spawn_private(
+        &self,
+        id: AgentId,
+        args: Body,
+        placement: Placement,
+        target: Target,
+        trace: TraceContext,
+    ) -> Result<Activation, AgentError> {
+        if self.role == Role::Remote {
+            return Err(AgentError::Refused(format!(
+                "{id} is local-only and {} is a remote node: local-only agents run on the local node that spawns them",
+                self.me
+            )));
+        }
+        if let Target::On(n) = &target {
+            if n != &self.me {
+                return Err(AgentError::Refused(format!(
+                    "{id} is local-only: it cannot be placed on {n}; its state and messages stay on {}",
+                    self.me
+                )));
+            }
+        }
+        let epoch = self.host.epoch_of(&id).unwrap_or(0).max(1);
+        let act = self
+            .host
+            .activate(id, epoch, args, Some(placement), trace)
+            .await?;
+        self.routes.insert(act.id.clone(), Route::Local);
+        Ok(act)
+    }
+
+    /// The directory owner of `id`.
+    fn owner_of(&self, id: &AgentId) -> Result<String, AgentError> {
+        let net = self.net()?;
+        let remotes = net.up_remotes();
+        directory::owner(&id.to_string(), remotes.iter().map(String::as_str))
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                AgentError::NoDirectory("no remote node is reachable from this node".into())
+            })
+    }
+
+    /// Owner side of get-or-spawn.
+    async fn claim(
+        &self,
+        id: AgentId,
+        encoding: Encoding,
+        args: Bytes,
+        placement: Placement,
+        target: Option<String>,
+        trace: TraceContext,
+    ) -> Result<Activation, AgentError> {
+        let lock = self.claim_locks.entry(id.clone()).or_default().clone();
+        let _guard = lock.lock().await;
+        let net = self.net()?;
+        let mut prev_epoch = 0;
+        let existing = match self.dir.get(&id).map(|e| e.clone()) {
+            Some(e) => Some(e),
+            None => self.probe_hosts(&id).await,
+        };
+        if let Some(e) = existing {
+            let alive = e.node == self.me || net.peer_state(&e.node) == Some(PeerState::Up);
+            if e.failed.is_none() && alive {
+                self.dir.insert(id.clone(), e.clone());
+                return Ok(Activation {
+                    id,
+                    node: e.node,
+                    epoch: e.epoch,
+                    created: false,
+                });
+            }
+            prev_epoch = e.epoch;
+        }
+        let candidates = self.candidates(&net, id.kind());
+        let node = match target {
+            Some(t) => {
+                let c = candidates
+                    .iter()
+                    .find(|c| c.name == t)
+                    .ok_or_else(|| AgentError::NodeUnreachable { node: t.clone() })?;
+                if !c.has_kind {
+                    return Err(AgentError::UnknownKind {
+                        kind: id.kind().to_owned(),
+                        node: t,
+                        registered: net.kinds_of(&c.name).join(", "),
+                    });
+                }
+                directory::role_allows(&placement, c.role)
+                    .map_err(|why| AgentError::Refused(format!("{id} cannot run on {t}: {why}")))?;
+                t
+            }
+            None => directory::choose(id.kind(), &placement, &candidates)
+                .map_err(|e| match e {
+                    PlacementError::NoKind(_) | PlacementError::NoFit { .. } => {
+                        AgentError::Refused(e.to_string())
+                    }
+                })?
+                .name
+                .clone(),
+        };
+        let epoch = prev_epoch + 1;
+        let act = if node == self.me {
+            self.host
+                .activate(
+                    id.clone(),
+                    epoch,
+                    Body::Encoded(encoding, args),
+                    Some(placement),
+                    trace,
+                )
+                .await?
+        } else {
+            let req = Request::Activate {
+                req: 0,
+                id: id.clone(),
+                epoch,
+                args_encoding: encoding,
+                args,
+                placement,
+                trace,
+            };
+            match self.request(&node, req, SPAWN_TIMEOUT).await? {
+                Answer::Activation(a) => a,
+                other => {
+                    return Err(AgentError::Internal(format!(
+                        "unexpected answer to an activation: {other:?}"
+                    )))
+                }
+            }
+        };
+        self.dir.insert(
+            id.clone(),
+            DirEntry {
+                node: act.node.clone(),
+                epoch: act.epoch,
+                failed: None,
+            },
+        );
+        drop(_guard);
+        self.claim_locks.remove(&id);
+        Ok(act)
+    }
+
+    /// Up nodes (this one included) as placement candidates for `kind`; the load is the number
+    /// of agents this owner placed there.
+    fn candidates(&self, net: &Shared, kind: &str) -> Vec<Candidate> {
+        net.up_members()
+            .into_iter()
+            .map(|(name, role, kinds)| {
+                let load = self.dir.iter().filter(|e| e.node == name).count();
+                Candidate {
+                    has_kind: kinds.iter().any(|k| k == kind),
+                    name,
+                    role,
+                    load,
+                }
+            })
+            .collect()
+    }
+
+    /// Asks every up node that could host `id` whether it does (an owner rebuilding an entry).
+    async fn probe_hosts(&self, id: &AgentId) -> Option<DirEntry> {
+        if let Some(epoch) = self.host.epoch_of(id) {
+            return Some(DirEntry {
+                node: self.me.clone(),
+                epoch,
+                failed: None,
+            });
+        }
+        let net = self.net().ok()?;
+        let asks = net.up_peers_with_kind(id.kind()).into_iter().map(|peer| {
+            let sys = self.arc();
+            let id = id.clone();
+            async move {
+                match sys
+                    .request(&peer, Request::Probe { req: 0, id }, LOOKUP_TIMEOUT)
+                    .await
+                {
+                    Ok(Answer::Location(Some(l))) => Some(l),
+                    _ => None,
+                }
+            }
+        });
+        let mut best: Option<Location> = None;
+        for l in join_all(asks).await.into_iter().flatten() {
+            if best.as_ref().is_none_or(|b| l.epoch > b.epoch) {
+                best = Some(l);
+            }
+        }
+        best.map(|l| DirEntry {
+            node: l.node,
+            epoch: l.epoch,
+            failed: None,
+        })
+    }
+
+    fn on_exit(&self, id: &AgentId, epoch: u64, reason: Option<String>) {
+        self.routes.remove(id);
+        let Ok(owner) = self.owner_of(id) else { return };
+        if owner == self.me {
+            self.record_exit(id, epoch, reason);
+        } else {
+            self.send(
+                &owner,
+                Request::Exited {
+                    id: id.clone(),
+                    epoch,
+                    reason,
+                },
+            );
+        }
+    }
+
+    fn record_exit(&self, id: &AgentId, epoch: u64, reason: Option<String>) {
+        if let Some(mut e) = self.dir.get_mut(id) {
+            if e.epoch == epoch {
+                match reason {
+                    Some(r) => e.failed = Some(r),
+                    None => {
+                        drop(e);
+                        self.dir.remove(id);
+                    }
+                }
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- routing
+
+    /// Where `id` runs, asking its directory owner if needed.
+    ///
+    /// # Errors
+    /// [`AgentError::NotFound`] if it runs nowhere, or the owner's errors.
+    pub async fn lookup(&self, id: &AgentId) -> Result<Location, AgentError> {
+        if let Some(epoch) = self.host.epoch_of(id) {
+            return Ok(Location {
+                node: self.me.clone(),
+                epoch,
+            });
+        }
+        let owner = self.owner_of(id)?;
+        let found = if owner == self.me {
+            self.lookup_owned(id).await
+        } else {
+            match self
+                .request(
+                    &owner,
+                    Request::Lookup {
+                        req: 0,
+                        id: id.clone(),
+                    },
+                    LOOKUP_TIMEOUT,
+                )
+                .await?
+            {
+                Answer::Location(l) => l,
+                other => {
+                    return Err(AgentError::Internal(format!(
+                        "unexpected answer to a lookup: {other:?}"
+                    )))
+                }
+            }
+        };
+        let loc = found.ok_or_else(|| AgentError::NotFound { id: id.to_string() })?;
+        self.set_route(id, &loc.node, loc.epoch);
+        Ok(loc)
+    }
+
+    async fn lookup_owned(&self, id: &AgentId) -> Option<Location> {
+        let entry = match self.dir.get(id).map(|e| e.clone()) {
+            Some(e) => Some(e),
+            None => {
+                let found = self.probe_hosts(id).await;
+                if let Some(e) = &found {
+                    self.dir.insert(id.clone(), e.clone());
+                }
+                found
+            }
+        }?;
+        if let Some(reason) = entry.failed {
+            debug!(agent = %id, %reason, "lookup of a failed agent");
+        }
+        Some(Location {
+            node: entry.node,
+            epoch: entry.epoch,
+        })
+    }
+
+    fn set_route(&self, id: &AgentId, node: &str, epoch: u64) {
+        let route = if node == self.me {
+            Route::Local
+        } else {
+            Route::Remote(Location {
+                node: node.to_owned(),
+                epoch,
+            })
+        };
+        // a route being resolved keeps its queue; the resolver installs the route
+        if !matches!(self.routes.get(id).as_deref(), Some(Route::Resolving(_))) {
+            self.routes.insert(id.clone(), route);
+        }
+    }
+
+    fn forget_route(&self, id: &AgentId) {
+        self.routes
+            .remove_if(id, |_, r| !matches!(r, Route::Resolving(_)));
+    }
+
+    /// Sends one message: at once if the route is known, else queued in order behind a lookup.
+    fn route(&self, out: Outgoing) {
+        use dashmap::Entry;
+        let resolve = match self.routes.entry(out.target.clone()) {
+            Entry::Occupied(mut o) => match o.get_mut() {
+                Route::Local => {
+                    drop(o);
+                    self.deliver_local(out);
+                    false
+                }
+                Route::Remote(loc) => {
+                    let loc = loc.clone();
+                    drop(o);
+                    self.deliver_remote(&loc, out);
+                    false
+                }
+                Route::Resolving(q) => {
+                    q.get_mut()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .push(out);
+                    false
+                }
+            },
+            Entry::Vacant(v) => {
+                let target = out.target.clone();
+                v.insert(Route::Resolving(std::sync::Mutex::new(vec![out])));
+                let sys = self.arc();
+                tokio::spawn(async move { sys.resolve(target).await });
+                true
+            }
+        };
+        let _ = resolve;
+    }
+
+    async fn resolve(&self, target: AgentId) {
+        let found = self.lookup(&target).await;
+        // take the queue and install the route under the entry lock, so that no message
+        // sent meanwhile overtakes the queued ones
+        let queued = {
+            let mut entry = match self.routes.get_mut(&target) {
+                Some(e) => e,
+                None => return,
+            };
+            let queued = match std::mem::replace(&mut *entry, Route::Local) {
+                Route::Resolving(q) => q
+                    .into_inner()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+                other => {
+                    *entry = other;
+                    Vec::new()
+                }
+            };
+            match &found {
+                Ok(loc) if loc.node == self.me => *entry = Route::Local,
+                Ok(loc) => *entry = Route::Remote(loc.clone()),
+                Err(_) => {}
+            }
+            if found.is_ok() {
+                for out in queued {
+                    match &*entry {
+                        Route::Local => self.deliver_local(out),
+                        Route::Remote(loc) => self.deliver_remote(loc, out),
+                        Route::Resolving(_) => unreachable!("the route was just installed"),
+                    }
+                }
+                return;
+            }
+            queued
+        };
+        self.routes
+            .remove_if(&target, |_, r| matches!(r, Route::Local));
+        // the lookup failed: every queued message fails with its error
+        if let Err(e) = found {
+            for out in queued {
+                self.fail(out, e.clone());
+            }
+        }
+    }
+
+    fn fail(&self, out: Outgoing, e: AgentError) {
+        match out.ask {
+            Some((tx, _)) => {
+                let _ = tx.send(Err(e));
+            }
+            None => {
+                self.tell_failures.fetch_add(1, Ordering::Relaxed);
+                warn!(target = %out.target, seq = out.seq, trace_id = %out.trace.trace_id_hex(), error = %e, "tell failed");
+            }
+        }
+    }
+
+    fn deliver_local(&self, out: Outgoing) {
+        let d = Delivery {
+            target: out.target.clone(),
+            epoch: 0,
+            sender: out.sender,
+            seq: out.seq,
+            trace: out.trace,
+            contract: match &out.body {
+                Body::Typed(_) => None,
+                Body::Encoded(..) => Some(out.contract),
+            },
+        };
+        match out.ask {
+            None => {
+                if let Err(e) = self.host.deliver(d, out.body, None) {
+                    self.forget_route(&out.target);
+                    self.tell_failures.fetch_add(1, Ordering::Relaxed);
+                    warn!(target = %out.target, trace_id = %out.trace.trace_id_hex(), error = %e, "tell failed");
+                }
+            }
+            Some((tx, _)) => {
+                let (rtx, rrx) = oneshot::channel();
+                match self.host.deliver(d, out.body, Some(rtx)) {
+                    Err(e) => {
+                        self.forget_route(&out.target);
+                        let _ = tx.send(Err(e));
+                    }
+                    Ok(()) => {
+                        tokio::spawn(async move {
+                            let r = rrx.await.unwrap_or_else(|_| {
+                                Err(AgentError::Internal("the agent dropped the request".into()))
+                            });
+                            let _ = tx.send(r);
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    fn deliver_remote(&self, loc: &Location, out: Outgoing) {
+        let target = out.target.clone();
+        let (encoding, body) = match encode_for_wire(out.body) {
+            Ok(x) => x,
+            Err(e) => return self.fail_parts(out.ask, &target, out.seq, &out.trace, e),
+        };
+        let env = Envelope {
+            target,
+            epoch: loc.epoch,
+            sender: out.sender,
+            seq: out.seq,
+            trace: out.trace,
+            contract: out.contract,
+            encoding,
+            body,
+        };
+        match out.ask {
+            None => {
+                debug!(target = %env.target, node = %loc.node, trace_id = %env.trace.trace_id_hex(), "tell");
+                self.send(&loc.node, Request::Tell { env });
+            }
+            Some((tx, deadline)) => {
+                debug!(target = %env.target, node = %loc.node, trace_id = %env.trace.trace_id_hex(), "ask");
+                let req = self.next_req.fetch_add(1, Ordering::Relaxed);
+                let (atx, arx) = oneshot::channel();
+                self.pending.insert(
+                    req,
+                    Pending {
+                        peer: loc.node.clone(),
+                        tx: atx,
+                    },
+                );
+                let sys = self.arc();
+                let id = env.target.clone();
+                self.send(
+                    &loc.node,
+                    Request::Ask {
+                        req,
+                        env,
+                        deadline_ms: deadline.as_millis() as u64,
+                    },
+                );
+                tokio::spawn(async move {
+                    let r = match tokio::time::timeout(deadline, arx).await {
+                        Ok(Ok(Ok(Answer::Reply { encoding, body }))) => {
+                            Ok(Body::Encoded(encoding, body))
+                        }
+                        Ok(Ok(Ok(other))) => Err(AgentError::Internal(format!(
+                            "unexpected answer to an ask: {other:?}"
+                        ))),
+                        Ok(Ok(Err(e))) => Err(e),
+                        Ok(Err(_)) => Err(AgentError::Internal("request abandoned".into())),
+                        Err(_) => {
+                            sys.pending.remove(&req);
+                            Err(AgentError::Timeout {
+                                ms: deadline.as_millis() as u64,
+                            })
+                        }
+                    };
+                    if matches!(
+                        r,
+                        Err(AgentError::NotFound { .. } | AgentError::StaleEpoch { .. })
+                    ) {
+                        sys.forget_route(&id);
+                    }
+                    let _ = tx.send(r);
+                });
+            }
+        }
+    }
+
+    fn fail_parts(
+        &self,
+        ask: Option<(oneshot::Sender<Result<Body, AgentError>>, Duration)>,
+        target: &AgentId,
+        seq: u64,
+        trace: &TraceContext,
+        e: AgentError,
+    ) {
+        match ask {
+            Some((tx, _)) => {
+                let _ = tx.send(Err(e));
+            }
+            None => {
+                self.tell_failures.fetch_add(1, Ordering::Relaxed);
+                warn!(%target, seq, trace_id = %trace.trace_id_hex(), error = %e, "tell failed");
+            }
+        }
+    }
+
+    /// Refuses a send that would carry local-only data off this node.
+    fn check_local_only(
+        &self,
+        target: &AgentId,
+        sender_local_only: bool,
+    ) -> Result<(), AgentError> {
+        if !sender_local_only {
+            return Ok(());
+        }
+        if self.host.epoch_of(target).is_some() {
+            return Ok(());
+        }
+        Err(AgentError::Refused(format!(
+            "a local-only agent cannot send to {target}, which does not run on {}",
+            self.me
+        )))
+    }
+
+    fn outgoing(
+        &self,
+        target: &AgentId,
+        body: Body,
+        contract: Contract,
+    ) -> Result<Outgoing, (AgentError, Body)> {
+        let (sender, local_only) = self.sender();
+        if let Err(e) = self.check_local_only(target, local_only) {
+            return Err((e, body));
+        }
+        let seq = self.next_seq(&sender, target);
+        Ok(Outgoing {
+            target: target.clone(),
+            body,
+            contract,
+            sender,
+            seq,
+            trace: TraceContext::current_or_new(),
+            ask: None,
+        })
+    }
+
+    // ---------------------------------------------------------------- requests to peers
+
+    /// Sends `req` (its id is assigned here) to `peer` and waits for the answer.
+    async fn request(
+        &self,
+        peer: &str,
+        mut req: Request,
+        deadline: Duration,
+    ) -> Result<Answer, AgentError> {
+        let id = self.next_req.fetch_add(1, Ordering::Relaxed);
+        match &mut req {
+            Request::Ask { req, .. }
+            | Request::Claim { req, .. }
+            | Request::Lookup { req, .. }
+            | Request::Activate { req, .. }
+            | Request::Probe { req, .. } => *req = id,
+            Request::Tell { .. } | Request::Exited { .. } => {}
+        }
+        let net = self.net()?;
+        if net.peer_state(peer) != Some(PeerState::Up) {
+            return Err(AgentError::NodeUnreachable {
+                node: peer.to_owned(),
+            });
+        }
+        let (tx, rx) = oneshot::channel();
+        self.pending.insert(
+            id,
+            Pending {
+                peer: peer.to_owned(),
+                tx,
+            },
+        );
+        self.send(peer, req);
+        match tokio::time::timeout(deadline, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(AgentError::Internal("request abandoned".into())),
+            Err(_) => {
+                self.pending.remove(&id);
+                Err(AgentError::Timeout {
+                    ms: deadline.as_millis() as u64,
+                })
+            }
+        }
+    }
+
+    /// Queues `req` for `peer`, starting the peer's writer if needed.
+    fn send(&self, peer: &str, req: Request) {
+        let tx = self
+            .outs
+            .entry(peer.to_owned())
+            .or_insert_with(|| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                tokio::spawn(peer_writer(self.arc(), peer.to_owned(), rx));
+                tx
+            })
+            .clone();
+        // the writer lives as long as the system; a send error means shutdown
+        let _ = tx.send(req);
+    }
+
+    /// Fails every request waiting on `peer` (its node became unreachable or left).
+    pub(crate) fn peer_lost(&self, peer: &str) {
+        let lost: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|p| p.peer == peer)
+            .map(|p| *p.key())
+            .collect();
+        for req in lost {
+            if let Some((_, p)) = self.pending.remove(&req) {
+                let _ = p.tx.send(Err(AgentError::NodeUnreachable {
+                    node: peer.to_owned(),
+                }));
+            }
+        }
+        self.routes
+            .retain(|_, r| !matches!(r, Route::Remote(l) if l.node == peer));
+    }
+
+    fn answer(&self, resp: Response) {
+        match resp {
+            Response::Done { req, result } => {
+                if let Some((_, p)) = self.pending.remove(&req) {
+                    let _ = p.tx.send(result);
+                }
+            }
+            Response::TellFailed { target, seq, error } => {
+                self.tell_failures.fetch_add(1, Ordering::Relaxed);
+                if matches!(
+                    error,
+                    AgentError::NotFound { .. }
+                        | AgentError::StaleEpoch { .. }
+                        | AgentError::Failed { .. }
+                ) {
+                    self.forget_route(&target);
+                }
+                warn!(%target, seq, %error, "tell failed on the receiving node");
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- serving peers
+
+    /// Serves an agent stream a peer opened.
+    pub(crate) async fn serve(
+        self: Arc<Self>,
+        peer: String,
+        send: SendStream,
+        mut recv: RecvStream,
+    ) -> Result<(), WireError> {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Response>();
+        let writer = tokio::spawn(async move {
+            let mut send = send;
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while let Ok(more) = rx.try_recv() {
+                    batch.push(more);
+                }
+                if write_batch(&mut send, &batch).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let result = loop {
+            let req = match wire::read_frame::<Request>(&mut recv, MAX_AGENT_FRAME).await {
+                Ok(Some(r)) => r,
+                Ok(None) => break Ok(()),
+                Err(WireError::Stream(_)) => break Ok(()),
+                Err(e) => break Err(e),
+            };
+            self.frames_in.fetch_add(1, Ordering::Relaxed);
+            self.handle_request(&peer, req, &tx);
+        };
+        drop(tx);
+        let _ = writer.await;
+        result
+    }
+
+    fn handle_request(&self, peer: &str, req: Request, tx: &mpsc::UnboundedSender<Response>) {
+        match req {
+            Request::Tell { env } => {
+                let (target, seq) = (env.target.clone(), env.seq);
+                if let Err(error) = self.deliver_envelope(env, None) {
+                    debug!(%peer, %target, %error, "tell refused");
+                    let _ = tx.send(Response::TellFailed { target, seq, error });
+                }
+            }
+            Request::Ask {
+                req,
+                env,
+                deadline_ms,
+            } => {
+                let (rtx, rrx) = oneshot::channel();
+                if let Err(e) = self.deliver_envelope(env, Some(rtx)) {
+                    let _ = tx.send(Response::Done {
+                        req,
+                        result: Err(e),
+                    });
+                    return;
+                }
+                let tx = tx.clone();
+                let deadline = Duration::from_millis(deadline_ms.clamp(1, 3_600_000));
+                tokio::spawn(async move {
+                    let result = match tokio::time::timeout(deadline, rrx).await {
+                        Ok(Ok(Ok(Body::Encoded(encoding, body)))) => {
+                            Ok(Answer::Reply { encoding, body })
+                        }
+                        Ok(Ok(Ok(Body::Typed(_)))) => {
+                            Err(AgentError::Internal("typed reply to a remote ask".into()))
+                        }
+                        Ok(Ok(Err(e))) => Err(e),
+                        Ok(Err(_)) => {
+                            Err(AgentError::Internal("the agent dropped the request".into()))
+                        }
+                        Err(_) => Err(AgentError::Timeout { ms: deadline_ms }),
+                    };
+                    let _ = tx.send(Response::Done { req, result });
+                });
+            }
+            Request::Claim {
+                req,
+                id,
+                args_encoding,
+                args,
+                placement,
+                target,
+                trace,
+            } => {
+                let sys = self.arc();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let result = match id.validate() {
+                        Err(e) => Err(AgentError::Refused(e.to_string())),
+                        Ok(()) if placement.is_local_only() => Err(AgentError::Refused(format!(
+                            "{id} is local-only and cannot be claimed here"
+                        ))),
+                        Ok(()) => sys
+                            .claim(id, args_encoding, args, placement, target, trace)
+                            .await
+                            .map(Answer::Activation),
+                    };
+                    let _ = tx.send(Response::Done { req, result });
+                });
+            }
+            Request::Lookup { req, id } => {
+                let sys = self.arc();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let l = sys.lookup_owned(&id).await;
+                    let _ = tx.send(Response::Done {
+                        req,
+                        result: Ok(Answer::Location(l)),
+                    });
+                });
+            }
+            Request::Activate {
+                req,
+                id,
+                epoch,
+                args_encoding,
+                args,
+                placement,
+                trace,
+            } => {
+                let host = self.host.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let result = if placement.is_local_only() {
+                        Err(AgentError::Refused(format!(
+                            "{id} is local-only and cannot be activated from another node"
+                        )))
+                    } else {
+                        host.activate(
+                            id,
+                            epoch,
+                            Body::Encoded(args_encoding, args),
+                            Some(placement),
+                            trace,
+                        )
+                        .await
+                        .map(Answer::Activation)
+                    };
+                    let _ = tx.send(Response::Done { req, result });
+                });
+            }
+            Request::Probe { req, id } => {
+                let loc = self.host.epoch_of(&id).filter(|_| {
+                    // a local-only agent is invisible to other nodes
+                    !self
+                        .host
+                        .placement_of(&id)
+                        .is_some_and(|p| p.is_local_only())
+                });
+                let _ = tx.send(Response::Done {
+                    req,
+                    result: Ok(Answer::Location(loc.map(|epoch| Location {
+                        node: self.me.clone(),
+                        epoch,
+                    }))),
+                });
+            }
+            Request::Exited { id, epoch, reason } => self.record_exit(&id, epoch, reason),
+        }
+    }
+
+    fn deliver_envelope(
+        &self,
+        env: Envelope,
+        reply: Option<tether_actors::kind::ReplyTx>,
+    ) -> Result<(), AgentError> {
+        env.target
+            .validate()
+            .map_err(|e| AgentError::Refused(e.to_string()))?;
+        if self
+            .host
+            .placement_of(&env.target)
+            .is_some_and(|p| p.is_local_only())
+        {
+            // never reached from another node: answer as if it did not exist
+            return Err(AgentError::NotFound {
+                id: env.target.to_string(),
+            });
+        }
+        let d = Delivery {
+            target: env.target,
+            epoch: env.epoch,
+            sender: env.sender,
+            seq: env.seq,
+            trace: env.trace,
+            contract: Some(env.contract),
+        };
+        self.host
+            .deliver(d, Body::Encoded(env.encoding, env.body), reply)
+    }
+}
+
+impl Router for AgentSystem {
+    fn tell(
+        &self,
+        target: &AgentId,
+        body: Body,
+        contract: Contract,
+    ) -> Result<(), (AgentError, Body)> {
+        let out = self.outgoing(target, body, contract)?;
+        self.route(out);
+        Ok(())
+    }
+
+    fn ask(
+        &self,
+        target: &AgentId,
+        body: Body,
+        contract: Contract,
+        deadline: Duration,
+    ) -> BoxFuture<'static, Result<Body, AgentError>> {
+        let out = self.outgoing(target, body, contract);
+        let sys = self.arc();
+        Box::pin(async move {
+            let mut out = out.map_err(|(e, _)| e)?;
+            let (tx, rx) = oneshot::channel();
+            out.ask = Some((tx, deadline));
+            sys.route(out);
+            match tokio::time::timeout(deadline, rx).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(_)) => Err(AgentError::Internal("request abandoned".into())),
+                Err(_) => Err(AgentError::Timeout {
+                    ms: deadline.as_millis() as u64,
+                }),
+            }
+        })
+    }
+}
+
+/// Encodes a body for the wire (typed values become MessagePack).
+fn encode_for_wire(body: Body) -> Result<(Encoding, Bytes), AgentError> {
+    match body {
+        Body::Encoded(e, b) => Ok((e, b)),
+        Body::Typed(_) => Err(AgentError::Internal(
+            "a typed value cannot cross nodes; send it through AgentRef, which encodes it".into(),
+        )),
+    }
+}
+
+async fn write_batch<T: serde::Serialize>(
+    send: &mut SendStream,
+    batch: &[T],
+) -> Result<(), WireError> {
+    let mut buf = Vec::new();
+    for item in batch {
+        let body = tether_actors::codec::encode(item)?;
+        buf.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        buf.extend_from_slice(&body);
+    }
+    send.write_all(&buf)
+        .await
+        .map_err(|e| WireError::Stream(e.to_string()))
+}
+
+/// The writer of one peer's queue: opens an agent stream on the current link, writes requests
+/// in order (batched), and reads the answers from the same stream. When the link breaks it
+/// waits for the next one; requests caught in the break are lost (asks among them fail when
+/// the peer is declared unreachable or at their deadline).
+async fn peer_writer(
+    sys: Arc<AgentSystem>,
+    peer: String,
+    mut rx: mpsc::UnboundedReceiver<Request>,
+) {
+    let mut carry: Vec<Request> = Vec::new();
+    loop {
+        let Ok(net) = sys.net() else { return };
+        let Some(conn) = net.link_of(&peer).await else {
+            // no link and none coming: fail what waits, keep serving later sends
+            for r in carry.drain(..) {
+                fail_request(&sys, &peer, r);
+            }
+            match rx.recv().await {
+                Some(r) => {
+                    carry.push(r);
+                    continue;
+                }
+                None => return,
+            }
+        };
+        let (mut send, recv) = match conn.open_bi().await {
+            Ok(s) => s,
+            Err(e) => {
+                debug!(%peer, error = %e, "cannot open an agent stream");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if wire::write_tag(&mut send, StreamTag::Agents).await.is_err() {
+            continue;
+        }
+        let reader = {
+            let sys = sys.clone();
+            let peer = peer.clone();
+            tokio::spawn(async move {
+                let mut recv = recv;
+                loop {
+                    match wire::read_frame::<Response>(&mut recv, MAX_AGENT_FRAME).await {
+                        Ok(Some(r)) => sys.answer(r),
+                        Ok(None) | Err(WireError::Stream(_)) => return,
+                        Err(e) => {
+                            warn!(%peer, error = %e, "bad answer on the agent stream");
+                            return;
+                        }
+                    }
+                }
+            })
+        };
+        let mut broken = false;
+        if !carry.is_empty() {
+            let batch = std::mem::take(&mut carry);
+            broken = write_batch(&mut send, &batch).await.is_err();
+        }
+        while !broken {
+            let Some(first) = rx.recv().await else {
+                reader.abort();
+                return;
+            };
+            let mut batch = vec![first];
+            while batch.len() < 4096 {
+                match rx.try_recv() {
+                    Ok(more) => batch.push(more),
+                    Err(_) => break,
+                }
+            }
+            if write_batch(&mut send, &batch).await.is_err() {
+                info!(%peer, lost = batch.len(), "agent stream broke; requests in it are lost");
+                for r in batch {
+                    fail_request(&sys, &peer, r);
+                }
+                broken = true;
+            }
+        }
+        reader.abort();
+    }
+}
+
+fn fail_request(sys: &AgentSystem, peer: &str, r: Request) {
+    let e = AgentError::NodeUnreachable {
+        node: peer.to_owned(),
+    };
+    match r {
+        Request::Tell { env } => {
+            sys.tell_failures.fetch_add(1, Ordering::Relaxed);
+            warn!(target = %env.target, seq = env.seq, trace_id = %env.trace.trace_id_hex(), error = %e, "tell failed");
+        }
+        Request::Ask { req, .. }
+        | Request::Claim { req, .. }
+        | Request::Lookup { req, .. }
+        | Request::Activate { req, .. }
+        | Request::Probe { req, .. } => {
+            if let Some((_, p)) = sys.pending.remove(&req) {
+                let _ = p.tx.send(Err(e));
+            }
+        }
+        Request::Exited { .. } => {}
+    }
+}
+
+/// Runs futures concurrently; outputs in order.
+async fn join_all<F: std::future::Future + Send + 'static>(
+    futs: impl IntoIterator<Item = F>,
+) -> Vec<F::Output>
+where
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futs.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        if let Ok(v) = h.await {
+            out.push(v);
+        }
+    }
+    out
+}

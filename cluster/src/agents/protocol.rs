@@ -1,0 +1,150 @@
+//! Frames of the agent protocol, on a QUIC stream tagged [`StreamTag::Agents`].
+//!
+//! Each node opens one such stream to each peer it talks to, lazily; requests go out on it in
+//! order (so one sender's messages to one agent arrive in the order sent) and the answers
+//! come back on the same stream, matched by request id.
+//!
+//! ```text
+//! requester                                   peer
+//!   Tell{env}                 ──▶  deliver; on failure ◀── TellFailed{target, seq, error}
+//!   Ask{req, env, deadline}   ──▶  deliver, await reply ◀── Response{req, Reply}
+//!   Claim{req, id, ...}       ──▶  (directory owner) get-or-spawn ◀── Response{req, Activation}
+//!   Lookup{req, id}           ──▶  (directory owner) ◀── Response{req, Location}
+//!   Activate{req, id, epoch}  ──▶  (host) start it ◀── Response{req, Activation}
+//!   Probe{req, id}            ──▶  (host) do you run it? ◀── Response{req, Location}
+//!   Exited{id, epoch, reason} ──▶  (directory owner) forget or mark failed
+//! ```
+//!
+//! [`StreamTag::Agents`]: crate::wire::StreamTag::Agents
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tether_actors::{Activation, AgentError, AgentId, Encoding, Envelope, Placement, TraceContext};
+
+/// Largest agent frame accepted from a peer (the codec's bound).
+pub const MAX_AGENT_FRAME: usize = tether_actors::MAX_FRAME_LEN;
+
+/// Where an agent runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Location {
+    /// Hosting node.
+    pub node: String,
+    /// Activation epoch.
+    pub epoch: u64,
+}
+
+/// A request or notice, requester to peer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Request {
+    /// Fire and forget.
+    Tell {
+        /// The message.
+        env: Envelope,
+    },
+    /// Request and reply.
+    Ask {
+        /// Request id.
+        req: u64,
+        /// The message.
+        env: Envelope,
+        /// Milliseconds the asker will wait.
+        deadline_ms: u64,
+    },
+    /// Get-or-spawn, to the id's directory owner.
+    Claim {
+        /// Request id.
+        req: u64,
+        /// The agent.
+        id: AgentId,
+        /// Spawn arguments.
+        args_encoding: Encoding,
+        /// Spawn arguments.
+        args: Bytes,
+        /// Labels (computed by the requester, or given by the user).
+        placement: Placement,
+        /// The node to run on, if the requester named one.
+        target: Option<String>,
+        /// Trace of the spawn.
+        trace: TraceContext,
+    },
+    /// Where does the agent run? To the id's directory owner.
+    Lookup {
+        /// Request id.
+        req: u64,
+        /// The agent.
+        id: AgentId,
+    },
+    /// Start the agent here with this epoch (from its directory owner).
+    Activate {
+        /// Request id.
+        req: u64,
+        /// The agent.
+        id: AgentId,
+        /// Its epoch.
+        epoch: u64,
+        /// Spawn arguments.
+        args_encoding: Encoding,
+        /// Spawn arguments.
+        args: Bytes,
+        /// Labels.
+        placement: Placement,
+        /// Trace of the spawn.
+        trace: TraceContext,
+    },
+    /// Do you run this agent? (An owner rebuilding its entry asks the hosts.)
+    Probe {
+        /// Request id.
+        req: u64,
+        /// The agent.
+        id: AgentId,
+    },
+    /// An agent ended on its host (to its directory owner).
+    Exited {
+        /// The agent.
+        id: AgentId,
+        /// The activation that ended.
+        epoch: u64,
+        /// The failure, if it failed.
+        reason: Option<String>,
+    },
+}
+
+/// What a successful request yields.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Answer {
+    /// An ask's reply.
+    Reply {
+        /// Its encoding (the ask's).
+        encoding: Encoding,
+        /// Its bytes.
+        body: Bytes,
+    },
+    /// A claim's or activation's result.
+    Activation(Activation),
+    /// A lookup's or probe's result.
+    Location(Option<Location>),
+}
+
+/// An answer, peer to requester.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Response {
+    /// The answer to request `req`.
+    Done {
+        /// Request id.
+        req: u64,
+        /// The result.
+        result: Result<Answer, AgentError>,
+    },
+    /// A tell could not be delivered.
+    TellFailed {
+        /// The target.
+        target: AgentId,
+        /// The tell's sequence number.
+        seq: u64,
+        /// Why.
+        error: AgentError,
+    },
+}
