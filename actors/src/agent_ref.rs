@@ -99,7 +99,7 @@ impl<A: Agent> AgentRef<A> {
     /// host, local-only rule). A failure on the receiving side is reported to this node's log.
     pub fn tell(&self, msg: A::Msg) -> Result<(), TellError<A::Msg>> {
         self.router
-            .tell(&self.id, Body::Typed(Box::new(msg)), Self::contract())
+            .tell(&self.id, Body::typed(msg), Self::contract())
             .map_err(|(error, body)| TellError {
                 error,
                 message: body.decode().ok(),
@@ -116,12 +116,7 @@ impl<A: Agent> AgentRef<A> {
     pub async fn ask(&self, msg: A::Msg, deadline: Duration) -> Result<A::Reply, AgentError> {
         let body = self
             .router
-            .ask(
-                &self.id,
-                Body::Typed(Box::new(msg)),
-                Self::contract(),
-                deadline,
-            )
+            .ask(&self.id, Body::typed(msg), Self::contract(), deadline)
             .await?;
         body.decode().map_err(|reason| AgentError::BadPayload {
             id: format!("reply of {}", self.id),

@@ -437,13 +437,9 @@ mod tests {
             Bytes::from(crate::codec::encode(&CounterMsg::Add(5)).unwrap()),
         );
         h.deliver(d("counter/a", 2), mp, None).unwrap();
-        let r = ask(
-            &h,
-            d("counter/a", 3),
-            Body::Typed(Box::new(CounterMsg::Get)),
-        )
-        .await
-        .unwrap();
+        let r = ask(&h, d("counter/a", 3), Body::typed(CounterMsg::Get))
+            .await
+            .unwrap();
         assert_eq!(r.decode::<i64>().unwrap(), 6);
         let r = ask(&h, d("counter/a", 4), json(serde_json::json!("get")))
             .await

@@ -34,8 +34,23 @@ use crate::placement::Placement;
 pub enum Body {
     /// Encoded bytes.
     Encoded(Encoding, Bytes),
-    /// A typed value (same process only).
-    Typed(Box<dyn Any + Send>),
+    /// A typed value: passed as is to an agent in this process, encoded when it must cross.
+    Typed(Typed),
+}
+
+/// A typed value with the function that encodes it (MessagePack), chosen when it was made.
+pub struct Typed {
+    value: Box<dyn Any + Send>,
+    encode: fn(Box<dyn Any + Send>) -> Result<Bytes, String>,
+}
+
+fn encode_boxed<T: Serialize + 'static>(v: Box<dyn Any + Send>) -> Result<Bytes, String> {
+    let v = v
+        .downcast::<T>()
+        .map_err(|_| format!("expected a {}", std::any::type_name::<T>()))?;
+    crate::codec::encode(&*v)
+        .map(Bytes::from)
+        .map_err(|e| e.to_string())
 }
 
 impl std::fmt::Debug for Body {
@@ -63,7 +78,8 @@ impl Body {
     /// The decoder's message.
     pub fn decode<T: DeserializeOwned + 'static>(self) -> Result<T, String> {
         match self {
-            Body::Typed(b) => b
+            Body::Typed(t) => t
+                .value
                 .downcast::<T>()
                 .map(|b| *b)
                 .map_err(|_| format!("expected a {}", std::any::type_name::<T>())),
@@ -85,7 +101,7 @@ impl Body {
         like: Option<Encoding>,
     ) -> Result<Body, String> {
         Ok(match like {
-            None => Body::Typed(Box::new(v)),
+            None => Body::typed(v),
             Some(Encoding::MsgPack) => Body::Encoded(
                 Encoding::MsgPack,
                 Bytes::from(crate::codec::encode(&v).map_err(|e| e.to_string())?),
@@ -95,6 +111,25 @@ impl Body {
                 Bytes::from(serde_json::to_vec(&v).map_err(|e| e.to_string())?),
             ),
         })
+    }
+
+    /// A typed body.
+    pub fn typed<T: Serialize + Send + 'static>(v: T) -> Body {
+        Body::Typed(Typed {
+            value: Box::new(v),
+            encode: encode_boxed::<T>,
+        })
+    }
+
+    /// The body as bytes for the wire: typed values become MessagePack.
+    ///
+    /// # Errors
+    /// The encoder's message.
+    pub fn into_wire(self) -> Result<(Encoding, Bytes), String> {
+        match self {
+            Body::Encoded(e, b) => Ok((e, b)),
+            Body::Typed(t) => Ok((Encoding::MsgPack, (t.encode)(t.value)?)),
+        }
     }
 
     /// The encoding, if encoded.
@@ -114,7 +149,10 @@ impl Body {
             Body::Encoded(Encoding::MsgPack, b) => {
                 crate::codec::decode(&b).map_err(|e| e.to_string())
             }
-            Body::Typed(_) => Err("a typed reply has no JSON form".into()),
+            Body::Typed(t) => {
+                let bytes = (t.encode)(t.value)?;
+                crate::codec::decode(&bytes).map_err(|e| e.to_string())
+            }
         }
     }
 }

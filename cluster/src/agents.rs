@@ -268,7 +268,8 @@ impl AgentSystem {
         let (encoding, bytes) = encode_for_wire(args)?;
         let owner = self.owner_of(&id)?;
         let act = if owner == self.me {
-            self.claim(id.clone(), encoding, bytes, placement, target, trace)
+            let me = self.me.clone();
+            self.claim(id.clone(), encoding, bytes, placement, target, trace, &me)
                 .await?
         } else {
             let req = Request::Claim {
@@ -336,7 +337,9 @@ impl AgentSystem {
             })
     }
 
-    /// Owner side of get-or-spawn.
+    /// Owner side of get-or-spawn. `requester` is the node that asked: it is alive (it just
+    /// spoke), so it is a candidate even before this owner has heard its first heartbeat.
+    #[allow(clippy::too_many_arguments)]
     async fn claim(
         &self,
         id: AgentId,
@@ -345,6 +348,7 @@ impl AgentSystem {
         placement: Placement,
         target: Option<String>,
         trace: TraceContext,
+        requester: &str,
     ) -> Result<Activation, AgentError> {
         let lock = self.claim_locks.entry(id.clone()).or_default().clone();
         let _guard = lock.lock().await;
@@ -367,7 +371,7 @@ impl AgentSystem {
             }
             prev_epoch = e.epoch;
         }
-        let candidates = self.candidates(&net, id.kind());
+        let candidates = self.candidates(&net, id.kind(), requester);
         let node = match target {
             Some(t) => {
                 let c = candidates
@@ -439,8 +443,14 @@ impl AgentSystem {
 
     /// Up nodes (this one included) as placement candidates for `kind`; the load is the number
     /// of agents this owner placed there.
-    fn candidates(&self, net: &Shared, kind: &str) -> Vec<Candidate> {
-        net.up_members()
+    fn candidates(&self, net: &Shared, kind: &str, requester: &str) -> Vec<Candidate> {
+        let mut members = net.up_members();
+        if !members.iter().any(|(n, _, _)| n == requester) {
+            if let Some(role) = net.peer_role(requester) {
+                members.push((requester.to_owned(), role, net.kinds_of(requester)));
+            }
+        }
+        members
             .into_iter()
             .map(|(name, role, kinds)| {
                 let load = self.dir.iter().filter(|e| e.node == name).count();
@@ -882,7 +892,12 @@ impl AgentSystem {
             Request::Tell { .. } | Request::Exited { .. } => {}
         }
         let net = self.net()?;
-        if net.peer_state(peer) != Some(PeerState::Up) {
+        // fail fast only when the peer is known to be gone; a joining peer may already have
+        // a link (it may be the very node asking)
+        if matches!(
+            net.peer_state(peer),
+            None | Some(PeerState::Unreachable | PeerState::Down)
+        ) {
             return Err(AgentError::NodeUnreachable {
                 node: peer.to_owned(),
             });
@@ -1027,12 +1042,12 @@ impl AgentSystem {
                 let deadline = Duration::from_millis(deadline_ms.clamp(1, 3_600_000));
                 tokio::spawn(async move {
                     let result = match tokio::time::timeout(deadline, rrx).await {
-                        Ok(Ok(Ok(Body::Encoded(encoding, body)))) => {
-                            Ok(Answer::Reply { encoding, body })
-                        }
-                        Ok(Ok(Ok(Body::Typed(_)))) => {
-                            Err(AgentError::Internal("typed reply to a remote ask".into()))
-                        }
+                        Ok(Ok(Ok(body))) => match body.into_wire() {
+                            Ok((encoding, body)) => Ok(Answer::Reply { encoding, body }),
+                            Err(reason) => Err(AgentError::Internal(format!(
+                                "reply does not encode: {reason}"
+                            ))),
+                        },
                         Ok(Ok(Err(e))) => Err(e),
                         Ok(Err(_)) => {
                             Err(AgentError::Internal("the agent dropped the request".into()))
@@ -1053,6 +1068,7 @@ impl AgentSystem {
             } => {
                 let sys = self.arc();
                 let tx = tx.clone();
+                let requester = peer.to_owned();
                 tokio::spawn(async move {
                     let result = match id.validate() {
                         Err(e) => Err(AgentError::Refused(e.to_string())),
@@ -1060,7 +1076,15 @@ impl AgentSystem {
                             "{id} is local-only and cannot be claimed here"
                         ))),
                         Ok(()) => sys
-                            .claim(id, args_encoding, args, placement, target, trace)
+                            .claim(
+                                id,
+                                args_encoding,
+                                args,
+                                placement,
+                                target,
+                                trace,
+                                &requester,
+                            )
                             .await
                             .map(Answer::Activation),
                     };
@@ -1133,6 +1157,19 @@ impl AgentSystem {
         env: Envelope,
         reply: Option<tether_actors::kind::ReplyTx>,
     ) -> Result<(), AgentError> {
+        let (target, sender, trace) = (env.target.clone(), env.sender.clone(), env.trace);
+        let r = self.deliver_envelope_checked(env, reply);
+        if let Err(e) = &r {
+            info!(%target, %sender, trace_id = %trace.trace_id_hex(), error = %e, "delivery refused");
+        }
+        r
+    }
+
+    fn deliver_envelope_checked(
+        &self,
+        env: Envelope,
+        reply: Option<tether_actors::kind::ReplyTx>,
+    ) -> Result<(), AgentError> {
         env.target
             .validate()
             .map_err(|e| AgentError::Refused(e.to_string()))?;
@@ -1198,12 +1235,8 @@ impl Router for AgentSystem {
 
 /// Encodes a body for the wire (typed values become MessagePack).
 fn encode_for_wire(body: Body) -> Result<(Encoding, Bytes), AgentError> {
-    match body {
-        Body::Encoded(e, b) => Ok((e, b)),
-        Body::Typed(_) => Err(AgentError::Internal(
-            "a typed value cannot cross nodes; send it through AgentRef, which encodes it".into(),
-        )),
-    }
+    body.into_wire()
+        .map_err(|reason| AgentError::Internal(format!("message does not encode: {reason}")))
 }
 
 async fn write_batch<T: serde::Serialize>(

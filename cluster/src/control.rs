@@ -371,14 +371,19 @@ async fn ask(shared: &Arc<Shared>, id: &str, json: &str, timeout_ms: u64) -> Con
         let contract = contract_for(shared, &id);
         let root = TraceContext::new_root();
         let deadline = Duration::from_millis(timeout_ms.max(1));
-        let fut = Router::ask(
-            shared.agents.as_ref(),
-            &id,
-            Body::json(&msg),
-            contract,
-            deadline,
-        );
-        let reply = CURRENT_TRACE.scope(root, fut).await;
+        // the envelope takes its trace when the ask is made: make it inside the scope
+        let reply = CURRENT_TRACE
+            .scope(root, async {
+                Router::ask(
+                    shared.agents.as_ref(),
+                    &id,
+                    Body::json(&msg),
+                    contract,
+                    deadline,
+                )
+                .await
+            })
+            .await;
         match reply {
             Ok(body) => Ok(ControlResponse::Replied {
                 json: body

@@ -457,6 +457,33 @@ impl Node {
         Ok(self.agent_ref(id))
     }
 
+    /// Waits until this node knows at least `count` peers and sees all of them `up`.
+    ///
+    /// # Errors
+    /// A message with the current view if that does not happen within `timeout`.
+    pub async fn wait_peers_up(
+        &self,
+        count: usize,
+        timeout: std::time::Duration,
+    ) -> Result<NodeStatus, String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut changes = self.shared.subscribe_changes();
+        loop {
+            changes.borrow_and_update();
+            let st = self.status();
+            if crate::control::wait_satisfied(&st, &[], &[PeerState::Up], Some(count)) {
+                return Ok(st);
+            }
+            tokio::select! {
+                r = changes.changed() => if r.is_err() { return Err("node stopped".into()) },
+                _ = tokio::time::sleep_until(deadline) => {
+                    let seen: Vec<String> = st.peers.iter().map(|p| format!("{}={}", p.name, p.state)).collect();
+                    return Err(format!("after {timeout:?} {} sees: {}", st.name, seen.join(", ")));
+                }
+            }
+        }
+    }
+
     /// Resolves when a shutdown was asked for (by [`Node::shutdown`] or the control plane).
     pub async fn shutdown_requested(&self) {
         let mut rx = self.shared.shutdown.subscribe();

@@ -109,7 +109,8 @@ pub(crate) async fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
     }
 
     let n = nodes.len();
-    let formed = wait_formed(&dir, n, a.timeout).await;
+    let started: Vec<String> = nodes.iter().map(|s| s.name.clone()).collect();
+    let formed = wait_formed(&dir, &started, a.timeout).await;
     let statuses = match formed {
         Ok(s) => s,
         Err(e) => {
@@ -199,8 +200,14 @@ async fn spawn_node(
 }
 
 /// Waits until every node knows `n - 1` peers, all `up`.
-async fn wait_formed(dir: &Path, n: usize, timeout: Duration) -> anyhow::Result<Vec<NodeStatus>> {
-    let (_op, found) = connect_all(dir).await?;
+async fn wait_formed(
+    dir: &Path,
+    names: &[String],
+    timeout: Duration,
+) -> anyhow::Result<Vec<NodeStatus>> {
+    // only the nodes this `up` started: a stale record of another node must not block it
+    let (_op, found) = common::connect_some(dir, names).await?;
+    let n = names.len();
     let req = ControlRequest::WaitPeers {
         peers: Vec::new(),
         states: vec![PeerState::Up],

@@ -29,18 +29,47 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn up(tag: &str, remote: usize, local: usize) -> Cluster {
+        Self::up_env(tag, remote, local, &[])
+    }
+
+    /// `up` with extra environment for the node processes (e.g. RUST_LOG).
+    pub fn up_env(tag: &str, remote: usize, local: usize, env: &[(&str, &str)]) -> Cluster {
         let dir = state_dir(tag);
         let c = Cluster { dir };
-        let out = c.tether(&[
-            "up",
-            "--detach",
-            "--remote",
-            &remote.to_string(),
-            "--local",
-            &local.to_string(),
-        ]);
+        let out = Command::new(TETHER)
+            .args([
+                "up",
+                "--detach",
+                "--remote",
+                &remote.to_string(),
+                "--local",
+                &local.to_string(),
+                "--state-dir",
+            ])
+            .arg(&c.dir)
+            .envs(env.iter().copied())
+            .output()
+            .expect("run tether up");
         assert!(out.status.success(), "tether up failed:\n{}", text(&out));
         c
+    }
+
+    /// Runs `tether ARGS` and asserts failure; returns stderr.
+    pub fn err(&self, args: &[&str]) -> String {
+        let out = self.tether(args);
+        assert!(
+            !out.status.success(),
+            "tether {args:?} should fail:\n{}",
+            text(&out)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// `tether agents --json`, as a list.
+    pub fn agents(&self) -> Vec<Value> {
+        let v: Value =
+            serde_json::from_str(&self.ok(&["agents", "--json"])).expect("agents --json is JSON");
+        v["agents"].as_array().unwrap().clone()
     }
 
     /// Runs `tether ARGS --state-dir DIR`.
@@ -154,12 +183,31 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        // an in-process node of this test records the test's own pid: forget it first, so
+        // that `down` does not signal the test itself
+        if let Ok(entries) = std::fs::read_dir(self.dir.join("nodes")) {
+            for e in entries.flatten() {
+                let rec = e.path().join("node.json");
+                let own = std::fs::read(&rec)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                    .and_then(|v| v["pid"].as_u64())
+                    == Some(u64::from(std::process::id()));
+                if own {
+                    let _ = std::fs::remove_file(rec);
+                }
+            }
+        }
         let _ = self.tether(&["down", "--grace", "2s"]);
         if let Ok(entries) = std::fs::read_dir(self.dir.join("nodes")) {
             for e in entries.flatten() {
                 if let Ok(b) = std::fs::read(e.path().join("node.json")) {
                     if let Ok(v) = serde_json::from_slice::<Value>(&b) {
-                        if let Some(pid) = v["pid"].as_u64() {
+                        // an in-process node of the test records the test's own pid
+                        if let Some(pid) = v["pid"]
+                            .as_u64()
+                            .filter(|p| *p != u64::from(std::process::id()))
+                        {
                             // SAFETY: killing a leftover node process of this test
                             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
                         }
