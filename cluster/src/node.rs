@@ -33,7 +33,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use tether_actors::kind::ErasedKind;
-use tether_actors::{Agent, AgentError, AgentId, AgentRef, Body, Host, Placement};
+use tether_actors::{Agent, AgentError, AgentId, AgentRef, Body, Host};
 
 use crate::agents::{AgentSystem, Target};
 use crate::certs::{CertDir, CertError};
@@ -440,19 +440,11 @@ impl Node {
         target: Target,
     ) -> Result<AgentRef<A>, AgentError> {
         let id = AgentId::new(A::KIND, key).map_err(|e| AgentError::Refused(e.to_string()))?;
-        let placement = self
-            .shared
-            .agents
-            .host()
-            .kind(A::KIND)
-            .ok()
-            .map(|_| None::<Placement>)
-            .unwrap_or(None);
         let args = Body::encode(args, Some(tether_actors::Encoding::MsgPack))
             .map_err(AgentError::Internal)?;
         self.shared
             .agents
-            .spawn(id.clone(), args, placement, target)
+            .spawn(id.clone(), args, None, target)
             .await?;
         Ok(self.agent_ref(id))
     }
