@@ -281,14 +281,9 @@ impl AgentSystem {
                 target,
                 trace,
             };
-            match self.request(&owner, req, SPAWN_TIMEOUT).await? {
-                Answer::Activation(a) => a,
-                other => {
-                    return Err(AgentError::Internal(format!(
-                        "unexpected answer to a claim: {other:?}"
-                    )))
-                }
-            }
+            self.request(&owner, req, SPAWN_TIMEOUT)
+                .await?
+                .into_activation()?
         };
         self.set_route(&act.id, &act.node, act.epoch);
         Ok(act)
@@ -419,14 +414,9 @@ impl AgentSystem {
                 placement,
                 trace,
             };
-            match self.request(&node, req, SPAWN_TIMEOUT).await? {
-                Answer::Activation(a) => a,
-                other => {
-                    return Err(AgentError::Internal(format!(
-                        "unexpected answer to an activation: {other:?}"
-                    )))
-                }
-            }
+            self.request(&node, req, SPAWN_TIMEOUT)
+                .await?
+                .into_activation()?
         };
         self.dir.insert(
             id.clone(),
@@ -548,24 +538,16 @@ impl AgentSystem {
         let found = if owner == self.me {
             self.lookup_owned(id).await
         } else {
-            match self
-                .request(
-                    &owner,
-                    Request::Lookup {
-                        req: 0,
-                        id: id.clone(),
-                    },
-                    LOOKUP_TIMEOUT,
-                )
-                .await?
-            {
-                Answer::Location(l) => l,
-                other => {
-                    return Err(AgentError::Internal(format!(
-                        "unexpected answer to a lookup: {other:?}"
-                    )))
-                }
-            }
+            self.request(
+                &owner,
+                Request::Lookup {
+                    req: 0,
+                    id: id.clone(),
+                },
+                LOOKUP_TIMEOUT,
+            )
+            .await?
+            .into_location()?
         };
         let loc = found.ok_or_else(|| AgentError::NotFound { id: id.to_string() })?;
         self.set_route(id, &loc.node, loc.epoch);

@@ -127,6 +127,34 @@ pub enum Answer {
     Location(Option<Location>),
 }
 
+impl Answer {
+    /// The activation a claim or activation answered with.
+    ///
+    /// # Errors
+    /// [`AgentError::Internal`] if the peer answered something else.
+    pub fn into_activation(self) -> Result<Activation, AgentError> {
+        match self {
+            Answer::Activation(a) => Ok(a),
+            other => Err(AgentError::Internal(format!(
+                "expected an activation, got {other:?}"
+            ))),
+        }
+    }
+
+    /// The location a lookup or probe answered with.
+    ///
+    /// # Errors
+    /// [`AgentError::Internal`] if the peer answered something else.
+    pub fn into_location(self) -> Result<Option<Location>, AgentError> {
+        match self {
+            Answer::Location(l) => Ok(l),
+            other => Err(AgentError::Internal(format!(
+                "expected a location, got {other:?}"
+            ))),
+        }
+    }
+}
+
 /// An answer, peer to requester.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
