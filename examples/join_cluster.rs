@@ -80,6 +80,7 @@ async fn main() -> anyhow::Result<()> {
         timing: Timing::default(),
         fault_seed: 7,
         kinds: Kinds::builtin().register::<Greeter>(),
+        root_intensity: tether::supervision::Intensity::node_root(),
     })
     .await?;
     node.wait_peers_up(seeds.len(), Duration::from_secs(10))

@@ -6,6 +6,7 @@ mod common;
 mod faults;
 mod node;
 mod status;
+mod tree;
 mod up;
 
 use std::path::PathBuf;
@@ -73,6 +74,11 @@ enum Command {
     Ask(agents::AskArgs),
     /// Every agent in the cluster: node, epoch, status, placement.
     Agents(agents::AgentsArgs),
+    /// The supervision trees of the cluster: nodes, supervisors, agents, restarts, failures.
+    Tree(tree::TreeArgs),
+    /// Supervisor groups (one-for-all, rest-for-one...).
+    #[command(subcommand)]
+    Group(tree::GroupCommand),
     /// Certificates for a real deployment.
     #[command(subcommand)]
     Certs(certs::CertsCommand),
@@ -91,6 +97,8 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Tell(a) => agents::tell(a).await,
         Command::Ask(a) => agents::ask(a).await,
         Command::Agents(a) => agents::agents(a).await,
+        Command::Tree(a) => tree::tree(a).await,
+        Command::Group(c) => tree::group(c).await,
         Command::Certs(c) => certs::run(c),
     }
 }

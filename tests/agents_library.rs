@@ -82,6 +82,7 @@ async fn join(c: &Cluster, name: &str, kinds: Kinds, peers: usize) -> Node {
         timing: Timing::default(),
         fault_seed: 1,
         kinds,
+        root_intensity: tether::supervision::Intensity::node_root(),
     })
     .await
     .unwrap();

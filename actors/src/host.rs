@@ -1,42 +1,105 @@
-//! The agents a node hosts: activation, delivery, and the checks at the door.
+//! The agents a node hosts: activation, delivery, restart, and the checks at the door.
 //!
 //! Delivery checks, in order, before a message reaches an agent's mailbox:
 //! 1. the agent is hosted here (else [`AgentError::NotFound`], or [`AgentError::Failed`] with
-//!    the reason if it failed here);
+//!    the reason if it failed here and was not restarted);
 //! 2. the envelope's epoch is not older than the activation's (fencing: an old owner's
 //!    messages and commands are refused with [`AgentError::StaleEpoch`]);
 //! 3. the contract is the kind's;
 //! 4. the sender's sequence number is new: a number already seen is a duplicate and refused;
 //!    a number past `last + 1` is delivered and counted as a gap (something before it was lost).
 //!
+//! A supervised agent that fails is not forgotten: its slot goes *down* (restarting or backing
+//! off) and keeps what it needs to start again (kind, arguments, epoch). Messages that arrive
+//! meanwhile wait in the slot, in order, and reach the new instance; refs keep working. Its
+//! supervisor decides: [`Host::restart`] or [`Host::give_up`].
+//!
 //! Activation is get-or-activate: a second activation of an id that runs here returns the
 //! running one, also when both race (a per-id lock serializes them).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use dashmap::DashMap;
-use ractor::ActorRef;
+use ractor::{ActorCell, ActorRef};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::agent::AgentError;
-use crate::envelope::{Contract, TraceContext};
+use crate::envelope::{Contract, Encoding, TraceContext};
 use crate::id::AgentId;
 use crate::kind::{AgentStats, Body, Call, ErasedKind, ExitHook, ReplyTx, SpawnSpec};
 use crate::placement::Placement;
+
+/// Most messages kept for an agent while it restarts.
+pub const MAX_QUEUED_WHILE_DOWN: usize = 10_000;
+
+/// How an agent is run: its supervisor and its timeouts.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// The supervisor actor to link the agent to; `None`: unsupervised (a failure is final).
+    pub supervisor: Option<ActorCell>,
+    /// A handler running longer than this fails the agent.
+    pub handler_timeout: Option<Duration>,
+    /// `init` must finish within this.
+    pub start_timeout: Duration,
+    /// A stopping agent gets this long, then it is killed.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            supervisor: None,
+            handler_timeout: None,
+            start_timeout: Duration::from_secs(5),
+            shutdown_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What a slot keeps to start the agent again.
+#[derive(Clone)]
+struct Spec {
+    kind: Arc<dyn ErasedKind>,
+    args: (Encoding, Bytes),
+    epoch: u64,
+    placement: Placement,
+    run: RunOptions,
+}
 
 /// A running agent.
 #[derive(Clone)]
 struct Hosted {
     actor: ActorRef<Call>,
-    epoch: u64,
-    kind: Arc<dyn ErasedKind>,
-    placement: Placement,
+    spec: Spec,
     started: Instant,
+    stats: Arc<AgentStats>,
+}
+
+/// Why a down agent is not running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DownStatus {
+    /// Its supervisor is restarting it.
+    Restarting,
+    /// Waiting for its backoff delay.
+    BackingOff,
+}
+
+type Waiting = VecDeque<(Delivery, Body, Option<ReplyTx>)>;
+
+struct Down {
+    spec: Spec,
+    status: DownStatus,
+    reason: String,
+    /// Messages that arrived while down. (A typed body is `Send` but not `Sync`; the mutex
+    /// makes the slot shareable, and is only taken while down.)
+    queue: std::sync::Mutex<Waiting>,
     stats: Arc<AgentStats>,
 }
 
@@ -51,11 +114,11 @@ pub struct AgentInfo {
     pub epoch: u64,
     /// Placement labels.
     pub placement: Placement,
-    /// `running` or `failed`.
+    /// `running`, `restarting`, `backing-off` or `failed`.
     pub status: String,
-    /// Failure reason, if failed.
+    /// Failure reason, if failed or down.
     pub reason: Option<String>,
-    /// Milliseconds since activation.
+    /// Milliseconds since the current instance started.
     pub uptime_ms: u64,
     /// Messages delivered.
     pub received: u64,
@@ -63,7 +126,7 @@ pub struct AgentInfo {
     pub gaps: u64,
     /// Duplicates refused.
     pub duplicates: u64,
-    /// Messages waiting in the mailbox.
+    /// Messages waiting in the mailbox (or in the slot while down).
     pub mailbox: u64,
 }
 
@@ -102,6 +165,7 @@ pub struct Host {
     node: String,
     kinds: BTreeMap<String, Arc<dyn ErasedKind>>,
     agents: DashMap<AgentId, Hosted>,
+    down: DashMap<AgentId, Down>,
     failed: DashMap<AgentId, (u64, String)>,
     seqs: DashMap<(String, AgentId), u64>,
     activating: DashMap<AgentId, Arc<Mutex<()>>>,
@@ -119,6 +183,13 @@ impl std::fmt::Debug for Host {
     }
 }
 
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 impl Host {
     /// A host for node `node` with these kinds.
     pub fn new(node: &str, kinds: impl IntoIterator<Item = Arc<dyn ErasedKind>>) -> Arc<Self> {
@@ -129,6 +200,7 @@ impl Host {
                 .map(|k| (k.name().to_owned(), k))
                 .collect(),
             agents: DashMap::new(),
+            down: DashMap::new(),
             failed: DashMap::new(),
             seqs: DashMap::new(),
             activating: DashMap::new(),
@@ -137,8 +209,13 @@ impl Host {
         })
     }
 
-    /// Registers the one function told of every agent that ends here (after the host forgot
-    /// it). Returns false if one was registered already.
+    /// The node's name.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Registers the one function told of every agent that ends here for good (after the host
+    /// forgot it). Returns false if one was registered already.
     pub fn set_exit_listener(&self, f: ExitHook) -> bool {
         self.exit_listener.set(f).is_ok()
     }
@@ -163,16 +240,19 @@ impl Host {
             })
     }
 
-    /// The epoch of `id` if it runs here.
+    /// The epoch of `id` if it runs here (or is restarting here).
     pub fn epoch_of(&self, id: &AgentId) -> Option<u64> {
-        self.agents.get(id).map(|h| h.epoch)
+        self.agents
+            .get(id)
+            .map(|h| h.spec.epoch)
+            .or_else(|| self.down.get(id).map(|d| d.spec.epoch))
     }
 
     /// Starts `id` here with `epoch`, or returns the running activation.
     ///
     /// # Errors
     /// [`AgentError::UnknownKind`], [`AgentError::BadPayload`] for args that do not decode,
-    /// [`AgentError::Failed`] when `init` fails.
+    /// [`AgentError::Failed`] when `init` fails or overruns its start timeout.
     pub async fn activate(
         &self,
         id: AgentId,
@@ -180,48 +260,41 @@ impl Host {
         args: Body,
         placement: Option<Placement>,
         trace: TraceContext,
+        run: RunOptions,
     ) -> Result<Activation, AgentError> {
         let kind = self.kind(id.kind())?;
         let lock = self.activating.entry(id.clone()).or_default().clone();
         let _guard = lock.lock().await;
-        if let Some(h) = self.agents.get(&id) {
+        if let Some(epoch) = self.epoch_of(&id) {
             return Ok(Activation {
                 id: id.clone(),
                 node: self.node.clone(),
-                epoch: h.epoch,
+                epoch,
                 created: false,
             });
         }
         let (kind_placement, args) = kind.placement(args)?;
         let placement = placement.unwrap_or(kind_placement);
-        let local_only = placement.is_local_only();
-        let me = self.me.clone();
-        let on_exit = Arc::new(move |id: &AgentId, epoch: u64, reason: Option<String>| {
-            if let Some(host) = me.upgrade() {
-                host.exited(id, epoch, reason);
-            }
-        });
+        // kept encoded, so that a restart can start the agent again from the same arguments
+        let args = args.into_wire().map_err(|reason| AgentError::BadPayload {
+            id: format!("{id} args"),
+            reason,
+        })?;
+        let spec = Spec {
+            kind,
+            args,
+            epoch,
+            placement,
+            run,
+        };
         let stats = Arc::<AgentStats>::default();
-        let actor = kind
-            .spawn(SpawnSpec {
-                id: id.clone(),
-                epoch,
-                node: self.node.clone(),
-                args,
-                trace,
-                on_exit,
-                stats: stats.clone(),
-                local_only,
-            })
-            .await?;
+        let actor = self.start(&id, &spec, trace, stats.clone()).await?;
         self.failed.remove(&id);
         self.agents.insert(
             id.clone(),
             Hosted {
                 actor,
-                epoch,
-                kind,
-                placement,
+                spec,
                 started: Instant::now(),
                 stats,
             },
@@ -237,18 +310,200 @@ impl Host {
         })
     }
 
+    async fn start(
+        &self,
+        id: &AgentId,
+        spec: &Spec,
+        trace: TraceContext,
+        stats: Arc<AgentStats>,
+    ) -> Result<ActorRef<Call>, AgentError> {
+        let me = self.me.clone();
+        let on_exit = Arc::new(move |id: &AgentId, epoch: u64, reason: Option<String>| {
+            if let Some(host) = me.upgrade() {
+                host.exited(id, epoch, reason);
+            }
+        });
+        spec.kind
+            .spawn(SpawnSpec {
+                id: id.clone(),
+                epoch: spec.epoch,
+                node: self.node.clone(),
+                args: Body::Encoded(spec.args.0, spec.args.1.clone()),
+                trace,
+                on_exit,
+                stats,
+                local_only: spec.placement.is_local_only(),
+                supervisor: spec.run.supervisor.clone(),
+                handler_timeout: spec.run.handler_timeout,
+                start_timeout: spec.run.start_timeout,
+            })
+            .await
+    }
+
     fn exited(&self, id: &AgentId, epoch: u64, reason: Option<String>) {
-        let removed = self.agents.remove_if(id, |_, h| h.epoch == epoch).is_some();
-        if removed {
-            match &reason {
-                Some(r) => {
-                    self.failed.insert(id.clone(), (epoch, r.clone()));
-                }
-                None => info!(agent = %id, epoch, "agent stopped"),
+        let Some((_, h)) = self.agents.remove_if(id, |_, h| h.spec.epoch == epoch) else {
+            return;
+        };
+        match (&reason, h.spec.run.supervisor.is_some()) {
+            // a supervised agent that failed waits for its supervisor's decision, keeping
+            // its messages
+            (Some(r), true) => {
+                self.down.insert(
+                    id.clone(),
+                    Down {
+                        spec: h.spec,
+                        status: DownStatus::Restarting,
+                        reason: r.clone(),
+                        queue: std::sync::Mutex::new(VecDeque::new()),
+                        stats: h.stats,
+                    },
+                );
             }
-            if let Some(l) = self.exit_listener.get() {
-                l(id, epoch, reason);
+            (Some(r), false) => {
+                self.failed.insert(id.clone(), (epoch, r.clone()));
+                self.notify_exit(id, epoch, reason);
             }
+            (None, _) => {
+                info!(agent = %id, epoch, "agent stopped");
+                self.notify_exit(id, epoch, None);
+            }
+        }
+    }
+
+    fn notify_exit(&self, id: &AgentId, epoch: u64, reason: Option<String>) {
+        if let Some(l) = self.exit_listener.get() {
+            l(id, epoch, reason);
+        }
+    }
+
+    /// The supervisor chose to wait before restarting `id`.
+    pub fn backing_off(&self, id: &AgentId) {
+        if let Some(mut d) = self.down.get_mut(id) {
+            d.status = DownStatus::BackingOff;
+        }
+    }
+
+    /// Starts a down agent again (same id, epoch and arguments), then hands it the messages
+    /// that waited, in order.
+    ///
+    /// # Errors
+    /// [`AgentError::NotFound`] if it is not down here; [`AgentError::Failed`] if it failed
+    /// to start (it stays down; its supervisor counts the failure).
+    pub async fn restart(
+        &self,
+        id: &AgentId,
+        supervisor: Option<ActorCell>,
+    ) -> Result<(), AgentError> {
+        let (mut spec, stats) = match self.down.get(id) {
+            Some(d) => (d.spec.clone(), d.stats.clone()),
+            None => {
+                // a running agent that the supervisor stopped for a sibling's restart
+                let Some((_, h)) = self.agents.remove(id) else {
+                    return Err(AgentError::NotFound { id: id.to_string() });
+                };
+                (h.spec, h.stats)
+            }
+        };
+        if supervisor.is_some() {
+            spec.run.supervisor = supervisor;
+        }
+        let actor = self
+            .start(id, &spec, TraceContext::new_root(), stats.clone())
+            .await?;
+        // install and flush under the slot's lock, so nothing overtakes the waiting messages
+        let queued = self
+            .down
+            .remove(id)
+            .map(|(_, d)| {
+                d.queue
+                    .into_inner()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+            })
+            .unwrap_or_default();
+        self.agents.insert(
+            id.clone(),
+            Hosted {
+                actor: actor.clone(),
+                spec,
+                started: Instant::now(),
+                stats: stats.clone(),
+            },
+        );
+        for (d, body, reply) in queued {
+            let call = Call {
+                body,
+                trace: d.trace,
+                sender: Some(d.sender),
+                seq: d.seq,
+                reply,
+            };
+            if actor.send_message(call).is_err() {
+                stats.queued.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        info!(agent = %id, "agent restarted");
+        Ok(())
+    }
+
+    /// The supervisor gave up on `id`: it stays failed, and the messages that waited fail.
+    pub fn give_up(&self, id: &AgentId, reason: &str) {
+        let Some((_, d)) = self.down.remove(id) else {
+            return;
+        };
+        warn!(agent = %id, %reason, "agent given up");
+        let err = AgentError::Failed {
+            id: id.to_string(),
+            reason: reason.to_owned(),
+        };
+        for (_, _, reply) in d
+            .queue
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        {
+            d.stats.queued.fetch_sub(1, Ordering::Relaxed);
+            if let Some(r) = reply {
+                let _ = r.send(Err(err.clone()));
+            }
+        }
+        self.failed
+            .insert(id.clone(), (d.spec.epoch, reason.to_owned()));
+        self.notify_exit(id, d.spec.epoch, Some(reason.to_owned()));
+    }
+
+    /// Forgets a down or failed agent (its supervisor removed it).
+    pub fn forget(&self, id: &AgentId) {
+        if let Some((_, d)) = self.down.remove(id) {
+            self.notify_exit(id, d.spec.epoch, Some(d.reason));
+        }
+    }
+
+    /// Stops a running agent: asks it to stop, waits its shutdown timeout, then kills it.
+    /// With `for_restart` the slot is kept (the supervisor starts it again).
+    pub async fn stop(&self, id: &AgentId, for_restart: bool) {
+        let Some(h) = self.agents.get(id).map(|h| h.clone()) else {
+            return;
+        };
+        if for_restart {
+            self.agents.remove(id);
+            self.down.insert(
+                id.clone(),
+                Down {
+                    spec: h.spec.clone(),
+                    status: DownStatus::Restarting,
+                    reason: "stopped for a sibling's restart".into(),
+                    queue: std::sync::Mutex::new(VecDeque::new()),
+                    stats: h.stats.clone(),
+                },
+            );
+        }
+        let timeout = h.spec.run.shutdown_timeout;
+        if h.actor
+            .stop_and_wait(Some("stopped by its supervisor".into()), Some(timeout))
+            .await
+            .is_err()
+        {
+            warn!(agent = %id, ?timeout, "agent did not stop in time; killed");
+            h.actor.kill();
         }
     }
 
@@ -262,26 +517,65 @@ impl Host {
         body: Body,
         reply: Option<ReplyTx>,
     ) -> Result<(), AgentError> {
-        let Some(h) = self.agents.get(&d.target).map(|h| h.clone()) else {
-            return Err(match self.failed.get(&d.target) {
-                Some(f) => AgentError::Failed {
-                    id: d.target.to_string(),
-                    reason: f.1.clone(),
-                },
-                None => AgentError::NotFound {
-                    id: d.target.to_string(),
-                },
+        if let Some(h) = self.agents.get(&d.target).map(|h| h.clone()) {
+            self.check(&d, &h.spec, &h.stats)?;
+            h.stats.received.fetch_add(1, Ordering::Relaxed);
+            h.stats.queued.fetch_add(1, Ordering::Relaxed);
+            let target = d.target.clone();
+            let call = Call {
+                body,
+                trace: d.trace,
+                sender: Some(d.sender),
+                seq: d.seq,
+                reply,
+            };
+            return h.actor.send_message(call).map_err(|_| {
+                h.stats.queued.fetch_sub(1, Ordering::Relaxed);
+                AgentError::Failed {
+                    id: target.to_string(),
+                    reason: "stopped".into(),
+                }
             });
-        };
-        if d.epoch != 0 && d.epoch < h.epoch {
+        }
+        if let Some(mut slot) = self.down.get_mut(&d.target) {
+            let (spec, stats) = (slot.spec.clone(), slot.stats.clone());
+            self.check(&d, &spec, &stats)?;
+            let queue = slot
+                .queue
+                .get_mut()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if queue.len() >= MAX_QUEUED_WHILE_DOWN {
+                return Err(AgentError::Refused(format!(
+                    "{} is restarting and already holds {MAX_QUEUED_WHILE_DOWN} messages",
+                    d.target
+                )));
+            }
+            stats.received.fetch_add(1, Ordering::Relaxed);
+            stats.queued.fetch_add(1, Ordering::Relaxed);
+            queue.push_back((d, body, reply));
+            return Ok(());
+        }
+        Err(match self.failed.get(&d.target) {
+            Some(f) => AgentError::Failed {
+                id: d.target.to_string(),
+                reason: f.1.clone(),
+            },
+            None => AgentError::NotFound {
+                id: d.target.to_string(),
+            },
+        })
+    }
+
+    fn check(&self, d: &Delivery, spec: &Spec, stats: &AgentStats) -> Result<(), AgentError> {
+        if d.epoch != 0 && d.epoch < spec.epoch {
             return Err(AgentError::StaleEpoch {
                 id: d.target.to_string(),
                 sent: d.epoch,
-                current: h.epoch,
+                current: spec.epoch,
             });
         }
         if let Some(c) = &d.contract {
-            let mine = h.kind.contract();
+            let mine = spec.kind.contract();
             if *c != mine {
                 return Err(AgentError::Contract {
                     id: d.target.to_string(),
@@ -296,78 +590,106 @@ impl Host {
                 .entry((d.sender.clone(), d.target.clone()))
                 .or_insert(0);
             if d.seq <= *last {
-                h.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                stats.duplicates.fetch_add(1, Ordering::Relaxed);
                 return Err(AgentError::Refused(format!(
                     "duplicate: {} already delivered message {} from {}",
                     d.target, d.seq, d.sender
                 )));
             }
             if d.seq != *last + 1 {
-                h.stats.gaps.fetch_add(1, Ordering::Relaxed);
+                stats.gaps.fetch_add(1, Ordering::Relaxed);
             }
             *last = d.seq;
         }
-        h.stats.received.fetch_add(1, Ordering::Relaxed);
-        h.stats.queued.fetch_add(1, Ordering::Relaxed);
-        let call = Call {
-            body,
-            trace: d.trace,
-            sender: Some(d.sender),
-            seq: d.seq,
-            reply,
-        };
-        h.actor.send_message(call).map_err(|_| {
-            h.stats.queued.fetch_sub(1, Ordering::Relaxed);
-            self.exited(&d.target, h.epoch, Some("stopped".into()));
-            AgentError::Failed {
-                id: d.target.to_string(),
-                reason: "stopped".into(),
-            }
-        })
+        Ok(())
     }
 
-    /// Every hosted (and failed) agent.
-    pub fn list(&self) -> Vec<AgentInfo> {
-        let mut out: Vec<AgentInfo> = self
-            .agents
-            .iter()
-            .map(|e| {
-                let h = e.value();
+    /// One agent's report.
+    pub fn info(&self, id: &AgentId) -> Option<AgentInfo> {
+        let base =
+            |epoch, placement: Placement, status: &str, reason, uptime_ms, stats: &AgentStats| {
                 AgentInfo {
-                    id: e.key().clone(),
+                    id: id.clone(),
                     node: self.node.clone(),
-                    epoch: h.epoch,
-                    placement: h.placement.clone(),
-                    status: "running".into(),
-                    reason: None,
-                    uptime_ms: h.started.elapsed().as_millis() as u64,
-                    received: h.stats.received.load(Ordering::Relaxed),
-                    gaps: h.stats.gaps.load(Ordering::Relaxed),
-                    duplicates: h.stats.duplicates.load(Ordering::Relaxed),
-                    mailbox: h.stats.queued.load(Ordering::Relaxed),
+                    epoch,
+                    placement,
+                    status: status.to_owned(),
+                    reason,
+                    uptime_ms,
+                    received: stats.received.load(Ordering::Relaxed),
+                    gaps: stats.gaps.load(Ordering::Relaxed),
+                    duplicates: stats.duplicates.load(Ordering::Relaxed),
+                    mailbox: stats.queued.load(Ordering::Relaxed),
                 }
-            })
-            .collect();
-        out.extend(self.failed.iter().map(|e| AgentInfo {
-            id: e.key().clone(),
+            };
+        if let Some(h) = self.agents.get(id) {
+            return Some(base(
+                h.spec.epoch,
+                h.spec.placement.clone(),
+                "running",
+                None,
+                h.started.elapsed().as_millis() as u64,
+                &h.stats,
+            ));
+        }
+        if let Some(d) = self.down.get(id) {
+            let status = match d.status {
+                DownStatus::Restarting => "restarting",
+                DownStatus::BackingOff => "backing-off",
+            };
+            return Some(base(
+                d.spec.epoch,
+                d.spec.placement.clone(),
+                status,
+                Some(d.reason.clone()),
+                0,
+                &d.stats,
+            ));
+        }
+        self.failed.get(id).map(|f| AgentInfo {
+            id: id.clone(),
             node: self.node.clone(),
-            epoch: e.value().0,
+            epoch: f.0,
             placement: Placement::default(),
             status: "failed".into(),
-            reason: Some(e.value().1.clone()),
+            reason: Some(f.1.clone()),
             uptime_ms: 0,
             received: 0,
             gaps: 0,
             duplicates: 0,
             mailbox: 0,
-        }));
-        out.sort_by(|a, b| a.id.cmp(&b.id));
-        out
+        })
+    }
+
+    /// Every hosted, down and failed agent.
+    pub fn list(&self) -> Vec<AgentInfo> {
+        let mut ids: Vec<AgentId> = self.agents.iter().map(|e| e.key().clone()).collect();
+        ids.extend(self.down.iter().map(|e| e.key().clone()));
+        ids.extend(self.failed.iter().map(|e| e.key().clone()));
+        ids.sort();
+        ids.dedup();
+        ids.iter().filter_map(|id| self.info(id)).collect()
+    }
+
+    /// The actor id of a running agent (its supervisor maps supervision events with it).
+    pub fn actor_id(&self, id: &AgentId) -> Option<ractor::ActorId> {
+        self.agents.get(id).map(|h| h.actor.get_id())
     }
 
     /// Placement labels of a hosted agent.
     pub fn placement_of(&self, id: &AgentId) -> Option<Placement> {
-        self.agents.get(id).map(|h| h.placement.clone())
+        self.agents
+            .get(id)
+            .map(|h| h.spec.placement.clone())
+            .or_else(|| self.down.get(id).map(|d| d.spec.placement.clone()))
+    }
+
+    /// The last failure of an agent, as (unix ms, reason), if it is down or failed.
+    pub fn failure_of(&self, id: &AgentId) -> Option<String> {
+        self.down
+            .get(id)
+            .map(|d| d.reason.clone())
+            .or_else(|| self.failed.get(id).map(|f| f.1.clone()))
     }
 
     /// Stops every agent (node shutdown).
@@ -376,6 +698,11 @@ impl Host {
             e.actor.stop(Some("node shutting down".into()));
         }
     }
+}
+
+/// Milliseconds since the Unix epoch, for failure times in reports.
+pub fn now_unix_ms() -> u64 {
+    unix_ms()
 }
 
 #[cfg(test)]
@@ -426,6 +753,7 @@ mod tests {
                 json(serde_json::Value::Null),
                 None,
                 TraceContext::new_root(),
+                RunOptions::default(),
             )
             .await
             .unwrap();
@@ -456,6 +784,7 @@ mod tests {
             json(serde_json::Value::Null),
             None,
             TraceContext::new_root(),
+            RunOptions::default(),
         )
         .await
         .unwrap();
@@ -486,6 +815,7 @@ mod tests {
                 json(serde_json::Value::Null),
                 None,
                 TraceContext::new_root(),
+                RunOptions::default(),
             )
             .await
             .unwrap_err();
@@ -505,6 +835,7 @@ mod tests {
             json(serde_json::Value::Null),
             None,
             TraceContext::new_root(),
+            RunOptions::default(),
         )
         .await
         .unwrap();
@@ -535,6 +866,7 @@ mod tests {
             json(serde_json::Value::Null),
             None,
             TraceContext::new_root(),
+            RunOptions::default(),
         )
         .await
         .unwrap();
@@ -569,6 +901,7 @@ mod tests {
                     json(serde_json::Value::Null),
                     None,
                     TraceContext::new_root(),
+                    RunOptions::default(),
                 )
                 .await
                 .unwrap()

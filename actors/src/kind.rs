@@ -225,6 +225,12 @@ pub struct SpawnSpec {
     pub stats: Arc<AgentStats>,
     /// The agent is local-only.
     pub local_only: bool,
+    /// The supervisor actor to link to (its `handle_supervisor_evt` sees the agent fail).
+    pub supervisor: Option<ractor::ActorCell>,
+    /// A handler running longer than this fails the agent.
+    pub handler_timeout: Option<std::time::Duration>,
+    /// `init` must finish within this.
+    pub start_timeout: std::time::Duration,
 }
 
 /// A boxed future, for the erased interface.
@@ -298,9 +304,21 @@ impl<A: Agent> ErasedKind for KindImpl<A> {
             let actor = AgentActor::<A> {
                 behaviour,
                 local_only: spec.local_only,
+                handler_timeout: spec.handler_timeout,
             };
-            let (aref, _) = Actor::spawn(None, actor, (ctx, args, spec.on_exit, spec.stats))
+            let args = (ctx, args, spec.on_exit, spec.stats);
+            let start = async {
+                match spec.supervisor {
+                    Some(sup) => Actor::spawn_linked(None, actor, args, sup).await,
+                    None => Actor::spawn(None, actor, args).await,
+                }
+            };
+            let (aref, _) = tokio::time::timeout(spec.start_timeout, start)
                 .await
+                .map_err(|_| AgentError::Failed {
+                    id: id.to_string(),
+                    reason: format!("init did not finish within {:?}", spec.start_timeout),
+                })?
                 .map_err(|e| AgentError::Failed {
                     id: id.to_string(),
                     reason: format!("init failed: {e}"),
@@ -313,6 +331,7 @@ impl<A: Agent> ErasedKind for KindImpl<A> {
 struct AgentActor<A> {
     behaviour: Arc<A>,
     local_only: bool,
+    handler_timeout: Option<std::time::Duration>,
 }
 
 impl<A> AgentActor<A> {
@@ -396,12 +415,27 @@ impl<A: Agent> Actor for AgentActor<A> {
             tracing::info_span!("agent", id = %st.ctx.id, trace_id = %call.trace.trace_id_hex());
         let ctx = st.ctx.clone();
         let origin = self.origin(&ctx);
+        let deadline = self.handler_timeout;
         let result = CURRENT_AGENT
             .scope(
                 origin,
                 CURRENT_TRACE.scope(call.trace, async {
                     debug!(seq = call.seq, sender = ?ctx.sender, "handling message");
-                    self.behaviour.handle(&ctx, &mut st.state, msg).await
+                    let handling = self.behaviour.handle(&ctx, &mut st.state, msg);
+                    match deadline {
+                        None => handling.await.map_err(|e| (e.to_string(), None)),
+                        Some(d) => match tokio::time::timeout(d, handling).await {
+                            Ok(r) => r.map_err(|e| (e.to_string(), None)),
+                            // an overrunning handler is a failure of the agent; the asker
+                            // gets a timeout
+                            Err(_) => Err((
+                                format!("handler overran its {} ms deadline", d.as_millis()),
+                                Some(AgentError::Timeout {
+                                    ms: d.as_millis() as u64,
+                                }),
+                            )),
+                        },
+                    }
                 }),
             )
             .instrument(span)
@@ -416,14 +450,13 @@ impl<A: Agent> Actor for AgentActor<A> {
                 }
                 Ok(())
             }
-            Err(failure) => {
-                let reason = failure.to_string();
+            Err((reason, to_asker)) => {
                 warn!(id = %st.ctx.id, trace_id = %call.trace.trace_id_hex(), %reason, "agent failed");
                 if let Some(r) = call.reply {
-                    let _ = r.send(Err(AgentError::Failed {
+                    let _ = r.send(Err(to_asker.unwrap_or_else(|| AgentError::Failed {
                         id: st.ctx.id.to_string(),
                         reason: reason.clone(),
-                    }));
+                    })));
                 }
                 st.exit(Some(reason.clone()));
                 Err(reason.into())

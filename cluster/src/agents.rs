@@ -46,6 +46,7 @@ use tether_actors::{
     Activation, AgentError, AgentId, AgentInfo, Body, Contract, Delivery, Encoding, Envelope, Host,
     Placement, Router, TraceContext,
 };
+use tether_supervision::{AddAgent, AgentPolicy, NodeSupervisor};
 use tokio::sync::{mpsc, oneshot, Mutex};
 use tracing::{debug, info, warn};
 
@@ -70,6 +71,17 @@ pub enum Target {
     On(String),
     /// Where the placement labels choose.
     Placed,
+}
+
+/// How a spawn is done: labels, supervision, group.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SpawnOptions {
+    /// Placement labels overriding the kind's.
+    pub placement: Option<Placement>,
+    /// Restart policy and timeouts.
+    pub policy: AgentPolicy,
+    /// The supervisor group to run under (it lives on one node: give the target node).
+    pub group: Option<String>,
 }
 
 /// A message waiting for its route.
@@ -109,6 +121,7 @@ pub struct AgentSystem {
     me: String,
     role: Role,
     host: Arc<Host>,
+    sup: NodeSupervisor,
     net: OnceLock<Weak<Shared>>,
     myself: Weak<AgentSystem>,
     next_req: AtomicU64,
@@ -143,11 +156,12 @@ pub struct AgentCounters {
 }
 
 impl AgentSystem {
-    pub(crate) fn new(me: &str, role: Role, host: Arc<Host>) -> Arc<Self> {
+    pub(crate) fn new(me: &str, role: Role, host: Arc<Host>, sup: NodeSupervisor) -> Arc<Self> {
         let sys = Arc::new_cyclic(|myself| Self {
             me: me.to_owned(),
             role,
             host,
+            sup,
             net: OnceLock::new(),
             myself: myself.clone(),
             next_req: AtomicU64::new(1),
@@ -193,6 +207,20 @@ impl AgentSystem {
         &self.host
     }
 
+    /// The node's supervision.
+    pub fn supervisor(&self) -> &NodeSupervisor {
+        &self.sup
+    }
+
+    /// Activates an agent here, under the node's supervision.
+    async fn activate_here(
+        &self,
+        a: AddAgent,
+        group: Option<&str>,
+    ) -> Result<Activation, AgentError> {
+        self.sup.activate(a, group).await
+    }
+
     /// Hosted agents, for status and `tether agents`.
     pub fn list(&self) -> Vec<AgentInfo> {
         self.host.list()
@@ -234,9 +262,20 @@ impl AgentSystem {
         &self,
         id: AgentId,
         args: Body,
-        placement: Option<Placement>,
+        opts: SpawnOptions,
         target: Target,
     ) -> Result<Activation, AgentError> {
+        let SpawnOptions {
+            placement,
+            policy,
+            group,
+        } = opts;
+        if group.is_some() && target == Target::Placed {
+            return Err(AgentError::Refused(
+                "a supervisor group lives on one node: name the node (--on) to spawn into a group"
+                    .into(),
+            ));
+        }
         let trace = TraceContext::current_or_new();
         let (placement, args) = match self.host.kind(id.kind()) {
             Ok(kind) => {
@@ -247,7 +286,9 @@ impl AgentSystem {
             Err(_) => (placement.unwrap_or_default(), args),
         };
         if placement.is_local_only() {
-            return self.spawn_private(id, args, placement, target, trace).await;
+            return self
+                .spawn_private(id, args, placement, target, trace, (policy, group))
+                .await;
         }
         let net = self.net()?;
         if let Target::On(node) = &target {
@@ -269,8 +310,18 @@ impl AgentSystem {
         let owner = self.owner_of(&id)?;
         let act = if owner == self.me {
             let me = self.me.clone();
-            self.claim(id.clone(), encoding, bytes, placement, target, trace, &me)
-                .await?
+            let how = (policy, group);
+            self.claim(
+                id.clone(),
+                encoding,
+                bytes,
+                placement,
+                target,
+                trace,
+                &me,
+                how,
+            )
+            .await?
         } else {
             let req = Request::Claim {
                 req: 0,
@@ -280,6 +331,8 @@ impl AgentSystem {
                 placement,
                 target,
                 trace,
+                policy,
+                group,
             };
             self.request(&owner, req, SPAWN_TIMEOUT)
                 .await?
@@ -297,6 +350,7 @@ impl AgentSystem {
         placement: Placement,
         target: Target,
         trace: TraceContext,
+        (policy, group): (AgentPolicy, Option<String>),
     ) -> Result<Activation, AgentError> {
         if self.role == Role::Remote {
             return Err(AgentError::Refused(format!(
@@ -314,8 +368,17 @@ impl AgentSystem {
         }
         let epoch = self.host.epoch_of(&id).unwrap_or(0).max(1);
         let act = self
-            .host
-            .activate(id, epoch, args, Some(placement), trace)
+            .activate_here(
+                AddAgent {
+                    id,
+                    epoch,
+                    args,
+                    placement: Some(placement),
+                    policy,
+                    trace,
+                },
+                group.as_deref(),
+            )
             .await?;
         self.routes.insert(act.id.clone(), Route::Local);
         Ok(act)
@@ -344,6 +407,7 @@ impl AgentSystem {
         target: Option<String>,
         trace: TraceContext,
         requester: &str,
+        (policy, group): (AgentPolicy, Option<String>),
     ) -> Result<Activation, AgentError> {
         let lock = self.claim_locks.entry(id.clone()).or_default().clone();
         let _guard = lock.lock().await;
@@ -395,15 +459,15 @@ impl AgentSystem {
         };
         let epoch = prev_epoch + 1;
         let act = if node == self.me {
-            self.host
-                .activate(
-                    id.clone(),
-                    epoch,
-                    Body::Encoded(encoding, args),
-                    Some(placement),
-                    trace,
-                )
-                .await?
+            let a = AddAgent {
+                id: id.clone(),
+                epoch,
+                args: Body::Encoded(encoding, args),
+                placement: Some(placement),
+                policy,
+                trace,
+            };
+            self.activate_here(a, group.as_deref()).await?
         } else {
             let req = Request::Activate {
                 req: 0,
@@ -413,6 +477,8 @@ impl AgentSystem {
                 args,
                 placement,
                 trace,
+                policy,
+                group,
             };
             self.request(&node, req, SPAWN_TIMEOUT)
                 .await?
@@ -1047,6 +1113,8 @@ impl AgentSystem {
                 placement,
                 target,
                 trace,
+                policy,
+                group,
             } => {
                 let sys = self.arc();
                 let tx = tx.clone();
@@ -1066,6 +1134,7 @@ impl AgentSystem {
                                 target,
                                 trace,
                                 &requester,
+                                (policy, group),
                             )
                             .await
                             .map(Answer::Activation),
@@ -1092,8 +1161,10 @@ impl AgentSystem {
                 args,
                 placement,
                 trace,
+                policy,
+                group,
             } => {
-                let host = self.host.clone();
+                let sys = self.arc();
                 let tx = tx.clone();
                 tokio::spawn(async move {
                     let result = if placement.is_local_only() {
@@ -1101,15 +1172,17 @@ impl AgentSystem {
                             "{id} is local-only and cannot be activated from another node"
                         )))
                     } else {
-                        host.activate(
+                        let a = AddAgent {
                             id,
                             epoch,
-                            Body::Encoded(args_encoding, args),
-                            Some(placement),
+                            args: Body::Encoded(args_encoding, args),
+                            placement: Some(placement),
+                            policy,
                             trace,
-                        )
-                        .await
-                        .map(Answer::Activation)
+                        };
+                        sys.activate_here(a, group.as_deref())
+                            .await
+                            .map(Answer::Activation)
                     };
                     let _ = tx.send(Response::Done { req, result });
                 });

@@ -19,7 +19,10 @@ use tether_actors::{
     Activation, AgentId, AgentInfo, Body, Contract, Placement, Router, TraceContext,
 };
 
-use crate::agents::{AgentCounters, Target};
+use tether_supervision::tree::NodeTree;
+use tether_supervision::{AgentPolicy, GroupSpec, Intensity, Strategy};
+
+use crate::agents::{AgentCounters, SpawnOptions, Target};
 use crate::certs::Identity;
 use crate::detector::PeerState;
 use crate::fault::FaultRule;
@@ -33,6 +36,8 @@ use crate::wire::{self, WireError, MAX_CONTROL_FRAME};
 pub const MAX_WAIT: Duration = Duration::from_secs(600);
 
 /// A request from the operator.
+// requests are few and short-lived: a large variant costs nothing worth boxing for
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ControlRequest {
@@ -73,7 +78,24 @@ pub enum ControlRequest {
         on: Option<String>,
         /// Labels overriding the kind's.
         placement: Option<Placement>,
+        /// Restart policy and timeouts.
+        #[serde(default)]
+        policy: AgentPolicy,
+        /// Supervisor group on the target node.
+        #[serde(default)]
+        group: Option<String>,
     },
+    /// Create a supervisor group on this node.
+    AddGroup {
+        /// Its name.
+        name: String,
+        /// Its strategy.
+        strategy: Strategy,
+        /// Its budget.
+        intensity: Intensity,
+    },
+    /// This node's supervision tree.
+    Tree,
     /// Tell an agent a JSON message, `repeat` times, in order (this node is the sender).
     Tell {
         /// Target agent id (`kind/key`).
@@ -127,6 +149,8 @@ pub enum ControlResponse {
     },
     /// Hosted agents.
     Agents(Vec<AgentInfo>),
+    /// A supervision tree.
+    Tree(NodeTree),
     /// The request failed; the message says why.
     Error {
         /// What went wrong.
@@ -279,7 +303,22 @@ async fn handle(shared: &Arc<Shared>, req: ControlRequest) -> ControlResponse {
             args,
             on,
             placement,
-        } => match spawn(shared, &kind, &key, &args, on, placement).await {
+            policy,
+            group,
+        } => match spawn(
+            shared,
+            &kind,
+            &key,
+            &args,
+            on,
+            SpawnOptions {
+                placement,
+                policy,
+                group,
+            },
+        )
+        .await
+        {
             Ok(a) => ControlResponse::Spawned(a),
             Err(message) => ControlResponse::Error { message },
         },
@@ -290,6 +329,27 @@ async fn handle(shared: &Arc<Shared>, req: ControlRequest) -> ControlResponse {
             timeout_ms,
         } => ask(shared, &id, &json, timeout_ms).await,
         ControlRequest::Agents => ControlResponse::Agents(shared.agents.list()),
+        ControlRequest::AddGroup {
+            name,
+            strategy,
+            intensity,
+        } => match shared
+            .agents
+            .supervisor()
+            .add_group(GroupSpec {
+                name,
+                strategy,
+                intensity,
+            })
+            .await
+        {
+            Ok(()) => ControlResponse::Ok,
+            Err(message) => ControlResponse::Error { message },
+        },
+        ControlRequest::Tree => match shared.agents.supervisor().snapshot().await {
+            Ok(t) => ControlResponse::Tree(t),
+            Err(message) => ControlResponse::Error { message },
+        },
     }
 }
 
@@ -318,7 +378,7 @@ async fn spawn(
     key: &str,
     args: &str,
     on: Option<String>,
-    placement: Option<Placement>,
+    opts: SpawnOptions,
 ) -> Result<Activation, String> {
     let id = AgentId::new(kind, key).map_err(|e| e.to_string())?;
     let args = Body::json(&parse_json(args, "--args")?);
@@ -328,7 +388,7 @@ async fn spawn(
     };
     let root = TraceContext::new_root();
     CURRENT_TRACE
-        .scope(root, shared.agents.spawn(id, args, placement, target))
+        .scope(root, shared.agents.spawn(id, args, opts, target))
         .await
         .map_err(|e| e.to_string())
 }

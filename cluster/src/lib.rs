@@ -30,6 +30,7 @@ pub mod tls;
 pub mod transport;
 pub mod wire;
 
+pub use agents::{SpawnOptions, Target};
 pub use control::{
     ControlClient, ControlError, ControlRequest, ControlResponse, NodeStatus, PeerStatus,
 };

@@ -35,7 +35,7 @@ use tracing::{info, warn};
 use tether_actors::kind::ErasedKind;
 use tether_actors::{Agent, AgentError, AgentId, AgentRef, Body, Host};
 
-use crate::agents::{AgentSystem, Target};
+use crate::agents::{AgentSystem, SpawnOptions, Target};
 use crate::certs::{CertDir, CertError};
 use crate::control::{NodeStatus, PeerStatus};
 use crate::detector::{Detector, DetectorConfig, PeerState, Transition};
@@ -99,6 +99,8 @@ pub struct NodeConfig {
     pub fault_seed: u64,
     /// Agent kinds this node can host.
     pub kinds: Kinds,
+    /// Budget of the node's root supervisor (past it, every agent of the node stops).
+    pub root_intensity: tether_supervision::Intensity,
 }
 
 /// The agent kinds a node registers: what other nodes may spawn on it.
@@ -320,7 +322,10 @@ impl Node {
             incarnation,
             kinds: host.kinds(),
         };
-        let agents = AgentSystem::new(&cfg.name, cfg.role, host);
+        let sup = tether_supervision::NodeSupervisor::start(host.clone(), cfg.root_intensity)
+            .await
+            .map_err(NodeError::Ractor)?;
+        let agents = AgentSystem::new(&cfg.name, cfg.role, host, sup);
         let ractor = ractor_bridge::start_node_server(&me, &ca)
             .await
             .map_err(NodeError::Ractor)?;
@@ -444,7 +449,7 @@ impl Node {
             .map_err(AgentError::Internal)?;
         self.shared
             .agents
-            .spawn(id.clone(), args, None, target)
+            .spawn(id.clone(), args, SpawnOptions::default(), target)
             .await?;
         Ok(self.agent_ref(id))
     }
@@ -476,6 +481,43 @@ impl Node {
         }
     }
 
+    /// Get-or-spawn with explicit options (labels, restart policy, supervisor group).
+    ///
+    /// # Errors
+    /// [`AgentError`] (see [`AgentSystem::spawn`]).
+    pub async fn spawn_with<A: Agent>(
+        &self,
+        key: &str,
+        args: A::Args,
+        opts: SpawnOptions,
+        target: Target,
+    ) -> Result<AgentRef<A>, AgentError> {
+        let id = AgentId::new(A::KIND, key).map_err(|e| AgentError::Refused(e.to_string()))?;
+        let args = Body::encode(args, Some(tether_actors::Encoding::MsgPack))
+            .map_err(AgentError::Internal)?;
+        self.shared
+            .agents
+            .spawn(id.clone(), args, opts, target)
+            .await?;
+        Ok(self.agent_ref(id))
+    }
+
+    /// Creates a supervisor group on this node.
+    ///
+    /// # Errors
+    /// A message if the name is taken.
+    pub async fn add_group(&self, spec: tether_supervision::GroupSpec) -> Result<(), String> {
+        self.shared.agents.supervisor().add_group(spec).await
+    }
+
+    /// This node's supervision tree.
+    ///
+    /// # Errors
+    /// A message if the root supervisor does not answer.
+    pub async fn tree(&self) -> Result<tether_supervision::tree::NodeTree, String> {
+        self.shared.agents.supervisor().snapshot().await
+    }
+
     /// Resolves when a shutdown was asked for (by [`Node::shutdown`] or the control plane).
     pub async fn shutdown_requested(&self) {
         let mut rx = self.shared.shutdown.subscribe();
@@ -486,6 +528,7 @@ impl Node {
     /// Stops the node: tells peers it is leaving, closes the endpoint, stops ractor.
     pub async fn shutdown(&self) {
         self.shared.shutdown.send_replace(true);
+        self.shared.agents.supervisor().stop();
         self.shared.agents.host().stop_all();
         self.shared
             .endpoint

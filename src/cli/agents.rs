@@ -11,6 +11,7 @@ use clap::Args;
 use serde_json::json;
 use tether_actors::{AgentInfo, Compute, Placement, Prefer, Sensitivity};
 use tether_cluster::{ControlRequest, ControlResponse};
+use tether_supervision::{AgentPolicy, Backoff, Intensity, RestartType};
 
 use super::common::{self, call_each, connect_some, print_table, Found, CONTROL_TIMEOUT};
 use super::StateDirArg;
@@ -58,7 +59,10 @@ fn check_json(text: &str, what: &str) -> anyhow::Result<()> {
 #[command(after_help = "Examples:
   tether spawn counter a --on r1
   tether spawn echo notes --local-only --via l1
-  tether spawn counter b --args '{\"start\": 10}'")]
+  tether spawn counter b --args '{\"start\": 10}'
+  tether spawn flaky f --restart transient --max-restarts 5/10s --backoff 100ms..2s
+  tether spawn sleeper s --handler-timeout 500
+  tether spawn flaky g1 --on r1 --group workers")]
 pub(crate) struct SpawnArgs {
     /// A registered kind: echo, counter, flaky, sleeper, or one of your own.
     kind: String,
@@ -82,6 +86,21 @@ pub(crate) struct SpawnArgs {
     /// Capabilities the host must have.
     #[arg(long, value_delimiter = ',')]
     needs: Vec<String>,
+    /// Restart type: permanent (default), transient or temporary.
+    #[arg(long, default_value = "permanent")]
+    restart: RestartType,
+    /// The agent's restart budget, N/T: past it the agent is given up (default 3/5s).
+    #[arg(long, default_value = "3/5s")]
+    max_restarts: Intensity,
+    /// Restart delay, MIN..MAX (exponential with jitter), or none (default 50ms..5s).
+    #[arg(long, default_value = "50ms..5s")]
+    backoff: Backoff,
+    /// A handler running longer than this (milliseconds, or with a unit) fails the agent.
+    #[arg(long, value_parser = parse_timeout)]
+    handler_timeout: Option<Duration>,
+    /// Run under this supervisor group (see `tether group create`); needs --on.
+    #[arg(long)]
+    group: Option<String>,
     #[command(flatten)]
     via: ViaArg,
     #[command(flatten)]
@@ -114,6 +133,13 @@ pub(crate) async fn spawn(a: SpawnArgs) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
+    let policy = AgentPolicy {
+        restart: a.restart,
+        intensity: a.max_restarts,
+        backoff: a.backoff,
+        handler_timeout: a.handler_timeout,
+        ..AgentPolicy::default()
+    };
     let f = via(&a.dir, &a.via).await?;
     let req = ControlRequest::Spawn {
         kind: a.kind,
@@ -121,6 +147,8 @@ pub(crate) async fn spawn(a: SpawnArgs) -> anyhow::Result<ExitCode> {
         args: a.args,
         on: a.on,
         placement,
+        policy,
+        group: a.group,
     };
     match call(
         &f,
@@ -182,7 +210,7 @@ pub(crate) async fn tell(a: TellArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Parses a timeout: milliseconds (`500`) or a duration with a unit (`500ms`, `3s`).
-fn parse_timeout(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_timeout(s: &str) -> Result<Duration, String> {
     match s.parse::<u64>() {
         Ok(ms) => Ok(Duration::from_millis(ms)),
         Err(_) => common::parse_duration(s),

@@ -60,6 +60,7 @@ pub(crate) async fn run(a: NodeArgs) -> anyhow::Result<ExitCode> {
         timing: Timing::default(),
         fault_seed,
         kinds: Kinds::builtin(),
+        root_intensity: tether_supervision::Intensity::node_root(),
     };
     let node = match cfg.role {
         Role::Local => tether_node_local::start(cfg).await?,

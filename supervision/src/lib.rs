@@ -10,12 +10,14 @@
 //!   (stop, start at, remove, give up, escalate). Property-tested.
 //! - [`tree`]: the serde snapshot of a node's supervision tree (what `tether tree` draws).
 //!
-//! The adapter that carries the directives out on ractor actors lives with the node runtime
-//! (`tether-cluster`, `supervise` module), where the agents' host is.
+//! - [`adapter`]: supervisors as ractor actors: agents linked to them, directives carried out
+//!   on the node's host (stop, restart after backoff, give up, escalate).
 
+pub mod adapter;
 pub mod policy;
 pub mod strategy;
 pub mod tree;
 
+pub use adapter::{AddAgent, GroupSpec, NodeSupervisor};
 pub use policy::{AgentPolicy, Backoff, Intensity, RestartType, Strategy};
 pub use strategy::{ChildId, ChildSpec, ChildStatus, Core, Directive, Exit};

@@ -51,6 +51,18 @@ impl Default for Intensity {
     }
 }
 
+impl Intensity {
+    /// The default budget of a node's root supervisor: 100 restarts in 10 seconds. Past it the
+    /// root gives up and every agent of the node stops, so it is set well above what one
+    /// agent's own budget (default 3 in 5 s) allows.
+    pub fn node_root() -> Self {
+        Self {
+            max_restarts: 100,
+            within: Duration::from_secs(10),
+        }
+    }
+}
+
 /// Exponential restart delay: `min`, doubling per consecutive failure up to `max`, with a
 /// random spread of ±`jitter` (a fraction), back to `min` after `reset_after` without failure.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

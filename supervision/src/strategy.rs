@@ -260,7 +260,7 @@ impl Core {
                 Exit::Normal => "stopped".into(),
             };
             let reason = format!(
-                "more than {} restarts in {:?} (last: {id} {last})",
+                "more than {} restarts in {:?} (last failure: {last})",
                 self.intensity.max_restarts, self.intensity.within
             );
             self.escalated = Some(reason.clone());
@@ -322,6 +322,8 @@ impl Core {
             }
             if i != pos {
                 c.status = ChildStatus::Restarting;
+                // a sibling restarted by the strategy counts as restarted too
+                c.restarts += 1;
             }
             out.push(Directive::Start {
                 child: c.spec.id,
@@ -410,7 +412,11 @@ mod tests {
         for s in [3, 2, 0] {
             assert!(c.on_exit(t0, s, fail("stopped"), 0.5).is_empty());
         }
-        assert_eq!(c.view(0).unwrap().restarts, 0);
+        assert_eq!(
+            c.view(0).unwrap().restarts,
+            1,
+            "siblings count their restart"
+        );
     }
 
     #[test]

@@ -20,6 +20,7 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tether_actors::{Activation, AgentError, AgentId, Encoding, Envelope, Placement, TraceContext};
+use tether_supervision::AgentPolicy;
 
 /// Largest agent frame accepted from a peer (the codec's bound).
 pub const MAX_AGENT_FRAME: usize = tether_actors::MAX_FRAME_LEN;
@@ -67,6 +68,12 @@ pub enum Request {
         target: Option<String>,
         /// Trace of the spawn.
         trace: TraceContext,
+        /// How it is supervised.
+        #[serde(default)]
+        policy: AgentPolicy,
+        /// The supervisor group on the target node, if any.
+        #[serde(default)]
+        group: Option<String>,
     },
     /// Where does the agent run? To the id's directory owner.
     Lookup {
@@ -91,6 +98,12 @@ pub enum Request {
         placement: Placement,
         /// Trace of the spawn.
         trace: TraceContext,
+        /// How it is supervised.
+        #[serde(default)]
+        policy: AgentPolicy,
+        /// The supervisor group, if any.
+        #[serde(default)]
+        group: Option<String>,
     },
     /// Do you run this agent? (An owner rebuilding its entry asks the hosts.)
     Probe {
