@@ -667,7 +667,10 @@ impl AgentSystem {
             Entry::Occupied(mut o) => match o.get_mut() {
                 Route::Local => {
                     drop(o);
-                    self.deliver_local(out);
+                    let target = out.target.clone();
+                    if self.deliver_local(out) {
+                        self.forget_route(&target);
+                    }
                     false
                 }
                 Route::Remote(loc) => {
@@ -718,12 +721,19 @@ impl AgentSystem {
                 Err(_) => {}
             }
             if found.is_ok() {
+                let mut stale = false;
                 for out in queued {
                     match &*entry {
-                        Route::Local => self.deliver_local(out),
+                        Route::Local => stale |= self.deliver_local(out),
                         Route::Remote(loc) => self.deliver_remote(loc, out),
                         Route::Resolving(_) => unreachable!("the route was just installed"),
                     }
+                }
+                // forget a stale route only once the entry's lock is released (DashMap
+                // locks are not re-entrant)
+                drop(entry);
+                if stale {
+                    self.forget_route(&target);
                 }
                 return;
             }
@@ -751,7 +761,9 @@ impl AgentSystem {
         }
     }
 
-    fn deliver_local(&self, out: Outgoing) {
+    /// Delivers to an agent of this node. Returns true when the route turned out stale (the
+    /// agent is not here any more); the caller forgets it, outside any routes lock.
+    fn deliver_local(&self, out: Outgoing) -> bool {
         let d = Delivery {
             target: out.target.clone(),
             epoch: 0,
@@ -766,17 +778,21 @@ impl AgentSystem {
         match out.ask {
             None => {
                 if let Err(e) = self.host.deliver(d, out.body, None) {
-                    self.forget_route(&out.target);
+                    let stale =
+                        matches!(e, AgentError::NotFound { .. } | AgentError::Failed { .. });
                     self.tell_failures.fetch_add(1, Ordering::Relaxed);
                     warn!(target = %out.target, trace_id = %out.trace.trace_id_hex(), error = %e, "tell failed");
+                    return stale;
                 }
             }
             Some((tx, _)) => {
                 let (rtx, rrx) = oneshot::channel();
                 match self.host.deliver(d, out.body, Some(rtx)) {
                     Err(e) => {
-                        self.forget_route(&out.target);
+                        let stale =
+                            matches!(e, AgentError::NotFound { .. } | AgentError::Failed { .. });
                         let _ = tx.send(Err(e));
+                        return stale;
                     }
                     Ok(()) => {
                         tokio::spawn(async move {
@@ -789,6 +805,7 @@ impl AgentSystem {
                 }
             }
         }
+        false
     }
 
     fn deliver_remote(&self, loc: &Location, out: Outgoing) {
