@@ -1,6 +1,7 @@
 //! Command definitions (clap) and dispatch. Each command lives in its own file under `cli/`.
 
 mod agents;
+mod bench;
 mod certs;
 mod common;
 mod faults;
@@ -79,6 +80,8 @@ enum Command {
     /// Supervisor groups (one-for-all, rest-for-one...).
     #[command(subcommand)]
     Group(tree::GroupCommand),
+    /// Measure tether against anchors (bare ractor...) in one run; prints ratios.
+    Bench(bench::BenchArgs),
     /// Certificates for a real deployment.
     #[command(subcommand)]
     Certs(certs::CertsCommand),
@@ -99,6 +102,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Agents(a) => agents::agents(a).await,
         Command::Tree(a) => tree::tree(a).await,
         Command::Group(c) => tree::group(c).await,
+        Command::Bench(a) => bench::bench(a).await,
         Command::Certs(c) => certs::run(c),
     }
 }

@@ -128,6 +128,9 @@ pub struct AgentInfo {
     pub duplicates: u64,
     /// Messages waiting in the mailbox (or in the slot while down).
     pub mailbox: u64,
+    /// Messages lost in the mailbox of a failed instance.
+    #[serde(default)]
+    pub lost: u64,
 }
 
 /// The result of an activation.
@@ -341,32 +344,51 @@ impl Host {
     }
 
     fn exited(&self, id: &AgentId, epoch: u64, reason: Option<String>) {
-        let Some((_, h)) = self.agents.remove_if(id, |_, h| h.spec.epoch == epoch) else {
-            return;
-        };
-        match (&reason, h.spec.run.supervisor.is_some()) {
-            // a supervised agent that failed waits for its supervisor's decision, keeping
-            // its messages
-            (Some(r), true) => {
-                self.down.insert(
-                    id.clone(),
-                    Down {
+        let supervised = self
+            .agents
+            .get(id)
+            .is_some_and(|h| h.spec.epoch == epoch && h.spec.run.supervisor.is_some());
+        if let (Some(r), true) = (&reason, supervised) {
+            // hold the down slot's lock while the instance leaves, so that a sender never
+            // finds the agent in neither map (see `deliver`)
+            if let dashmap::Entry::Vacant(slot) = self.down.entry(id.clone()) {
+                if let Some((_, h)) = self.agents.remove_if(id, |_, h| h.spec.epoch == epoch) {
+                    Self::count_lost(id, &h.stats);
+                    slot.insert(Down {
                         spec: h.spec,
                         status: DownStatus::Restarting,
                         reason: r.clone(),
                         queue: std::sync::Mutex::new(VecDeque::new()),
                         stats: h.stats,
-                    },
-                );
+                    });
+                }
             }
-            (Some(r), false) => {
+            return;
+        }
+        let Some((_, h)) = self.agents.remove_if(id, |_, h| h.spec.epoch == epoch) else {
+            return;
+        };
+        if reason.is_some() {
+            Self::count_lost(id, &h.stats);
+        }
+        match &reason {
+            Some(r) => {
                 self.failed.insert(id.clone(), (epoch, r.clone()));
                 self.notify_exit(id, epoch, reason);
             }
-            (None, _) => {
+            None => {
                 info!(agent = %id, epoch, "agent stopped");
                 self.notify_exit(id, epoch, None);
             }
+        }
+    }
+
+    /// What still waits in a failed instance's mailbox dies with it: count it and say so.
+    fn count_lost(id: &AgentId, stats: &AgentStats) {
+        let lost = stats.queued.swap(0, Ordering::AcqRel);
+        if lost > 0 {
+            stats.lost.fetch_add(lost, Ordering::Relaxed);
+            warn!(agent = %id, lost, "messages waiting in the failed instance's mailbox were lost");
         }
     }
 
@@ -410,35 +432,39 @@ impl Host {
         let actor = self
             .start(id, &spec, TraceContext::new_root(), stats.clone())
             .await?;
-        // install and flush under the slot's lock, so nothing overtakes the waiting messages
-        let queued = self
-            .down
-            .remove(id)
-            .map(|(_, d)| {
-                d.queue
-                    .into_inner()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-            })
-            .unwrap_or_default();
-        self.agents.insert(
-            id.clone(),
-            Hosted {
-                actor: actor.clone(),
-                spec,
-                started: Instant::now(),
-                stats: stats.clone(),
-            },
-        );
-        for (d, body, reply) in queued {
-            let call = Call {
-                body,
-                trace: d.trace,
-                sender: Some(d.sender),
-                seq: d.seq,
-                reply,
-            };
-            if actor.send_message(call).is_err() {
-                stats.queued.fetch_sub(1, Ordering::Relaxed);
+        // promote the slot under its entry lock: the waiting messages go first, then the
+        // instance becomes visible to new senders, then the slot goes (see `deliver`)
+        let hosted = Hosted {
+            actor: actor.clone(),
+            spec,
+            started: Instant::now(),
+            stats: stats.clone(),
+        };
+        match self.down.entry(id.clone()) {
+            dashmap::Entry::Occupied(mut slot) => {
+                let queued = std::mem::take(
+                    slot.get_mut()
+                        .queue
+                        .get_mut()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner),
+                );
+                for (d, body, reply) in queued {
+                    let call = Call {
+                        body,
+                        trace: d.trace,
+                        sender: Some(d.sender),
+                        seq: d.seq,
+                        reply,
+                    };
+                    if actor.send_message(call).is_err() {
+                        stats.queued.fetch_sub(1, Ordering::Relaxed);
+                    }
+                }
+                self.agents.insert(id.clone(), hosted);
+                slot.remove();
+            }
+            dashmap::Entry::Vacant(_) => {
+                self.agents.insert(id.clone(), hosted);
             }
         }
         info!(agent = %id, "agent restarted");
@@ -484,17 +510,17 @@ impl Host {
             return;
         };
         if for_restart {
-            self.agents.remove(id);
-            self.down.insert(
-                id.clone(),
-                Down {
+            // as in `exited`: the down slot's lock is held while the instance leaves
+            if let dashmap::Entry::Vacant(slot) = self.down.entry(id.clone()) {
+                self.agents.remove(id);
+                slot.insert(Down {
                     spec: h.spec.clone(),
                     status: DownStatus::Restarting,
                     reason: "stopped for a sibling's restart".into(),
                     queue: std::sync::Mutex::new(VecDeque::new()),
                     stats: h.stats.clone(),
-                },
-            );
+                });
+            }
         }
         let timeout = h.spec.run.shutdown_timeout;
         if h.actor
@@ -518,24 +544,7 @@ impl Host {
         reply: Option<ReplyTx>,
     ) -> Result<(), AgentError> {
         if let Some(h) = self.agents.get(&d.target).map(|h| h.clone()) {
-            self.check(&d, &h.spec, &h.stats)?;
-            h.stats.received.fetch_add(1, Ordering::Relaxed);
-            h.stats.queued.fetch_add(1, Ordering::Relaxed);
-            let target = d.target.clone();
-            let call = Call {
-                body,
-                trace: d.trace,
-                sender: Some(d.sender),
-                seq: d.seq,
-                reply,
-            };
-            return h.actor.send_message(call).map_err(|_| {
-                h.stats.queued.fetch_sub(1, Ordering::Relaxed);
-                AgentError::Failed {
-                    id: target.to_string(),
-                    reason: "stopped".into(),
-                }
-            });
+            return self.deliver_running(&h, d, body, reply);
         }
         if let Some(mut slot) = self.down.get_mut(&d.target) {
             let (spec, stats) = (slot.spec.clone(), slot.stats.clone());
@@ -555,6 +564,10 @@ impl Host {
             queue.push_back((d, body, reply));
             return Ok(());
         }
+        // the slot may have been promoted to running between the two looks
+        if let Some(h) = self.agents.get(&d.target).map(|h| h.clone()) {
+            return self.deliver_running(&h, d, body, reply);
+        }
         Err(match self.failed.get(&d.target) {
             Some(f) => AgentError::Failed {
                 id: d.target.to_string(),
@@ -563,6 +576,33 @@ impl Host {
             None => AgentError::NotFound {
                 id: d.target.to_string(),
             },
+        })
+    }
+
+    fn deliver_running(
+        &self,
+        h: &Hosted,
+        d: Delivery,
+        body: Body,
+        reply: Option<ReplyTx>,
+    ) -> Result<(), AgentError> {
+        self.check(&d, &h.spec, &h.stats)?;
+        h.stats.received.fetch_add(1, Ordering::Relaxed);
+        h.stats.queued.fetch_add(1, Ordering::Relaxed);
+        let target = d.target.clone();
+        let call = Call {
+            body,
+            trace: d.trace,
+            sender: Some(d.sender),
+            seq: d.seq,
+            reply,
+        };
+        h.actor.send_message(call).map_err(|_| {
+            h.stats.queued.fetch_sub(1, Ordering::Relaxed);
+            AgentError::Failed {
+                id: target.to_string(),
+                reason: "stopped".into(),
+            }
         })
     }
 
@@ -620,6 +660,7 @@ impl Host {
                     gaps: stats.gaps.load(Ordering::Relaxed),
                     duplicates: stats.duplicates.load(Ordering::Relaxed),
                     mailbox: stats.queued.load(Ordering::Relaxed),
+                    lost: stats.lost.load(Ordering::Relaxed),
                 }
             };
         if let Some(h) = self.agents.get(id) {
@@ -658,6 +699,7 @@ impl Host {
             gaps: 0,
             duplicates: 0,
             mailbox: 0,
+            lost: 0,
         })
     }
 

@@ -205,6 +205,9 @@ pub struct AgentStats {
     pub duplicates: AtomicU64,
     /// Messages in the mailbox, not yet picked up by the agent.
     pub queued: AtomicU64,
+    /// Messages that were in the mailbox of an instance that failed, lost with it (as in
+    /// Erlang, a failed instance's mailbox is not carried over; each loss is logged).
+    pub lost: AtomicU64,
 }
 
 /// What a node needs to start one agent.
@@ -452,13 +455,15 @@ impl<A: Agent> Actor for AgentActor<A> {
             }
             Err((reason, to_asker)) => {
                 warn!(id = %st.ctx.id, trace_id = %call.trace.trace_id_hex(), %reason, "agent failed");
+                // leave the host first: whoever learns of the failure from the reply and sends
+                // again reaches the restarted instance, not this dying one
+                st.exit(Some(reason.clone()));
                 if let Some(r) = call.reply {
                     let _ = r.send(Err(to_asker.unwrap_or_else(|| AgentError::Failed {
                         id: st.ctx.id.to_string(),
                         reason: reason.clone(),
                     })));
                 }
-                st.exit(Some(reason.clone()));
                 Err(reason.into())
             }
         }

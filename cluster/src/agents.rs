@@ -795,10 +795,11 @@ impl AgentSystem {
                         return stale;
                     }
                     Ok(()) => {
+                        let id = out.target.to_string();
                         tokio::spawn(async move {
-                            let r = rrx.await.unwrap_or_else(|_| {
-                                Err(AgentError::Internal("the agent dropped the request".into()))
-                            });
+                            let r = rrx
+                                .await
+                                .unwrap_or_else(|_| Err(lost_with_failed_instance(id)));
                             let _ = tx.send(r);
                         });
                     }
@@ -1095,6 +1096,7 @@ impl AgentSystem {
                 env,
                 deadline_ms,
             } => {
+                let target = env.target.to_string();
                 let (rtx, rrx) = oneshot::channel();
                 if let Err(e) = self.deliver_envelope(env, Some(rtx)) {
                     let _ = tx.send(Response::Done {
@@ -1114,9 +1116,7 @@ impl AgentSystem {
                             ))),
                         },
                         Ok(Ok(Err(e))) => Err(e),
-                        Ok(Err(_)) => {
-                            Err(AgentError::Internal("the agent dropped the request".into()))
-                        }
+                        Ok(Err(_)) => Err(lost_with_failed_instance(target)),
                         Err(_) => Err(AgentError::Timeout { ms: deadline_ms }),
                     };
                     let _ = tx.send(Response::Done { req, result });
@@ -1302,6 +1302,14 @@ impl Router for AgentSystem {
                 }),
             }
         })
+    }
+}
+
+/// The error of an ask whose message was still in the mailbox of an instance that failed.
+fn lost_with_failed_instance(id: String) -> AgentError {
+    AgentError::Failed {
+        id,
+        reason: "the instance failed before handling this message (it was in its mailbox)".into(),
     }
 }
 
