@@ -449,13 +449,7 @@ impl Host {
                         .unwrap_or_else(std::sync::PoisonError::into_inner),
                 );
                 for (d, body, reply) in queued {
-                    let call = Call {
-                        body,
-                        trace: d.trace,
-                        sender: Some(d.sender),
-                        seq: d.seq,
-                        reply,
-                    };
+                    let call = into_call(d, body, reply);
                     if actor.send_message(call).is_err() {
                         stats.queued.fetch_sub(1, Ordering::Relaxed);
                     }
@@ -590,13 +584,7 @@ impl Host {
         h.stats.received.fetch_add(1, Ordering::Relaxed);
         h.stats.queued.fetch_add(1, Ordering::Relaxed);
         let target = d.target.clone();
-        let call = Call {
-            body,
-            trace: d.trace,
-            sender: Some(d.sender),
-            seq: d.seq,
-            reply,
-        };
+        let call = into_call(d, body, reply);
         h.actor.send_message(call).map_err(|_| {
             h.stats.queued.fetch_sub(1, Ordering::Relaxed);
             AgentError::Failed {
@@ -739,6 +727,17 @@ impl Host {
         for e in self.agents.iter() {
             e.actor.stop(Some("node shutting down".into()));
         }
+    }
+}
+
+/// The actor message for a delivered message.
+fn into_call(d: Delivery, body: Body, reply: Option<ReplyTx>) -> Call {
+    Call {
+        body,
+        trace: d.trace,
+        sender: Some(d.sender),
+        seq: d.seq,
+        reply,
     }
 }
 

@@ -408,7 +408,8 @@ impl Node {
         key: &str,
         args: A::Args,
     ) -> Result<AgentRef<A>, AgentError> {
-        self.spawn_to::<A>(key, args, Target::Here).await
+        self.spawn_with::<A>(key, args, SpawnOptions::default(), Target::Here)
+            .await
     }
 
     /// Get-or-spawn agent `key` of kind `A` on node `node`.
@@ -422,8 +423,13 @@ impl Node {
         key: &str,
         args: A::Args,
     ) -> Result<AgentRef<A>, AgentError> {
-        self.spawn_to::<A>(key, args, Target::On(node.to_owned()))
-            .await
+        self.spawn_with::<A>(
+            key,
+            args,
+            SpawnOptions::default(),
+            Target::On(node.to_owned()),
+        )
+        .await
     }
 
     /// Get-or-spawn agent `key` of kind `A` where its placement labels choose.
@@ -435,23 +441,8 @@ impl Node {
         key: &str,
         args: A::Args,
     ) -> Result<AgentRef<A>, AgentError> {
-        self.spawn_to::<A>(key, args, Target::Placed).await
-    }
-
-    async fn spawn_to<A: Agent>(
-        &self,
-        key: &str,
-        args: A::Args,
-        target: Target,
-    ) -> Result<AgentRef<A>, AgentError> {
-        let id = AgentId::new(A::KIND, key).map_err(|e| AgentError::Refused(e.to_string()))?;
-        let args = Body::encode(args, Some(tether_actors::Encoding::MsgPack))
-            .map_err(AgentError::Internal)?;
-        self.shared
-            .agents
-            .spawn(id.clone(), args, SpawnOptions::default(), target)
-            .await?;
-        Ok(self.agent_ref(id))
+        self.spawn_with::<A>(key, args, SpawnOptions::default(), Target::Placed)
+            .await
     }
 
     /// Waits until this node knows at least `count` peers and sees all of them `up`.
