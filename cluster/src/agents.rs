@@ -130,6 +130,9 @@ pub struct AgentSystem {
     seqs: DashMap<(String, AgentId), u64>,
     outs: DashMap<String, mpsc::UnboundedSender<Request>>,
     dir: DashMap<AgentId, DirEntry>,
+    /// Entries of `dir` per hosting node (placement's load), kept in step by `dir_insert` and
+    /// `dir_remove`.
+    load: DashMap<String, usize>,
     claim_locks: DashMap<AgentId, Arc<Mutex<()>>>,
     frames_in: AtomicU64,
     tell_failures: AtomicU64,
@@ -170,6 +173,7 @@ impl AgentSystem {
             seqs: DashMap::new(),
             outs: DashMap::new(),
             dir: DashMap::new(),
+            load: DashMap::new(),
             claim_locks: DashMap::new(),
             frames_in: AtomicU64::new(0),
             tell_failures: AtomicU64::new(0),
@@ -420,7 +424,7 @@ impl AgentSystem {
         if let Some(e) = existing {
             let alive = e.node == self.me || net.peer_state(&e.node) == Some(PeerState::Up);
             if e.failed.is_none() && alive {
-                self.dir.insert(id.clone(), e.clone());
+                self.dir_insert(id.clone(), e.clone());
                 return Ok(Activation {
                     id,
                     node: e.node,
@@ -484,7 +488,7 @@ impl AgentSystem {
                 .await?
                 .into_activation()?
         };
-        self.dir.insert(
+        self.dir_insert(
             id.clone(),
             DirEntry {
                 node: act.node.clone(),
@@ -509,7 +513,7 @@ impl AgentSystem {
         members
             .into_iter()
             .map(|(name, role, kinds)| {
-                let load = self.dir.iter().filter(|e| e.node == name).count();
+                let load = self.load.get(&name).map(|n| *n).unwrap_or(0);
                 Candidate {
                     has_kind: kinds.iter().any(|k| k == kind),
                     name,
@@ -573,6 +577,26 @@ impl AgentSystem {
         }
     }
 
+    fn dir_insert(&self, id: AgentId, e: DirEntry) {
+        let node = e.node.clone();
+        if let Some(old) = self.dir.insert(id, e) {
+            self.dir_unload(&old.node);
+        }
+        *self.load.entry(node).or_insert(0) += 1;
+    }
+
+    fn dir_remove(&self, id: &AgentId) {
+        if let Some((_, old)) = self.dir.remove(id) {
+            self.dir_unload(&old.node);
+        }
+    }
+
+    fn dir_unload(&self, node: &str) {
+        if let Some(mut n) = self.load.get_mut(node) {
+            *n = n.saturating_sub(1);
+        }
+    }
+
     fn record_exit(&self, id: &AgentId, epoch: u64, reason: Option<String>) {
         if let Some(mut e) = self.dir.get_mut(id) {
             if e.epoch == epoch {
@@ -580,7 +604,7 @@ impl AgentSystem {
                     Some(r) => e.failed = Some(r),
                     None => {
                         drop(e);
-                        self.dir.remove(id);
+                        self.dir_remove(id);
                     }
                 }
             }
@@ -626,7 +650,7 @@ impl AgentSystem {
             None => {
                 let found = self.probe_hosts(id).await;
                 if let Some(e) = &found {
-                    self.dir.insert(id.clone(), e.clone());
+                    self.dir_insert(id.clone(), e.clone());
                 }
                 found
             }
