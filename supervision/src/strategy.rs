@@ -158,9 +158,10 @@ impl Core {
         self.escalated.as_deref()
     }
 
-    /// Adds a running child, after the others (start order).
+    /// Adds a running child, after the others (start order). Its id must be new to this
+    /// supervisor (the adapter numbers children from a counter); checking would cost a scan
+    /// per spawn.
     pub fn add_child(&mut self, spec: ChildSpec) {
-        self.children.retain(|c| c.spec.id != spec.id);
         self.children.push(Child {
             spec,
             status: ChildStatus::Running,
