@@ -780,6 +780,19 @@ mod tests {
             .map_err(|_| AgentError::Internal("no reply".into()))?
     }
 
+    /// Activates `id` with null args, unsupervised.
+    async fn start(h: &Host, id_text: &str, epoch: u64) -> Result<Activation, AgentError> {
+        h.activate(
+            id(id_text),
+            epoch,
+            json(serde_json::Value::Null),
+            None,
+            TraceContext::new_root(),
+            RunOptions::default(),
+        )
+        .await
+    }
+
     fn json(v: serde_json::Value) -> Body {
         Body::json(&v)
     }
@@ -787,17 +800,7 @@ mod tests {
     #[tokio::test]
     async fn counter_speaks_json_msgpack_and_typed() {
         let h = host();
-        let a = h
-            .activate(
-                id("counter/a"),
-                1,
-                json(serde_json::Value::Null),
-                None,
-                TraceContext::new_root(),
-                RunOptions::default(),
-            )
-            .await
-            .unwrap();
+        let a = start(&h, "counter/a", 1).await.unwrap();
         assert!(a.created);
         h.deliver(d("counter/a", 1), json(serde_json::json!("inc")), None)
             .unwrap();
@@ -819,16 +822,7 @@ mod tests {
     #[tokio::test]
     async fn bad_payload_is_an_error_and_the_agent_keeps_running() {
         let h = host();
-        h.activate(
-            id("counter/b"),
-            1,
-            json(serde_json::Value::Null),
-            None,
-            TraceContext::new_root(),
-            RunOptions::default(),
-        )
-        .await
-        .unwrap();
+        start(&h, "counter/b", 1).await.unwrap();
         let e = ask(&h, d("counter/b", 1), json(serde_json::json!({"mul": 2})))
             .await
             .unwrap_err();
@@ -849,17 +843,7 @@ mod tests {
             .deliver(d("counter/none", 1), json(serde_json::json!("inc")), None)
             .unwrap_err();
         assert!(matches!(e, AgentError::NotFound { .. }));
-        let e = h
-            .activate(
-                id("nosuch/x"),
-                1,
-                json(serde_json::Value::Null),
-                None,
-                TraceContext::new_root(),
-                RunOptions::default(),
-            )
-            .await
-            .unwrap_err();
+        let e = start(&h, "nosuch/x", 1).await.unwrap_err();
         assert!(matches!(e, AgentError::UnknownKind { .. }), "{e}");
         assert!(
             e.to_string().contains("counter"),
@@ -870,16 +854,7 @@ mod tests {
     #[tokio::test]
     async fn a_failing_handler_fails_the_agent_with_its_reason() {
         let h = host();
-        h.activate(
-            id("flaky/x"),
-            1,
-            json(serde_json::Value::Null),
-            None,
-            TraceContext::new_root(),
-            RunOptions::default(),
-        )
-        .await
-        .unwrap();
+        start(&h, "flaky/x", 1).await.unwrap();
         let e = ask(&h, d("flaky/x", 1), json(serde_json::json!("crash")))
             .await
             .unwrap_err();
@@ -901,16 +876,7 @@ mod tests {
     #[tokio::test]
     async fn older_epochs_are_fenced_and_duplicates_refused() {
         let h = host();
-        h.activate(
-            id("echo/e"),
-            3,
-            json(serde_json::Value::Null),
-            None,
-            TraceContext::new_root(),
-            RunOptions::default(),
-        )
-        .await
-        .unwrap();
+        start(&h, "echo/e", 3).await.unwrap();
         let mut old = d("echo/e", 1);
         old.epoch = 2;
         assert!(matches!(
@@ -936,16 +902,7 @@ mod tests {
         for _ in 0..16 {
             let h = h.clone();
             tasks.push(tokio::spawn(async move {
-                h.activate(
-                    id("counter/one"),
-                    1,
-                    json(serde_json::Value::Null),
-                    None,
-                    TraceContext::new_root(),
-                    RunOptions::default(),
-                )
-                .await
-                .unwrap()
+                start(&h, "counter/one", 1).await.unwrap()
             }));
         }
         let mut created = 0;
