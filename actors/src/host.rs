@@ -170,7 +170,6 @@ pub struct Host {
     agents: DashMap<AgentId, Hosted>,
     down: DashMap<AgentId, Down>,
     failed: DashMap<AgentId, (u64, String)>,
-    seqs: DashMap<(String, AgentId), u64>,
     activating: DashMap<AgentId, Arc<Mutex<()>>>,
     exit_listener: std::sync::OnceLock<ExitHook>,
     me: Weak<Host>,
@@ -205,7 +204,6 @@ impl Host {
             agents: DashMap::new(),
             down: DashMap::new(),
             failed: DashMap::new(),
-            seqs: DashMap::new(),
             activating: DashMap::new(),
             exit_listener: std::sync::OnceLock::new(),
             me: me.clone(),
@@ -537,7 +535,7 @@ impl Host {
         body: Body,
         reply: Option<ReplyTx>,
     ) -> Result<(), AgentError> {
-        if let Some(h) = self.agents.get(&d.target).map(|h| h.clone()) {
+        if let Some(h) = self.agents.get(&d.target) {
             return self.deliver_running(&h, d, body, reply);
         }
         if let Some(mut slot) = self.down.get_mut(&d.target) {
@@ -613,10 +611,14 @@ impl Host {
             }
         }
         if d.seq != 0 {
-            let mut last = self
-                .seqs
-                .entry((d.sender.clone(), d.target.clone()))
-                .or_insert(0);
+            let mut table = stats
+                .last_seq
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let last = match table.get_mut(d.sender.as_str()) {
+                Some(l) => l,
+                None => table.entry(d.sender.clone()).or_insert(0),
+            };
             if d.seq <= *last {
                 stats.duplicates.fetch_add(1, Ordering::Relaxed);
                 return Err(AgentError::Refused(format!(

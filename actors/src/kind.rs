@@ -208,6 +208,9 @@ pub struct AgentStats {
     /// Messages that were in the mailbox of an instance that failed, lost with it (as in
     /// Erlang, a failed instance's mailbox is not carried over; each loss is logged).
     pub lost: AtomicU64,
+    /// Last sequence number seen per sender (kept across restarts: the stats outlive an
+    /// instance). Per agent, so a lookup by `&str` needs no allocation.
+    pub last_seq: std::sync::Mutex<std::collections::HashMap<String, u64>>,
 }
 
 /// What a node needs to start one agent.

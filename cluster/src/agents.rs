@@ -128,6 +128,7 @@ pub struct AgentSystem {
     pending: DashMap<u64, Pending>,
     routes: DashMap<AgentId, Route>,
     seqs: DashMap<(String, AgentId), u64>,
+    node_seqs: DashMap<AgentId, u64>,
     outs: DashMap<String, mpsc::UnboundedSender<Request>>,
     dir: DashMap<AgentId, DirEntry>,
     /// Entries of `dir` per hosting node (placement's load), kept in step by `dir_insert` and
@@ -171,6 +172,7 @@ impl AgentSystem {
             pending: DashMap::new(),
             routes: DashMap::new(),
             seqs: DashMap::new(),
+            node_seqs: DashMap::new(),
             outs: DashMap::new(),
             dir: DashMap::new(),
             load: DashMap::new(),
@@ -240,6 +242,17 @@ impl AgentSystem {
     }
 
     fn next_seq(&self, sender: &str, target: &AgentId) -> u64 {
+        if sender == self.me {
+            // this node as the sender (the common case): keyed by target alone, and looked up
+            // without allocating once the counter exists
+            if let Some(mut n) = self.node_seqs.get_mut(target) {
+                *n += 1;
+                return *n;
+            }
+            let mut n = self.node_seqs.entry(target.clone()).or_insert(0);
+            *n += 1;
+            return *n;
+        }
         let mut e = self
             .seqs
             .entry((sender.to_owned(), target.clone()))
@@ -687,13 +700,28 @@ impl AgentSystem {
     /// Sends one message: at once if the route is known, else queued in order behind a lookup.
     fn route(&self, out: Outgoing) {
         use dashmap::Entry;
+        // fast path: a known route, read without cloning the key
+        let known = match self.routes.get(&out.target).as_deref() {
+            Some(Route::Local) => Some(None),
+            Some(Route::Remote(loc)) => Some(Some(loc.clone())),
+            _ => None,
+        };
+        match known {
+            Some(None) => {
+                if let Some(stale) = self.deliver_local(out) {
+                    self.forget_route(&stale);
+                }
+                return;
+            }
+            Some(Some(loc)) => return self.deliver_remote(&loc, out),
+            None => {}
+        }
         let resolve = match self.routes.entry(out.target.clone()) {
             Entry::Occupied(mut o) => match o.get_mut() {
                 Route::Local => {
                     drop(o);
-                    let target = out.target.clone();
-                    if self.deliver_local(out) {
-                        self.forget_route(&target);
+                    if let Some(stale) = self.deliver_local(out) {
+                        self.forget_route(&stale);
                     }
                     false
                 }
@@ -748,7 +776,7 @@ impl AgentSystem {
                 let mut stale = false;
                 for out in queued {
                     match &*entry {
-                        Route::Local => stale |= self.deliver_local(out),
+                        Route::Local => stale |= self.deliver_local(out).is_some(),
                         Route::Remote(loc) => self.deliver_remote(loc, out),
                         Route::Resolving(_) => unreachable!("the route was just installed"),
                     }
@@ -785,9 +813,9 @@ impl AgentSystem {
         }
     }
 
-    /// Delivers to an agent of this node. Returns true when the route turned out stale (the
-    /// agent is not here any more); the caller forgets it, outside any routes lock.
-    fn deliver_local(&self, out: Outgoing) -> bool {
+    /// Delivers to an agent of this node. Returns the target when the route turned out stale
+    /// (the agent is not here any more); the caller forgets it, outside any routes lock.
+    fn deliver_local(&self, out: Outgoing) -> Option<AgentId> {
         let d = Delivery {
             target: out.target.clone(),
             epoch: 0,
@@ -806,7 +834,7 @@ impl AgentSystem {
                         matches!(e, AgentError::NotFound { .. } | AgentError::Failed { .. });
                     self.tell_failures.fetch_add(1, Ordering::Relaxed);
                     warn!(target = %out.target, trace_id = %out.trace.trace_id_hex(), error = %e, "tell failed");
-                    return stale;
+                    return stale.then_some(out.target);
                 }
             }
             Some((tx, _)) => {
@@ -816,7 +844,7 @@ impl AgentSystem {
                         let stale =
                             matches!(e, AgentError::NotFound { .. } | AgentError::Failed { .. });
                         let _ = tx.send(Err(e));
-                        return stale;
+                        return stale.then_some(out.target);
                     }
                     Ok(()) => {
                         let id = out.target.to_string();
@@ -830,7 +858,7 @@ impl AgentSystem {
                 }
             }
         }
-        false
+        None
     }
 
     fn deliver_remote(&self, loc: &Location, out: Outgoing) {
