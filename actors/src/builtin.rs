@@ -7,6 +7,7 @@
 //! | `counter` | `"inc"`, `{"add": N}`, `"get"` | the count after the message |
 //! | `flaky`   | `"ping"`, `"crash"`      | `"pong"`; `"crash"` fails the agent |
 //! | `sleeper` | `{"sleep_ms": N}`        | `"done"` after N ms       |
+//! | `sink`    | `{"data": [bytes]}`, `{"echo": [bytes]}`, `"count"` | `{"count": N}` (messages so far); `echo` replies `{"echo": [bytes]}` |
 //!
 //! `counter` takes optional args `{"start": N}`; its state (the count) is what a migration
 //! carries.
@@ -145,6 +146,58 @@ impl Agent for Sleeper {
     }
 }
 
+/// Counts what it receives and echoes on request: the payload agent of `tether bench`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Sink;
+
+/// `sink` messages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkMsg {
+    /// Count it (the payload is dropped).
+    Data(bytes::Bytes),
+    /// Reply with the payload.
+    Echo(bytes::Bytes),
+    /// Read the count.
+    Count,
+}
+
+/// `sink` replies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkReply {
+    /// Messages received so far (`data` and `echo`).
+    Count(u64),
+    /// The payload of an `echo`.
+    Echo(bytes::Bytes),
+}
+
+impl Agent for Sink {
+    const KIND: &'static str = "sink";
+    type Args = Value;
+    type Msg = SinkMsg;
+    type Reply = SinkReply;
+    type State = u64;
+
+    async fn init(&self, _ctx: &Ctx, _args: Value) -> Result<u64, Failure> {
+        Ok(0)
+    }
+
+    async fn handle(&self, _ctx: &Ctx, n: &mut u64, msg: SinkMsg) -> Result<SinkReply, Failure> {
+        match msg {
+            SinkMsg::Data(_) => {
+                *n += 1;
+                Ok(SinkReply::Count(*n))
+            }
+            SinkMsg::Echo(b) => {
+                *n += 1;
+                Ok(SinkReply::Echo(b))
+            }
+            SinkMsg::Count => Ok(SinkReply::Count(*n)),
+        }
+    }
+}
+
 /// Every built-in kind, erased, for a node's registry.
 pub fn all() -> Vec<std::sync::Arc<dyn crate::kind::ErasedKind>> {
     vec![
@@ -152,5 +205,6 @@ pub fn all() -> Vec<std::sync::Arc<dyn crate::kind::ErasedKind>> {
         crate::kind::erase(Counter),
         crate::kind::erase(Flaky),
         crate::kind::erase(Sleeper),
+        crate::kind::erase(Sink),
     ]
 }

@@ -7,7 +7,7 @@
 //! Structs are encoded as maps (field names on the wire), so adding an optional field later
 //! stays compatible with older peers.
 
-use serde::{de::DeserializeOwned, Serialize};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// Largest frame, in bytes, that any tether protocol accepts from a peer (16 MiB).
 pub const MAX_FRAME_LEN: usize = 16 * 1024 * 1024;
@@ -37,14 +37,34 @@ pub enum CodecError {
 /// [`CodecError::Encode`] if serde refuses the value; [`CodecError::TooLarge`] if the result is
 /// larger than [`MAX_FRAME_LEN`], which no peer would accept.
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
-    let bytes = rmp_serde::to_vec_named(value).map_err(|e| CodecError::Encode(e.to_string()))?;
-    if bytes.len() > MAX_FRAME_LEN {
+    let mut out = Vec::new();
+    encode_into(&mut out, value)?;
+    Ok(out)
+}
+
+/// Appends the encoding of `value` to `out` (no intermediate buffer); returns its length.
+/// On error `out` is left as it was.
+///
+/// # Errors
+/// As [`encode`].
+pub fn encode_into<T: Serialize + ?Sized>(
+    out: &mut Vec<u8>,
+    value: &T,
+) -> Result<usize, CodecError> {
+    let start = out.len();
+    if let Err(e) = rmp_serde::encode::write_named(out, value) {
+        out.truncate(start);
+        return Err(CodecError::Encode(e.to_string()));
+    }
+    let len = out.len() - start;
+    if len > MAX_FRAME_LEN {
+        out.truncate(start);
         return Err(CodecError::TooLarge {
-            len: bytes.len(),
+            len,
             max: MAX_FRAME_LEN,
         });
     }
-    Ok(bytes)
+    Ok(len)
 }
 
 /// Decodes a MessagePack payload into `T`.
@@ -59,14 +79,19 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
             max: MAX_FRAME_LEN,
         });
     }
-    let mut de = rmp_serde::Deserializer::new(bytes);
+    // borrowing reader: strings and byte strings are read in place, not copied through a
+    // scratch buffer first
+    let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
     let value = T::deserialize(&mut de).map_err(|e| CodecError::Malformed(e.to_string()))?;
-    let rest = de.into_inner();
-    if !rest.is_empty() {
-        return Err(CodecError::Malformed(format!(
-            "{} trailing bytes after the value",
-            rest.len()
-        )));
+    // exactly one value: anything after it (even garbage) is refused
+    match serde::de::IgnoredAny::deserialize(&mut de) {
+        Err(rmp_serde::decode::Error::InvalidMarkerRead(e))
+            if e.kind() == std::io::ErrorKind::UnexpectedEof => {}
+        _ => {
+            return Err(CodecError::Malformed(
+                "trailing bytes after the value".into(),
+            ))
+        }
     }
     Ok(value)
 }

@@ -1104,7 +1104,7 @@ impl AgentSystem {
         self: Arc<Self>,
         peer: String,
         send: SendStream,
-        mut recv: RecvStream,
+        recv: RecvStream,
     ) -> Result<(), WireError> {
         let (tx, mut rx) = mpsc::unbounded_channel::<Response>();
         let writer = tokio::spawn(async move {
@@ -1119,8 +1119,9 @@ impl AgentSystem {
                 }
             }
         });
+        let mut frames = wire::FrameReader::new(recv, MAX_AGENT_FRAME);
         let result = loop {
-            let req = match wire::read_frame::<Request>(&mut recv, MAX_AGENT_FRAME).await {
+            let req = match frames.next::<Request>().await {
                 Ok(Some(r)) => r,
                 Ok(None) => break Ok(()),
                 Err(WireError::Stream(_)) => break Ok(()),
@@ -1375,15 +1376,11 @@ async fn write_batch<T: serde::Serialize>(
     send: &mut SendStream,
     batch: &[T],
 ) -> Result<(), WireError> {
-    let mut buf = Vec::new();
+    let mut buf = Vec::with_capacity(batch.len() * 192);
     for item in batch {
-        let body = tether_actors::codec::encode(item)?;
-        buf.extend_from_slice(&(body.len() as u32).to_be_bytes());
-        buf.extend_from_slice(&body);
+        wire::encode_frame(&mut buf, item)?;
     }
-    send.write_all(&buf)
-        .await
-        .map_err(|e| WireError::Stream(e.to_string()))
+    wire::write_frames(send, buf).await
 }
 
 /// The writer of one peer's queue: opens an agent stream on the current link, writes requests
@@ -1426,9 +1423,9 @@ async fn peer_writer(
             let sys = sys.clone();
             let peer = peer.clone();
             tokio::spawn(async move {
-                let mut recv = recv;
+                let mut frames = wire::FrameReader::new(recv, MAX_AGENT_FRAME);
                 loop {
-                    match wire::read_frame::<Response>(&mut recv, MAX_AGENT_FRAME).await {
+                    match frames.next::<Response>().await {
                         Ok(Some(r)) => sys.answer(r),
                         Ok(None) | Err(WireError::Stream(_)) => return,
                         Err(e) => {

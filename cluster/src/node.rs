@@ -121,7 +121,7 @@ impl Kinds {
         Self::default()
     }
 
-    /// The built-in kinds (`echo`, `counter`, `flaky`, `sleeper`).
+    /// The built-in kinds (`echo`, `counter`, `flaky`, `sleeper`, `sink`).
     pub fn builtin() -> Self {
         Self(tether_actors::builtin::all())
     }

@@ -1,0 +1,254 @@
+//! The local rows: tether's `AgentRef` against a bare ractor actor in the same process, spawn
+//! rates, resident bytes per idle agent (each figure from a fresh child process), and restart
+//! latency after a failure.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tether_actors::builtin::{Counter, CounterMsg, Flaky, FlakyMsg};
+use tether_actors::AgentRef;
+use tether_cluster::certs::CertDir;
+use tether_cluster::statedir::NodeDir;
+use tether_cluster::{Kinds, Node, NodeConfig, Role, SpawnOptions, Target, Timing};
+use tether_supervision::{AgentPolicy, Backoff, Intensity};
+
+// ---------------------------------------------------------------- the bare ractor anchor
+
+enum BareMsg {
+    Inc,
+    Get(RpcReplyPort<i64>),
+}
+
+impl ractor::Message for BareMsg {}
+
+struct BareCounter;
+
+impl Actor for BareCounter {
+    type Msg = BareMsg;
+    type State = i64;
+    type Arguments = ();
+
+    async fn pre_start(&self, _me: ActorRef<BareMsg>, _: ()) -> Result<i64, ActorProcessingErr> {
+        Ok(0)
+    }
+
+    async fn handle(
+        &self,
+        _me: ActorRef<BareMsg>,
+        msg: BareMsg,
+        n: &mut i64,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            BareMsg::Inc => *n += 1,
+            BareMsg::Get(r) => {
+                let _ = r.send(*n);
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn bare_get(a: &ActorRef<BareMsg>) -> anyhow::Result<i64> {
+    match a.call(BareMsg::Get, Some(Duration::from_secs(30))).await? {
+        ractor::rpc::CallResult::Success(n) => Ok(n),
+        _ => bail!("the bare actor did not answer"),
+    }
+}
+
+// ---------------------------------------------------------------- a node to measure
+
+/// A standalone remote node in a temporary directory (it is its own directory owner).
+pub(super) async fn bench_node(tag: &str) -> anyhow::Result<(Node, std::path::PathBuf)> {
+    let dir = std::env::temp_dir().join(format!("tether-bench-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let node = node_in(&dir, "bench", Vec::new()).await?;
+    Ok((node, dir))
+}
+
+/// A remote node named `name` with its state and certificates under `dir`, joining `seeds`.
+pub(super) async fn node_in(
+    dir: &std::path::Path,
+    name: &str,
+    seeds: Vec<std::net::SocketAddr>,
+) -> anyhow::Result<Node> {
+    let certs = CertDir::new(dir);
+    certs.ensure_ca()?;
+    certs.ensure_node(name)?;
+    Ok(Node::start(NodeConfig {
+        name: name.into(),
+        role: Role::Remote,
+        listen: "127.0.0.1:0".parse()?,
+        advertise: None,
+        seeds,
+        certs,
+        node_dir: NodeDir::new(dir.join("nodes").join(name)),
+        timing: Timing::default(),
+        fault_seed: 1,
+        kinds: Kinds::builtin(),
+        root_intensity: Intensity {
+            max_restarts: 1_000_000,
+            within: Duration::from_secs(1),
+        },
+    })
+    .await?)
+}
+
+// ---------------------------------------------------------------- measurements
+
+pub(super) async fn tell_throughput(node: &Node, n: u64, key: &str) -> anyhow::Result<(f64, f64)> {
+    let c: AgentRef<Counter> = node.spawn(key, None).await?;
+    let t0 = Instant::now();
+    for _ in 0..n {
+        c.tell(CounterMsg::Inc)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    let got = c.ask(CounterMsg::Get, Duration::from_secs(60)).await?;
+    let tether = n as f64 / t0.elapsed().as_secs_f64();
+    anyhow::ensure!(got == n as i64, "counted {got} of {n}");
+
+    let (bare, _) = Actor::spawn(None, BareCounter, ()).await?;
+    let t0 = Instant::now();
+    for _ in 0..n {
+        bare.cast(BareMsg::Inc)?;
+    }
+    let got = bare_get(&bare).await?;
+    let anchor = n as f64 / t0.elapsed().as_secs_f64();
+    anyhow::ensure!(got == n as i64, "bare counted {got} of {n}");
+    bare.stop(None);
+    Ok((tether, anchor))
+}
+
+pub(super) async fn ask_rtt(node: &Node, n: u64, key: &str) -> anyhow::Result<(f64, f64)> {
+    let c: AgentRef<Counter> = node.spawn(key, None).await?;
+    let t0 = Instant::now();
+    for _ in 0..n {
+        c.ask(CounterMsg::Get, Duration::from_secs(5)).await?;
+    }
+    let tether = t0.elapsed().as_secs_f64() * 1e6 / n as f64;
+    let (bare, _) = Actor::spawn(None, BareCounter, ()).await?;
+    let t0 = Instant::now();
+    for _ in 0..n {
+        bare_get(&bare).await?;
+    }
+    let anchor = t0.elapsed().as_secs_f64() * 1e6 / n as f64;
+    bare.stop(None);
+    Ok((tether, anchor))
+}
+
+pub(super) async fn spawn_rate(node: &Node, n: u64, round: usize) -> anyhow::Result<(f64, f64)> {
+    let t0 = Instant::now();
+    for i in 0..n {
+        node.spawn::<Counter>(&format!("spawn-{round}-{i}"), None)
+            .await?;
+    }
+    let tether = n as f64 / t0.elapsed().as_secs_f64();
+    let mut bare = Vec::with_capacity(n as usize);
+    let t0 = Instant::now();
+    for _ in 0..n {
+        bare.push(Actor::spawn(None, BareCounter, ()).await?.0);
+    }
+    let anchor = n as f64 / t0.elapsed().as_secs_f64();
+    for b in bare {
+        b.stop(None);
+    }
+    Ok((tether, anchor))
+}
+
+/// Milliseconds from a failure to the agent serving again: once the crash's failure is
+/// answered, a ping is asked; it waits in the host while the supervisor restarts the agent, and
+/// its reply comes from the new instance.
+pub(super) async fn restart_latencies(node: &Node, n: usize) -> anyhow::Result<Vec<f64>> {
+    let policy = AgentPolicy {
+        backoff: Backoff::none(),
+        intensity: Intensity {
+            max_restarts: u32::MAX,
+            within: Duration::from_millis(1),
+        },
+        ..AgentPolicy::default()
+    };
+    let opts = SpawnOptions {
+        policy,
+        ..SpawnOptions::default()
+    };
+    let f: AgentRef<Flaky> = node
+        .spawn_with::<Flaky>("restart", serde_json::Value::Null, opts, Target::Here)
+        .await?;
+    f.ask(FlakyMsg::Ping, Duration::from_secs(5)).await?;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        // the crash's reply comes once the failure is known to the host
+        let crashed = f.ask(FlakyMsg::Crash, Duration::from_secs(5)).await;
+        anyhow::ensure!(crashed.is_err(), "a crash must fail the agent");
+        let t0 = Instant::now();
+        let pong = f.ask(FlakyMsg::Ping, Duration::from_secs(5)).await?;
+        anyhow::ensure!(pong == "pong", "unexpected {pong}");
+        out.push(t0.elapsed().as_secs_f64() * 1000.0);
+    }
+    Ok(out)
+}
+
+fn rss_bytes() -> u64 {
+    // /proc/self/statm: size resident shared ... in pages
+    let page = 4096u64;
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|x| x.parse::<u64>().ok())
+        })
+        .map(|p| p * page)
+        .unwrap_or(0)
+}
+
+/// Runs in a child process: resident bytes per idle agent.
+pub(super) async fn measure_memory(what: &str, n: usize) -> anyhow::Result<f64> {
+    let per = match what {
+        "tether" => {
+            let (node, dir) = bench_node("mem").await?;
+            // warm the paths once, so their one-time allocations are not counted
+            node.spawn::<Counter>("warm", None).await?;
+            let before = rss_bytes();
+            for i in 0..n {
+                node.spawn::<Counter>(&format!("idle-{i}"), None).await?;
+            }
+            let after = rss_bytes();
+            let _ = std::fs::remove_dir_all(dir);
+            (after.saturating_sub(before)) as f64 / n as f64
+        }
+        "ractor" => {
+            let (warm, _) = Actor::spawn(None, BareCounter, ()).await?;
+            let before = rss_bytes();
+            let mut keep = Vec::with_capacity(n);
+            for _ in 0..n {
+                keep.push(Actor::spawn(None, BareCounter, ()).await?.0);
+            }
+            let after = rss_bytes();
+            warm.stop(None);
+            (after.saturating_sub(before)) as f64 / n as f64
+        }
+        other => bail!("memory is measured for tether or ractor, not {other:?}"),
+    };
+    Ok(per)
+}
+
+pub(super) fn memory_in_child(what: &str, n: u64) -> anyhow::Result<f64> {
+    let exe = std::env::current_exe().context("cannot find the tether executable")?;
+    let out = std::process::Command::new(exe)
+        .args([
+            "bench",
+            "--child",
+            &format!("memory-{what}"),
+            "--count",
+            &n.to_string(),
+        ])
+        .output()
+        .context("memory measurement child")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "memory child failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
+}

@@ -1,0 +1,74 @@
+//! `tether bench` as an instrument: the remote rows run end to end (two node processes and
+//! both anchor pairs) and the JSON keeps its documented shape. Speed is not asserted here;
+//! figures come from `tether bench` itself.
+
+mod support;
+
+use std::process::Command;
+
+use serde_json::Value;
+use support::TETHER;
+
+#[test]
+fn remote_rows_report_every_metric_with_its_anchors() {
+    let out = Command::new(TETHER)
+        .args(["bench", "--quick", "--only", "remote", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "bench failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("bench --json prints JSON");
+    assert!(v["machine"].as_str().is_some_and(|m| m.contains("cores")));
+    let metrics = v["metrics"].as_array().unwrap();
+    let names: Vec<&str> = metrics
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "remote_tell_throughput",
+            "remote_ask_rtt_p50_us",
+            "remote_ask_rtt_p99_us",
+            "remote_spawn_p50_ms",
+            "remote_spawn_p99_ms"
+        ]
+    );
+    for m in metrics {
+        let t = m["tether"].as_f64().unwrap();
+        assert!(t.is_finite() && t > 0.0, "{m}");
+        assert!(
+            m["min"].as_f64().unwrap() <= t && t <= m["max"].as_f64().unwrap(),
+            "{m}"
+        );
+        assert_eq!(m["repetitions"], 3, "{m}");
+        let anchors = m["anchors"].as_object().unwrap();
+        assert!(!anchors.is_empty(), "{m}");
+        for (name, a) in anchors {
+            let a = a.as_f64().unwrap();
+            assert!(a.is_finite() && a > 0.0, "{name} in {m}");
+            let ratio = m["ratios"][name].as_f64().unwrap();
+            assert!((ratio - t / a).abs() < 1e-9 * ratio.abs().max(1.0), "{m}");
+        }
+    }
+    let tell = &metrics[0];
+    assert!(tell["anchors"]["ractor_cluster_tcp"].is_number());
+    assert!(tell["anchors"]["raw_quinn"].is_number());
+}
+
+#[test]
+fn bad_only_value_is_refused_with_the_choices() {
+    let out = Command::new(TETHER)
+        .args(["bench", "--only", "nothing"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("local") && err.contains("remote") && err.contains("faults"),
+        "{err}"
+    );
+}
