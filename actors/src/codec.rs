@@ -4,8 +4,11 @@
 //! too large, truncated or of the wrong shape comes back as a [`CodecError`] that names what
 //! was wrong, so the receiver can answer the sender instead of dropping the message silently.
 //!
-//! Structs are encoded as maps (field names on the wire), so adding an optional field later
-//! stays compatible with older peers.
+//! Two layouts, one decoder: [`Layout::Named`] writes structs as maps (field names on the
+//! wire, so adding an optional field later stays compatible with older peers) and is the
+//! default; [`Layout::Compact`] writes them as arrays, for the agent streams where the field
+//! names would be most of each frame (their layout is pinned by the ALPN version, `tether/1`).
+//! [`decode`] reads either.
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
@@ -38,8 +41,18 @@ pub enum CodecError {
 /// larger than [`MAX_FRAME_LEN`], which no peer would accept.
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
     let mut out = Vec::new();
-    encode_into(&mut out, value)?;
+    encode_into(&mut out, value, Layout::Named)?;
     Ok(out)
+}
+
+/// Field names on the wire, or positions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// Structs as maps with field names: self-describing, for control messages.
+    Named,
+    /// Structs as arrays: smaller and cheaper, for the high-volume agent streams. [`decode`]
+    /// reads both layouts.
+    Compact,
 }
 
 /// Appends the encoding of `value` to `out` (no intermediate buffer); returns its length.
@@ -50,9 +63,14 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
 pub fn encode_into<T: Serialize + ?Sized>(
     out: &mut Vec<u8>,
     value: &T,
+    layout: Layout,
 ) -> Result<usize, CodecError> {
     let start = out.len();
-    if let Err(e) = rmp_serde::encode::write_named(out, value) {
+    let written = match layout {
+        Layout::Named => rmp_serde::encode::write_named(out, value),
+        Layout::Compact => rmp_serde::encode::write(out, value),
+    };
+    if let Err(e) = written {
         out.truncate(start);
         return Err(CodecError::Encode(e.to_string()));
     }
@@ -132,6 +150,20 @@ mod tests {
         let bytes = encode(&("r1", 1u8, true)).unwrap();
         let err = decode::<Hello>(&bytes).unwrap_err();
         assert!(matches!(err, CodecError::Malformed(_)), "{err}");
+    }
+
+    #[test]
+    fn both_layouts_decode_to_the_same_value_and_compact_is_smaller() {
+        let v = Hello {
+            name: "x".into(),
+            n: 7,
+        };
+        let (mut named, mut compact) = (Vec::new(), Vec::new());
+        encode_into(&mut named, &v, Layout::Named).unwrap();
+        encode_into(&mut compact, &v, Layout::Compact).unwrap();
+        assert!(compact.len() < named.len());
+        assert_eq!(decode::<Hello>(&named).unwrap(), v);
+        assert_eq!(decode::<Hello>(&compact).unwrap(), v);
     }
 
     #[test]

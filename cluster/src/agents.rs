@@ -1378,7 +1378,7 @@ async fn write_batch<T: serde::Serialize>(
 ) -> Result<(), WireError> {
     let mut buf = Vec::with_capacity(batch.len() * 192);
     for item in batch {
-        wire::encode_frame(&mut buf, item)?;
+        wire::encode_frame_as(&mut buf, item, wire::Layout::Compact)?;
     }
     wire::write_frames(send, buf).await
 }

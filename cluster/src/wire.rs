@@ -12,6 +12,7 @@
 
 use quinn::{RecvStream, SendStream};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
+pub use tether_actors::codec::Layout;
 use tether_actors::codec::{self, CodecError};
 
 use crate::identity::NodeInfo;
@@ -113,15 +114,27 @@ pub enum WireError {
     Timeout(std::time::Duration),
 }
 
-/// Appends one frame (length prefix and encoding) of `value` to `buf`. On error `buf` is left
-/// as it was.
+/// Appends one frame (length prefix and encoding) of `value` to `buf`, with field names. On
+/// error `buf` is left as it was.
 ///
 /// # Errors
 /// [`WireError::Codec`] if `value` cannot be encoded (or encodes larger than any peer accepts).
 pub fn encode_frame<T: Serialize>(buf: &mut Vec<u8>, value: &T) -> Result<(), WireError> {
+    encode_frame_as(buf, value, Layout::Named)
+}
+
+/// [`encode_frame`] with a chosen layout; the agent streams use [`Layout::Compact`].
+///
+/// # Errors
+/// As [`encode_frame`].
+pub fn encode_frame_as<T: Serialize>(
+    buf: &mut Vec<u8>,
+    value: &T,
+    layout: Layout,
+) -> Result<(), WireError> {
     let start = buf.len();
     buf.extend_from_slice(&[0; 4]);
-    match codec::encode_into(buf, value) {
+    match codec::encode_into(buf, value, layout) {
         Ok(len) => {
             // encode_into bounds len by MAX_FRAME_LEN (16 MiB), well inside u32
             buf[start..start + 4].copy_from_slice(&(len as u32).to_be_bytes());
