@@ -48,7 +48,7 @@ use tether_actors::{
 };
 use tether_supervision::{AddAgent, AgentPolicy, NodeSupervisor};
 use tokio::sync::{mpsc, oneshot, Mutex};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::detector::PeerState;
 use crate::identity::Role;
@@ -109,6 +109,19 @@ struct DirEntry {
     node: String,
     epoch: u64,
     failed: Option<String>,
+    /// How it was spawned, kept by the owner that placed it so it can be activated again
+    /// elsewhere when its node is decided down. `None` for entries rebuilt by probing hosts.
+    spec: Option<Arc<DirSpec>>,
+}
+
+/// What a failover needs to activate an agent again.
+#[derive(Debug)]
+struct DirSpec {
+    encoding: Encoding,
+    args: Bytes,
+    placement: Placement,
+    policy: AgentPolicy,
+    group: Option<String>,
 }
 
 struct Pending {
@@ -137,6 +150,10 @@ pub struct AgentSystem {
     claim_locks: DashMap<AgentId, Arc<Mutex<()>>>,
     frames_in: AtomicU64,
     tell_failures: AtomicU64,
+    /// Set while the node is fenced (losing side of a split): no activation here.
+    fenced: std::sync::atomic::AtomicBool,
+    failovers: AtomicU64,
+    unavailable: AtomicU64,
 }
 
 impl std::fmt::Debug for AgentSystem {
@@ -157,6 +174,13 @@ pub struct AgentCounters {
     pub tell_failures: u64,
     /// Asks waiting for an answer.
     pub pending_asks: u64,
+    /// Agents this node (as directory owner) activated again after their node went down.
+    #[serde(default)]
+    pub failovers: u64,
+    /// Agents of a downed node that could not be activated elsewhere (no eligible node, or
+    /// no spawn record).
+    #[serde(default)]
+    pub unavailable: u64,
 }
 
 impl AgentSystem {
@@ -179,6 +203,9 @@ impl AgentSystem {
             claim_locks: DashMap::new(),
             frames_in: AtomicU64::new(0),
             tell_failures: AtomicU64::new(0),
+            fenced: std::sync::atomic::AtomicBool::new(false),
+            failovers: AtomicU64::new(0),
+            unavailable: AtomicU64::new(0),
         });
         let weak = Arc::downgrade(&sys);
         sys.host
@@ -224,7 +251,70 @@ impl AgentSystem {
         a: AddAgent,
         group: Option<&str>,
     ) -> Result<Activation, AgentError> {
+        if self.fenced.load(Ordering::Relaxed) {
+            return Err(AgentError::Refused(format!(
+                "node {} is fenced (on the losing side of a split); it activates no agent \
+                 until it sees every remote node again",
+                self.me
+            )));
+        }
         self.sup.activate(a, group).await
+    }
+
+    /// Fences this node (or lifts the fence): while fenced, no agent is activated here.
+    pub(crate) fn set_fenced(&self, on: bool) {
+        self.fenced.store(on, Ordering::Relaxed);
+    }
+
+    /// Stops every hosted agent for good: the node is fenced, and the winning side of the
+    /// split activates them anew with higher epochs.
+    pub(crate) async fn fence(&self) {
+        match self.sup.fence().await {
+            Ok(n) => warn!(stopped = n, "fenced: hosted agents stopped"),
+            Err(e) => error!(error = %e, "fenced, but the supervisor did not stop the agents"),
+        }
+        self.routes.clear();
+    }
+
+    /// `node` was decided down: every agent this node placed there is activated again on an
+    /// eligible surviving node, with a higher epoch. An agent that cannot move (no eligible
+    /// node, or no record of how it was spawned) is counted as unavailable and logged.
+    pub(crate) async fn fail_over(&self, node: &str) {
+        let lost: Vec<(AgentId, Option<Arc<DirSpec>>)> = self
+            .dir
+            .iter()
+            .filter(|e| e.node == node)
+            .map(|e| (e.key().clone(), e.spec.clone()))
+            .collect();
+        for (id, spec) in lost {
+            let Some(spec) = spec else {
+                self.unavailable.fetch_add(1, Ordering::Relaxed);
+                warn!(agent = %id, %node, "unavailable: its node is down and this owner has no spawn record to activate it elsewhere");
+                continue;
+            };
+            let r = self
+                .claim(
+                    id.clone(),
+                    spec.encoding,
+                    spec.args.clone(),
+                    spec.placement.clone(),
+                    None,
+                    TraceContext::new_root(),
+                    &self.me,
+                    (spec.policy, spec.group.clone()),
+                )
+                .await;
+            match r {
+                Ok(a) => {
+                    self.failovers.fetch_add(1, Ordering::Relaxed);
+                    warn!(agent = %id, from = %node, to = %a.node, epoch = a.epoch, "failed over");
+                }
+                Err(e) => {
+                    self.unavailable.fetch_add(1, Ordering::Relaxed);
+                    warn!(agent = %id, %node, error = %e, "unavailable: its node is down and it cannot run elsewhere");
+                }
+            }
+        }
     }
 
     /// Hosted agents, for status and `tether agents`.
@@ -238,6 +328,8 @@ impl AgentSystem {
             frames_in: self.frames_in.load(Ordering::Relaxed),
             tell_failures: self.tell_failures.load(Ordering::Relaxed),
             pending_asks: self.pending.len() as u64,
+            failovers: self.failovers.load(Ordering::Relaxed),
+            unavailable: self.unavailable.load(Ordering::Relaxed),
         }
     }
 
@@ -475,6 +567,12 @@ impl AgentSystem {
                 .clone(),
         };
         let epoch = prev_epoch + 1;
+        let (spawn_args, spawn_placement, spawn_policy, spawn_group) = (
+            args.clone(),
+            placement.clone(),
+            policy,
+            group.clone(),
+        );
         let act = if node == self.me {
             let a = AddAgent {
                 id: id.clone(),
@@ -507,6 +605,13 @@ impl AgentSystem {
                 node: act.node.clone(),
                 epoch: act.epoch,
                 failed: None,
+                spec: Some(Arc::new(DirSpec {
+                    encoding,
+                    args: spawn_args,
+                    placement: spawn_placement,
+                    policy: spawn_policy,
+                    group: spawn_group,
+                })),
             },
         );
         drop(_guard);
@@ -544,6 +649,7 @@ impl AgentSystem {
                 node: self.me.clone(),
                 epoch,
                 failed: None,
+                spec: None,
             });
         }
         let net = self.net().ok()?;
@@ -570,6 +676,7 @@ impl AgentSystem {
             node: l.node,
             epoch: l.epoch,
             failed: None,
+            spec: None,
         })
     }
 

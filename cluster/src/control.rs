@@ -54,6 +54,9 @@ pub enum ControlRequest {
         count: Option<usize>,
         /// Deadline in milliseconds.
         timeout_ms: u64,
+        /// Also require this node to be in this mode (`up`, `fenced`, `offline`).
+        #[serde(default)]
+        mode: Option<NodeMode>,
     },
     /// Replace this node's fault rules tagged `tag` with `rules`.
     SetFaults {
@@ -191,6 +194,48 @@ pub struct NodeStatus {
     pub agents_hosted: u64,
     /// Agent runtime counters.
     pub agent_counters: AgentCounters,
+    /// `up`, `fenced` (a remote node on the losing side of a split: its agents are stopped)
+    /// or `offline` (a local node that reaches no remote node: its agents keep running).
+    #[serde(default)]
+    pub mode: NodeMode,
+}
+
+/// A node's own standing in the cluster.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeMode {
+    /// Part of the cluster.
+    #[default]
+    Up,
+    /// A remote node that found itself on the losing side of a split: it stopped its agents
+    /// and refuses new ones until it sees every member again.
+    Fenced,
+    /// A local node that reaches no remote node.
+    Offline,
+}
+
+impl std::str::FromStr for NodeMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "up" => Ok(NodeMode::Up),
+            "fenced" => Ok(NodeMode::Fenced),
+            "offline" => Ok(NodeMode::Offline),
+            other => Err(format!(
+                "unknown mode {other:?}: expected up, fenced or offline"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for NodeMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NodeMode::Up => "up",
+            NodeMode::Fenced => "fenced",
+            NodeMode::Offline => "offline",
+        })
+    }
 }
 
 /// How one node sees one peer.
@@ -269,7 +314,8 @@ async fn handle(shared: &Arc<Shared>, req: ControlRequest) -> ControlResponse {
             states,
             count,
             timeout_ms,
-        } => wait_peers(shared, &peers, &states, count, timeout_ms).await,
+            mode,
+        } => wait_peers(shared, &peers, &states, count, mode, timeout_ms).await,
         ControlRequest::SetFaults { tag, rules } => {
             match shared.faults_layer().replace_tag(&tag, rules) {
                 Ok(set) => {
@@ -465,7 +511,15 @@ pub fn wait_satisfied(
     peers: &[String],
     states: &[PeerState],
     count: Option<usize>,
+    mode: Option<NodeMode>,
 ) -> bool {
+    if mode.is_some_and(|m| status.mode != m) {
+        return false;
+    }
+    if states.is_empty() {
+        // no condition on peers (a wait on the mode alone)
+        return count.is_none_or(|c| status.peers.iter().filter(|p| !p.left).count() >= c);
+    }
     let known = status.peers.iter().filter(|p| !p.left).count();
     if count.is_some_and(|c| known < c) {
         return false;
@@ -488,6 +542,7 @@ async fn wait_peers(
     peers: &[String],
     states: &[PeerState],
     count: Option<usize>,
+    mode: Option<NodeMode>,
     timeout_ms: u64,
 ) -> ControlResponse {
     let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms).min(MAX_WAIT);
@@ -496,7 +551,7 @@ async fn wait_peers(
         // mark the current version seen before checking, so no change slips between the two
         changes.borrow_and_update();
         let status = shared.snapshot();
-        if wait_satisfied(&status, peers, states, count) {
+        if wait_satisfied(&status, peers, states, count, mode) {
             return ControlResponse::Status(status);
         }
         // every state change (the detector's ticks included) bumps the version

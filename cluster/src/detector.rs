@@ -4,8 +4,8 @@
 //!             heartbeat                   silence > suspect_after
 //!  joining ─────────────▶ up ─────────────────────────────▶ unreachable
 //!     │                   ▲                                   │   │
-//!     │ no heartbeat      └──────────── heartbeat ────────────┘   │ silence > down_after
-//!     │ within join_grace                                         ▼
+//!     │ no heartbeat      └──────────── heartbeat ────────────┘   │ decide_down (resolver)
+//!     │ within join_grace                                         ▼ or left (peer said so)
 //!     └──────────────────────▶ unreachable                       down
 //!                                                                 │ heartbeat
 //!                                                                 ▼
@@ -17,10 +17,10 @@
 //! the one it tracks is ignored (a zombie cannot make a restarted node look alive); one from a
 //! newer incarnation resets it, which is how a restart is noticed.
 //!
-//! A downed peer that is heard again comes back `up` (it rejoins). `down` is the detector's
-//! own decision after a long silence. The split-brain resolver of a
-//! later issue will own that decision for remote nodes; `unreachable` is what the failure
-//! detector is for, and it is what every test measures.
+//! A downed peer that is heard again comes back `up` (it rejoins). The detector never decides
+//! `down` on its own: silence only makes a peer `unreachable`. `down` comes from the
+//! split-brain resolver ([`crate::sbr`], remote nodes only) or from the peer announcing that
+//! it leaves. A local node is never downed by silence: it is offline, and comes back.
 
 use std::time::{Duration, Instant};
 
@@ -36,7 +36,7 @@ pub enum PeerState {
     Up,
     /// Suspected: no heartbeat for longer than `suspect_after`.
     Unreachable,
-    /// Decided: silent for longer than `down_after`.
+    /// Decided: by the split-brain resolver, or the peer left.
     Down,
 }
 
@@ -71,8 +71,6 @@ impl std::str::FromStr for PeerState {
 pub struct DetectorConfig {
     /// Silence after which an `up` peer becomes `unreachable`.
     pub suspect_after: Duration,
-    /// Silence after which a peer is decided `down`.
-    pub down_after: Duration,
     /// How long a `joining` peer may stay silent before it counts as `unreachable`.
     pub join_grace: Duration,
 }
@@ -81,7 +79,6 @@ impl Default for DetectorConfig {
     fn default() -> Self {
         Self {
             suspect_after: Duration::from_millis(1200),
-            down_after: Duration::from_secs(10),
             join_grace: Duration::from_secs(5),
         }
     }
@@ -180,16 +177,24 @@ impl Detector {
         Some(self.go(PeerState::Joining, true, now))
     }
 
-    /// Advances time to `now`, deciding `unreachable` or `down` if the silence is long enough.
+    /// Advances time to `now`, deciding `unreachable` if the silence is long enough.
     pub fn tick(&mut self, now: Instant) -> Option<Transition> {
         let silent = now.saturating_duration_since(self.last_heard);
         let next = match self.state {
             PeerState::Joining if silent > self.cfg.join_grace => PeerState::Unreachable,
             PeerState::Up if silent > self.cfg.suspect_after => PeerState::Unreachable,
-            PeerState::Unreachable if silent > self.cfg.down_after => PeerState::Down,
             _ => return None,
         };
         Some(self.go(next, false, now))
+    }
+
+    /// The split-brain resolver decided this peer `down`. Only an unreachable peer can be
+    /// downed: one heard since is not.
+    pub fn decide_down(&mut self, now: Instant) -> Option<Transition> {
+        if self.state != PeerState::Unreachable || !self.is_silent(now) {
+            return None;
+        }
+        Some(self.go(PeerState::Down, false, now))
     }
 
     /// The peer announced that it is leaving: decide `down` at once.
@@ -225,7 +230,6 @@ mod tests {
     fn cfg() -> DetectorConfig {
         DetectorConfig {
             suspect_after: ms(1200),
-            down_after: ms(10_000),
             join_grace: ms(5000),
         }
     }
@@ -241,7 +245,7 @@ mod tests {
     }
 
     #[test]
-    fn silence_past_suspect_after_is_unreachable_then_down() {
+    fn silence_past_suspect_after_is_unreachable_and_only_the_resolver_downs() {
         let t0 = Instant::now();
         let mut d = Detector::new(cfg(), 1, t0);
         d.heartbeat(1, t0);
@@ -253,7 +257,20 @@ mod tests {
         let t = d.tick(t0 + ms(1201)).unwrap();
         assert_eq!(t.to, PeerState::Unreachable);
         assert_eq!(d.tick(t0 + ms(5000)), None);
-        assert_eq!(d.tick(t0 + ms(10_001)).unwrap().to, PeerState::Down);
+        assert_eq!(d.tick(t0 + ms(60_000)), None, "silence alone never downs");
+        assert_eq!(d.decide_down(t0 + ms(60_000)).unwrap().to, PeerState::Down);
+        assert_eq!(d.decide_down(t0 + ms(60_001)), None);
+    }
+
+    #[test]
+    fn a_peer_heard_again_cannot_be_downed() {
+        let t0 = Instant::now();
+        let mut d = Detector::new(cfg(), 1, t0);
+        d.heartbeat(1, t0);
+        assert_eq!(d.decide_down(t0 + ms(100)), None, "up");
+        d.tick(t0 + ms(2000));
+        d.heartbeat(1, t0 + ms(2100));
+        assert_eq!(d.decide_down(t0 + ms(2200)), None, "up again");
     }
 
     #[test]
@@ -324,7 +341,7 @@ mod tests {
 
     proptest! {
         /// Whatever the heartbeat schedule, the detector says `up` exactly when the last
-        /// heartbeat is within the window, and never `down` before `down_after` of silence.
+        /// heartbeat is within the window, and never `down` by itself.
         #[test]
         fn state_matches_silence(gaps in proptest::collection::vec(0u64..4000, 1..60)) {
             let t0 = Instant::now();
@@ -339,7 +356,7 @@ mod tests {
                 match d.state() {
                     PeerState::Up => prop_assert!(silent <= ms(1200)),
                     PeerState::Unreachable => prop_assert!(silent > ms(1200)),
-                    PeerState::Down => prop_assert!(silent > ms(10_000)),
+                    PeerState::Down => prop_assert!(false, "silence never downs"),
                     PeerState::Joining => prop_assert!(false, "never joining after first heartbeat"),
                 }
                 if i % 2 == 0 {

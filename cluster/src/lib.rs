@@ -11,7 +11,8 @@
 //! - [`fault`]: the fault layer: ordered drop/loss/delay rules on every datagram.
 //! - [`wire`]: framing of tether's own streams and heartbeat datagrams.
 //! - [`link`]: the link protocol: one connection per pair, agreed by both sides (sans-IO).
-//! - [`detector`]: the failure detector: up / unreachable / down (sans-IO).
+//! - [`detector`]: the failure detector: up / unreachable (sans-IO).
+//! - [`sbr`]: the split-brain resolver: keep-majority over remote nodes; fence or down (sans-IO).
 //! - [`statedir`]: what a node keeps on disk: secret, incarnation, `node.json`.
 //! - [`node`]: the running node: accept, dial, heartbeats, gossip, ractor_cluster bridge.
 //! - [`agents`]: the agent runtime: spawn by kind anywhere, route by id, the directory.
@@ -25,6 +26,7 @@ pub mod fault;
 pub mod identity;
 pub mod link;
 pub mod node;
+pub mod sbr;
 pub mod statedir;
 pub mod tls;
 pub mod transport;
@@ -32,7 +34,7 @@ pub mod wire;
 
 pub use agents::{SpawnOptions, Target};
 pub use control::{
-    ControlClient, ControlError, ControlRequest, ControlResponse, NodeStatus, PeerStatus,
+    ControlClient, ControlError, ControlRequest, ControlResponse, NodeMode, NodeStatus, PeerStatus,
 };
 pub use detector::PeerState;
 pub use identity::{NodeInfo, Role};

@@ -5,7 +5,9 @@
 //!  ├─ accept loop ── per incoming connection: control session (operator) or peer hello
 //!  ├─ ticker (every heartbeat_interval)
 //!  │    ├─ sends a heartbeat datagram on every link
-//!  │    ├─ ticks every peer's failure detector (up / unreachable / down)
+//!  │    ├─ ticks every peer's failure detector (up / unreachable)
+//!  │    ├─ runs the split-brain resolver (remote nodes: fence this node, or down others
+//!  │    │   and fail their agents over) or the offline check (local nodes)
 //!  │    ├─ dials peers and seeds that need it (link::dial_due)
 //!  │    └─ gossips the member list every gossip_interval
 //!  ├─ per link: link-stream reader + writer, datagram reader, stream acceptor (ractor)
@@ -22,6 +24,7 @@ mod ractor_bridge;
 
 pub use ractor_bridge::cookie as ractor_cookie;
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -37,11 +40,12 @@ use tether_actors::{Agent, AgentError, AgentId, AgentRef, Body, Host};
 
 use crate::agents::{AgentSystem, SpawnOptions, Target};
 use crate::certs::{CertDir, CertError};
-use crate::control::{NodeStatus, PeerStatus};
+use crate::control::{NodeMode, NodeStatus, PeerStatus};
 use crate::detector::{Detector, DetectorConfig, PeerState, Transition};
 use crate::fault::FaultLayer;
 use crate::identity::{designated_dialer, validate_name, NameError, NodeInfo, Role};
 use crate::link::{self, DialConfig};
+use crate::sbr::{Action, Resolver, SbrConfig};
 use crate::statedir::{NodeDir, NodeRecord};
 use crate::transport::{self, QuicTiming, TransportError};
 use crate::wire::{self, close, PeerMsg};
@@ -61,6 +65,8 @@ pub struct Timing {
     pub connect_timeout: Duration,
     /// How often the member list is sent to every peer.
     pub gossip_interval: Duration,
+    /// The split-brain resolver's window and margin.
+    pub sbr: SbrConfig,
 }
 
 impl Default for Timing {
@@ -72,6 +78,7 @@ impl Default for Timing {
             quic: QuicTiming::default(),
             connect_timeout: Duration::from_millis(1500),
             gossip_interval: Duration::from_secs(2),
+            sbr: SbrConfig::default(),
         }
     }
 }
@@ -251,6 +258,8 @@ pub(crate) struct Shared {
     hb_seq: AtomicU64,
     node_dir: NodeDir,
     pub(crate) agents: Arc<AgentSystem>,
+    sbr: Mutex<Resolver>,
+    mode: Mutex<NodeMode>,
 }
 
 /// A running node. Cheap to clone; [`Node::shutdown`] stops it.
@@ -357,6 +366,8 @@ impl Node {
             hb_seq: AtomicU64::new(0),
             node_dir: cfg.node_dir.clone(),
             agents,
+            sbr: Mutex::new(Resolver::new(cfg.timing.sbr, Instant::now())),
+            mode: Mutex::new(NodeMode::Up),
         });
         shared.agents.attach(Arc::downgrade(&shared));
         ractor_bridge::subscribe(&shared);
@@ -459,7 +470,7 @@ impl Node {
         loop {
             changes.borrow_and_update();
             let st = self.status();
-            if crate::control::wait_satisfied(&st, &[], &[PeerState::Up], Some(count)) {
+            if crate::control::wait_satisfied(&st, &[], &[PeerState::Up], Some(count), None) {
                 return Ok(st);
             }
             tokio::select! {
@@ -677,7 +688,26 @@ impl Shared {
                 .filter(|a| a.status == "running")
                 .count() as u64,
             agent_counters: self.agents.counters(),
+            mode: self.mode(),
         }
+    }
+
+    pub(crate) fn mode(&self) -> NodeMode {
+        *self
+            .mode
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Sets the mode; true if it changed.
+    fn set_mode(&self, mode: NodeMode) -> bool {
+        let mut m = self
+            .mode
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let changed = *m != mode;
+        *m = mode;
+        changed
     }
 
     /// Up remote nodes, this one included if remote: the directory owners.
@@ -852,6 +882,7 @@ async fn ticker(shared: Arc<Shared>) {
         for name in lost {
             shared.agents.peer_lost(&name);
         }
+        resolve_split(&shared, now);
         for (addr, name, replace, epoch) in dials {
             tokio::spawn(links::dial_peer(shared.clone(), addr, name, replace, epoch));
         }
@@ -859,6 +890,97 @@ async fn ticker(shared: Arc<Shared>) {
         if now.duration_since(last_gossip) >= shared.timing.gossip_interval {
             last_gossip = now;
             gossip(&shared);
+        }
+    }
+}
+
+/// The split-brain resolver's turn (remote nodes), or the offline check (local nodes).
+fn resolve_split(shared: &Arc<Shared>, now: Instant) {
+    if shared.me.role == Role::Local {
+        let mut remotes = shared
+            .peers
+            .iter()
+            .filter(|p| p.info.role == Role::Remote && !p.left)
+            .map(|p| p.detector.state())
+            .peekable();
+        let known = remotes.peek().is_some();
+        let offline = known && !remotes.any(|s| s == PeerState::Up);
+        let mode = if offline {
+            NodeMode::Offline
+        } else {
+            NodeMode::Up
+        };
+        if shared.set_mode(mode) {
+            match mode {
+                NodeMode::Offline => {
+                    warn!("offline: no remote node is reachable; local agents keep running")
+                }
+                _ => info!("online again: a remote node is reachable"),
+            }
+            shared.bump();
+        }
+        return;
+    }
+    let mut members = BTreeSet::from([shared.me.name.clone()]);
+    let mut reachable = members.clone();
+    for p in shared.peers.iter() {
+        if p.info.role != Role::Remote || p.left || p.detector.state() == PeerState::Down {
+            continue;
+        }
+        members.insert(p.info.name.clone());
+        if p.detector.state() == PeerState::Up {
+            reachable.insert(p.info.name.clone());
+        }
+    }
+    let action = shared
+        .sbr
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .observe(now, &members, &reachable);
+    match action {
+        Action::None => {}
+        Action::Fence => {
+            let unreachable: Vec<&String> = members.difference(&reachable).collect();
+            warn!(
+                ?unreachable,
+                "fenced: this node is on the losing side of a split (keep-majority over remote \
+                 nodes); stopping the agents hosted here"
+            );
+            shared.set_mode(NodeMode::Fenced);
+            shared.agents.set_fenced(true);
+            shared.bump();
+            let agents = shared.agents.clone();
+            tokio::spawn(async move { agents.fence().await });
+        }
+        Action::Unfence => {
+            info!("fence lifted: every remote member is reachable again");
+            shared.set_mode(NodeMode::Up);
+            shared.agents.set_fenced(false);
+            shared.bump();
+        }
+        Action::Down(names) => {
+            let mut downed = Vec::new();
+            for name in names {
+                if let Some(mut p) = shared.peers.get_mut(&name) {
+                    if let Some(t) = p.detector.decide_down(now) {
+                        shared.log_transition(&name, t);
+                        downed.push(name.clone());
+                    }
+                }
+            }
+            if downed.is_empty() {
+                return;
+            }
+            warn!(
+                ?downed,
+                "split-brain resolver: decided down (this side holds the majority)"
+            );
+            shared.bump();
+            for name in downed {
+                shared.agents.peer_lost(&name);
+                let agents = shared.agents.clone();
+                tokio::spawn(async move { agents.fail_over(&name).await });
+            }
         }
     }
 }

@@ -55,6 +55,7 @@ pub(crate) async fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
         "INC".into(),
         "UPTIME".into(),
         "STATE".into(),
+        "MODE".into(),
     ]];
     for (f, s) in found.iter().zip(&sts) {
         let r = &f.record;
@@ -67,6 +68,7 @@ pub(crate) async fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
                 s.incarnation.to_string(),
                 human_ms(s.uptime_ms),
                 "running".into(),
+                s.mode.to_string(),
             ]),
             Err(e) => rows.push(vec![
                 r.name.clone(),
@@ -76,6 +78,7 @@ pub(crate) async fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
                 r.incarnation.to_string(),
                 "-".into(),
                 e.clone(),
+                "-".into(),
             ]),
         }
     }
@@ -130,9 +133,14 @@ pub(crate) struct WaitArgs {
     /// Peer(s) to watch; default: every peer the observer knows.
     #[arg(long, value_delimiter = ',')]
     peer: Vec<String>,
-    /// Accepted state(s): up, unreachable, down, joining.
-    #[arg(long, value_delimiter = ',', default_value = "up")]
+    /// Accepted peer state(s): up, unreachable, down, joining. Default: up, unless --mode is
+    /// given alone.
+    #[arg(long, value_delimiter = ',')]
     state: Vec<PeerState>,
+    /// Also require each observer to be in this mode: up, fenced (a remote node on the losing
+    /// side of a split) or offline (a local node that reaches no remote node).
+    #[arg(long)]
+    mode: Option<tether_cluster::NodeMode>,
     /// Also require each observer to know at least this many peers.
     #[arg(long)]
     count: Option<usize>,
@@ -153,11 +161,17 @@ pub(crate) async fn wait(a: WaitArgs) -> anyhow::Result<ExitCode> {
         .into_iter()
         .filter(|f| !a.node.is_empty() || common::pid_alive(f.record.pid))
         .collect();
+    let states = if a.state.is_empty() && (a.mode.is_none() || !a.peer.is_empty()) {
+        vec![PeerState::Up]
+    } else {
+        a.state.clone()
+    };
     let req = ControlRequest::WaitPeers {
         peers: a.peer.clone(),
-        states: a.state.clone(),
+        states: states.clone(),
         count: a.count,
         timeout_ms: a.timeout.as_millis() as u64,
+        mode: a.mode,
     };
     let results: Vec<Result<tether_cluster::NodeStatus, String>> = common::call_each(
         &chosen,
@@ -189,12 +203,20 @@ pub(crate) async fn wait(a: WaitArgs) -> anyhow::Result<ExitCode> {
             serde_json::to_string_pretty(&json!({ "nodes": out }))?
         );
     } else if ok {
-        let states: Vec<String> = a.state.iter().map(ToString::to_string).collect();
-        println!(
-            "{} node(s) see their peers {}",
-            out.len(),
-            states.join(" or ")
-        );
+        let states: Vec<String> = states.iter().map(ToString::to_string).collect();
+        match (a.mode, states.is_empty()) {
+            (Some(m), true) => println!("{} node(s) are {m}", out.len()),
+            (Some(m), false) => println!(
+                "{} node(s) are {m} and see their peers {}",
+                out.len(),
+                states.join(" or ")
+            ),
+            (None, _) => println!(
+                "{} node(s) see their peers {}",
+                out.len(),
+                states.join(" or ")
+            ),
+        }
     }
     Ok(if ok {
         ExitCode::SUCCESS

@@ -213,6 +213,7 @@ async fn wait_formed(
         states: vec![PeerState::Up],
         count: Some(n - 1),
         timeout_ms: timeout.as_millis() as u64,
+        mode: None,
     };
     common::call_each(&found, |_| Some(req.clone()), timeout + CONTROL_TIMEOUT)
         .await

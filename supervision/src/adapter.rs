@@ -71,6 +71,8 @@ pub enum SupMsg {
     Start(ChildId),
     /// Report the subtree.
     Snapshot(RpcReplyPort<SupervisorNode>),
+    /// Stop every agent of the subtree for good (the node is fenced); reply how many.
+    Fence(RpcReplyPort<usize>),
 }
 
 impl ractor::Message for SupMsg {}
@@ -228,6 +230,53 @@ impl SupervisorActor {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(spec.name.clone(), aref.clone());
         Ok(aref)
+    }
+
+    /// Stops every agent under this supervisor (and its groups) without restarting them: they
+    /// leave the supervisor first, so their exits are not failures to act on.
+    async fn fence(&self, st: &mut State) -> usize {
+        let host = self.shared.host.clone();
+        let mut stopped = 0;
+        let children: Vec<ChildId> = st.children.keys().copied().collect();
+        for c in children {
+            let group = match st.children.get(&c).map(|i| &i.kind) {
+                Some(Kind::Agent { .. }) => None,
+                Some(Kind::Group { actor, .. }) => Some(actor.clone()),
+                None => continue,
+            };
+            if let Some(actor) = group {
+                if let Some(a) = actor {
+                    if let Ok(ractor::rpc::CallResult::Success(n)) =
+                        a.call(SupMsg::Fence, Some(SNAPSHOT_TIMEOUT * 4)).await
+                    {
+                        stopped += n;
+                    }
+                }
+                continue;
+            }
+            let Some(info) = st.children.remove(&c) else {
+                continue;
+            };
+            st.core.remove_child(c);
+            st.by_actor.retain(|_, v| *v != c);
+            if let Kind::Agent { id, .. } = info.kind {
+                host.stop(&id, false).await;
+                host.forget(&id);
+                stopped += 1;
+            }
+        }
+        if self.name != "root" {
+            if let Some(m) = self
+                .shared
+                .members
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get_mut(&self.name)
+            {
+                m.clear();
+            }
+        }
+        stopped
     }
 
     async fn on_exit(&self, me: &ActorRef<SupMsg>, st: &mut State, child: ChildId, exit: Exit) {
@@ -568,6 +617,10 @@ impl Actor for SupervisorActor {
                 let s = self.snapshot(st).await;
                 let _ = reply.send(s);
             }
+            SupMsg::Fence(reply) => {
+                let n = self.fence(st).await;
+                let _ = reply.send(n);
+            }
         }
         Ok(())
     }
@@ -701,6 +754,24 @@ impl NodeSupervisor {
                 node: self.node.clone(),
                 root,
             }),
+            Ok(_) => Err("the root supervisor did not answer in time".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Stops every agent of this node for good, without restarts (the node is fenced: it is
+    /// on the losing side of a split, and the winning side will activate them anew). Returns
+    /// how many were stopped.
+    ///
+    /// # Errors
+    /// A message if the root supervisor does not answer.
+    pub async fn fence(&self) -> Result<usize, String> {
+        match self
+            .root
+            .call(SupMsg::Fence, Some(SNAPSHOT_TIMEOUT * 8))
+            .await
+        {
+            Ok(ractor::rpc::CallResult::Success(n)) => Ok(n),
             Ok(_) => Err("the root supervisor did not answer in time".into()),
             Err(e) => Err(e.to_string()),
         }
