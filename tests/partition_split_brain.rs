@@ -143,3 +143,32 @@ fn a_partition_shorter_than_the_window_changes_nothing() {
     }
     assert_eq!(running(&c, &format!("counter/{k}")), [("r3".into(), 1)]);
 }
+
+#[test]
+fn halves_of_five_remote_nodes_keep_the_three_and_fence_the_two() {
+    let c = Cluster::up("sbr-halves", 5, 0);
+    let out = c.ok(&["partition", "--halves"]);
+    assert!(out.starts_with("halves: r1,r2,r3 | r4,r5"), "{out}");
+    for n in ["r4", "r5"] {
+        let out = c.tether(&["wait", "--mode", "fenced", "--node", n, "--timeout", "10s"]);
+        assert!(out.status.success(), "{n} fences");
+    }
+    c.wait(
+        &["r1", "r2", "r3"],
+        &["r4", "r5"],
+        "down",
+        Duration::from_secs(15),
+    )
+    .expect("the majority downs r4 and r5");
+    let st = c.status();
+    for n in ["r1", "r2", "r3"] {
+        assert_eq!(Cluster::node(&st, n)["mode"], "up", "{n}");
+    }
+    c.ok(&["heal"]);
+    c.wait(&[], &[], "up", Duration::from_secs(10))
+        .expect("converged after heal");
+    for n in ["r4", "r5"] {
+        let out = c.tether(&["wait", "--mode", "up", "--node", n, "--timeout", "5s"]);
+        assert!(out.status.success(), "{n} lifts its fence");
+    }
+}

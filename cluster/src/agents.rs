@@ -567,12 +567,8 @@ impl AgentSystem {
                 .clone(),
         };
         let epoch = prev_epoch + 1;
-        let (spawn_args, spawn_placement, spawn_policy, spawn_group) = (
-            args.clone(),
-            placement.clone(),
-            policy,
-            group.clone(),
-        );
+        let (spawn_args, spawn_placement, spawn_policy, spawn_group) =
+            (args.clone(), placement.clone(), policy, group.clone());
         let act = if node == self.me {
             let a = AddAgent {
                 id: id.clone(),

@@ -23,7 +23,13 @@ use super::StateDirArg;
   tether partition --isolate r2      r2 alone
   tether partition --loss 10 r1      drop 10% of r1's datagrams to and from other nodes
   tether partition --delay 50 --jitter 10 l1
-  tether heal                        remove every rule")]
+  tether partition --halves          first half of the nodes (by name) against the second
+  tether partition --bridge          two sides that cannot talk; the middle node talks to both
+  tether partition --ring            each node hears only its two ring neighbours
+  tether partition --flap 2          cut halves / heal at random every ~2 s until Ctrl-C or heal
+  tether heal                        remove every rule
+
+Nodes are ordered remote first, then local, each by name, for the presets.")]
 pub(crate) struct PartitionArgs {
     /// Groups of comma-separated node names (or, with --loss/--delay, the one node to degrade).
     groups: Vec<String>,
@@ -42,6 +48,21 @@ pub(crate) struct PartitionArgs {
     /// Extra random delay of up to this many milliseconds (with --delay).
     #[arg(long, requires = "delay", default_value_t = 0)]
     jitter: u64,
+    /// Preset: the first half of the nodes against the second half.
+    #[arg(long, conflicts_with_all = ["oneway", "isolate", "loss", "delay", "bridge", "ring", "flap"])]
+    halves: bool,
+    /// Preset: two sides that cannot talk to each other, and the middle node (the bridge)
+    /// that talks to both.
+    #[arg(long, conflicts_with_all = ["oneway", "isolate", "loss", "delay", "ring", "flap"])]
+    bridge: bool,
+    /// Preset: the nodes in a ring, each hearing only its two neighbours, so each sees a
+    /// different majority.
+    #[arg(long, conflicts_with_all = ["oneway", "isolate", "loss", "delay", "flap"])]
+    ring: bool,
+    /// Preset: cut the cluster into random halves and heal, again and again, each state
+    /// lasting a random 0.5x-1.5x of SECONDS, until Ctrl-C or `tether heal` (then it heals).
+    #[arg(long, value_name = "SECONDS", conflicts_with_all = ["oneway", "isolate", "loss", "delay"])]
+    flap: Option<f64>,
     #[command(flatten)]
     dir: StateDirArg,
 }
@@ -52,7 +73,45 @@ type Plan = BTreeMap<String, Vec<FaultRule>>;
 pub(crate) async fn partition(a: PartitionArgs) -> anyhow::Result<ExitCode> {
     let (_op, found) = connect_all(&a.dir.state_dir).await?;
     let nodes: Vec<&NodeRecord> = found.iter().map(|f| &f.record).collect();
-    let (tag, plan) = if a.loss.is_some() || a.delay.is_some() {
+    let preset = a.halves || a.bridge || a.ring || a.flap.is_some();
+    if preset && !a.groups.is_empty() {
+        bail!("presets (--halves, --bridge, --ring, --flap) take no groups");
+    }
+    if let Some(secs) = a.flap {
+        return flap(&found, secs).await;
+    }
+    let (tag, plan) = if preset {
+        let ordered = preset_order(&nodes);
+        let (what, plan) = if a.halves {
+            let (x, y) = halves(&ordered);
+            (
+                format!("halves: {} | {}", x.join(","), y.join(",")),
+                group_plan(&nodes, &[x, y], false)?,
+            )
+        } else if a.bridge {
+            let (x, bridge, y) = bridge(&ordered)?;
+            (
+                format!(
+                    "bridge: {} | {} | {} ({bridge} talks to both sides)",
+                    x.join(","),
+                    bridge,
+                    y.join(",")
+                ),
+                group_plan(&nodes, &[x, y], false)?,
+            )
+        } else {
+            let plan = ring_plan(&nodes, &ordered)?;
+            (
+                format!(
+                    "ring: {} (each node hears its two neighbours)",
+                    ordered.join(" - ")
+                ),
+                plan,
+            )
+        };
+        println!("{what}");
+        ("partition", plan)
+    } else if a.loss.is_some() || a.delay.is_some() {
         let [target] = a.groups.as_slice() else {
             bail!(
                 "--loss/--delay take exactly one node name, e.g. `tether partition --loss 10 r1`"
@@ -93,6 +152,142 @@ pub(crate) async fn partition(a: PartitionArgs) -> anyhow::Result<ExitCode> {
         ("partition", group_plan(&nodes, &groups, a.oneway)?)
     };
     apply(&found, tag, &plan).await
+}
+
+/// Node names in preset order: remote nodes first, then local ones, each by name.
+fn preset_order(nodes: &[&NodeRecord]) -> Vec<String> {
+    let mut v: Vec<(bool, String)> = nodes
+        .iter()
+        .map(|r| (r.role != tether_cluster::Role::Remote, r.name.clone()))
+        .collect();
+    v.sort();
+    v.into_iter().map(|(_, n)| n).collect()
+}
+
+/// The first half (the larger one when odd) against the rest.
+fn halves(ordered: &[String]) -> (Vec<String>, Vec<String>) {
+    let mid = ordered.len().div_ceil(2);
+    (ordered[..mid].to_vec(), ordered[mid..].to_vec())
+}
+
+fn bridge(ordered: &[String]) -> anyhow::Result<(Vec<String>, String, Vec<String>)> {
+    if ordered.len() < 3 {
+        bail!("--bridge needs at least 3 nodes (two sides and the bridge)");
+    }
+    let mid = ordered.len() / 2;
+    Ok((
+        ordered[..mid].to_vec(),
+        ordered[mid].clone(),
+        ordered[mid + 1..].to_vec(),
+    ))
+}
+
+/// Every pair that is not adjacent in the ring drops each other's traffic.
+fn ring_plan(nodes: &[&NodeRecord], ordered: &[String]) -> anyhow::Result<Plan> {
+    let n = ordered.len();
+    if n < 4 {
+        bail!("--ring needs at least 4 nodes (with 3, every node is adjacent to every other)");
+    }
+    let mut plan: Plan = nodes.iter().map(|r| (r.name.clone(), Vec::new())).collect();
+    for (i, me) in ordered.iter().enumerate() {
+        for (j, other) in ordered.iter().enumerate() {
+            let d = i.abs_diff(j);
+            if d == 0 || d == 1 || d == n - 1 {
+                continue;
+            }
+            let peer = find(nodes, other)?;
+            plan.entry(me.clone())
+                .or_default()
+                .push(drop_rule(peer, Direction::Both));
+        }
+    }
+    Ok(plan)
+}
+
+/// Cut/heal cycles until Ctrl-C, or until someone else heals (the rules this loop set are
+/// gone): then every partition rule is removed.
+async fn flap(found: &[Found], secs: f64) -> anyhow::Result<ExitCode> {
+    if !(secs.is_finite() && secs >= 0.2) {
+        bail!("--flap takes a period of at least 0.2 seconds, got {secs}");
+    }
+    let nodes: Vec<&NodeRecord> = found.iter().map(|f| &f.record).collect();
+    let mut ordered = preset_order(&nodes);
+    let mut cut = false;
+    let mut cycles = 0u64;
+    // a rule that does nothing, tagged `flap`, marks the loop as running: `tether heal`
+    // removes it with every other rule, which is how the loop learns it should stop
+    let marker = |_: &Found| {
+        Some(ControlRequest::SetFaults {
+            tag: FLAP_TAG.into(),
+            rules: vec![FaultRule {
+                peer: PeerMatch::AnyNode,
+                peer_name: None,
+                direction: Direction::Both,
+                action: Action::Loss { percent: 0.0 },
+                tag: FLAP_TAG.into(),
+            }],
+        })
+    };
+    for (name, r) in call_each(found, marker, CONTROL_TIMEOUT).await {
+        if let Err(e) = r {
+            bail!("{name}: cannot start flapping: {e}");
+        }
+    }
+    println!("flapping every ~{secs} s; Ctrl-C or `tether heal` stops it");
+    loop {
+        if !flap_marker_set(found).await {
+            println!("healed elsewhere after {cycles} cut(s); stopping");
+            return Ok(ExitCode::SUCCESS);
+        }
+        let plan = if cut {
+            Plan::new()
+        } else {
+            use rand::seq::SliceRandom;
+            ordered.shuffle(&mut rand::rng());
+            let (x, y) = halves(&ordered);
+            println!("cut: {} | {}", x.join(","), y.join(","));
+            cycles += 1;
+            group_plan(&nodes, &[x, y], false)?
+        };
+        if cut {
+            println!("heal");
+        }
+        let requests = |f: &Found| {
+            Some(ControlRequest::SetFaults {
+                tag: "partition".into(),
+                rules: plan.get(&f.record.name).cloned().unwrap_or_default(),
+            })
+        };
+        for (name, r) in call_each(found, requests, CONTROL_TIMEOUT).await {
+            if let Err(e) = r {
+                eprintln!("{name}: not changed: {e}");
+            }
+        }
+        cut = !cut;
+        let pause = secs * (0.5 + rand::random::<f64>());
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs_f64(pause)) => {}
+            _ = tokio::signal::ctrl_c() => {
+                for tag in ["partition", FLAP_TAG] {
+                    let clear = |_: &Found| Some(ControlRequest::SetFaults { tag: tag.into(), rules: Vec::new() });
+                    call_each(found, clear, CONTROL_TIMEOUT).await;
+                }
+                println!("interrupted after {cycles} cut(s); healed");
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+    }
+}
+
+const FLAP_TAG: &str = "flap";
+
+/// Whether any node still has the flap marker (false once `tether heal` ran).
+async fn flap_marker_set(found: &[Found]) -> bool {
+    let statuses = super::common::statuses(found).await;
+    statuses
+        .iter()
+        .flatten()
+        .any(|s| s.faults.iter().any(|r| r.tag == FLAP_TAG))
 }
 
 fn find<'a>(nodes: &[&'a NodeRecord], name: &str) -> anyhow::Result<&'a NodeRecord> {
@@ -314,5 +509,41 @@ mod tests {
         let e = group_plan(&nodes, &g(&[&["a"], &["a", "b"]]), false).unwrap_err();
         assert!(e.to_string().contains("group 1 and group 2"), "{e}");
         assert!(quality_plan("a", Some(101.0), None, 0).is_err());
+    }
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn halves_and_bridge_split_in_order() {
+        let five = names(&["r1", "r2", "r3", "r4", "r5"]);
+        assert_eq!(
+            halves(&five),
+            (names(&["r1", "r2", "r3"]), names(&["r4", "r5"]))
+        );
+        let (a, b, c) = bridge(&five).unwrap();
+        assert_eq!(
+            (a, b.as_str(), c),
+            (names(&["r1", "r2"]), "r3", names(&["r4", "r5"]))
+        );
+        assert!(bridge(&names(&["r1", "r2"])).is_err());
+    }
+
+    #[test]
+    fn a_ring_cuts_exactly_the_non_neighbours() {
+        let recs: Vec<NodeRecord> = (1..=5).map(|i| rec(&format!("r{i}"), 7000 + i)).collect();
+        let nodes: Vec<&NodeRecord> = recs.iter().collect();
+        let plan = ring_plan(&nodes, &preset_order(&nodes)).unwrap();
+        let cut = |a: &str| -> Vec<String> {
+            plan[a]
+                .iter()
+                .map(|r| r.peer_name.clone().unwrap())
+                .collect()
+        };
+        assert_eq!(cut("r1"), names(&["r3", "r4"]));
+        assert_eq!(cut("r3"), names(&["r1", "r5"]));
+        assert_eq!(cut("r5"), names(&["r2", "r3"]));
+        assert!(ring_plan(&nodes[..3], &preset_order(&nodes[..3])).is_err());
     }
 }
