@@ -897,14 +897,14 @@ async fn ticker(shared: Arc<Shared>) {
 /// The split-brain resolver's turn (remote nodes), or the offline check (local nodes).
 fn resolve_split(shared: &Arc<Shared>, now: Instant) {
     if shared.me.role == Role::Local {
-        let mut remotes = shared
+        // collected first: no membership guard is held while logging or waking waiters
+        let remotes: Vec<PeerState> = shared
             .peers
             .iter()
             .filter(|p| p.info.role == Role::Remote && !p.left)
             .map(|p| p.detector.state())
-            .peekable();
-        let known = remotes.peek().is_some();
-        let offline = known && !remotes.any(|s| s == PeerState::Up);
+            .collect();
+        let offline = !remotes.is_empty() && !remotes.contains(&PeerState::Up);
         let mode = if offline {
             NodeMode::Offline
         } else {
