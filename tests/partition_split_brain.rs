@@ -12,16 +12,19 @@ use std::time::Duration;
 use support::Cluster;
 use tether_cluster::agents::directory;
 
-/// Keys of counters whose directory owner is not `not_owner` (an owner on the losing side
-/// takes its records with it; see the issue note).
-fn keys_owned_elsewhere(n: usize, not_owner: &str) -> Vec<String> {
-    (0..)
-        .map(|i| format!("k{i}"))
-        .filter(|k| {
-            directory::owner(&format!("counter/{k}"), ["r1", "r2", "r3"]) != Some(not_owner)
-        })
-        .take(n)
-        .collect()
+/// `n` counter keys, some of whose directory owner is `owner` (the owner's backup fails
+/// those over when the owner itself goes down).
+fn keys_some_owned_by(n: usize, owner: &str) -> Vec<String> {
+    let keys: Vec<String> = (0..n).map(|i| format!("k{i}")).collect();
+    let owned = keys
+        .iter()
+        .filter(|k| directory::owner(&format!("counter/{k}"), ["r1", "r2", "r3"]) == Some(owner))
+        .count();
+    assert!(
+        owned > 0 && owned < n,
+        "the keys mix owners: {owned} of {n}"
+    );
+    keys
 }
 
 fn running(c: &Cluster, id: &str) -> Vec<(String, u64)> {
@@ -40,7 +43,7 @@ fn running(c: &Cluster, id: &str) -> Vec<(String, u64)> {
 #[test]
 fn isolated_remote_node_fences_and_the_majority_fails_its_agents_over() {
     let c = Cluster::up("sbr-isolate", 3, 1);
-    let keys = keys_owned_elsewhere(3, "r3");
+    let keys = keys_some_owned_by(6, "r3");
     for k in &keys {
         c.ok(&["spawn", "counter", k, "--on", "r3", "--via", "l1"]);
     }
@@ -123,7 +126,7 @@ fn isolated_remote_node_fences_and_the_majority_fails_its_agents_over() {
 #[test]
 fn a_partition_shorter_than_the_window_changes_nothing() {
     let c = Cluster::up("sbr-short", 3, 0);
-    let k = &keys_owned_elsewhere(1, "r3")[0];
+    let k = &keys_some_owned_by(6, "r3")[0];
     c.ok(&["spawn", "counter", k, "--on", "r3", "--via", "r1"]);
     c.ok(&["partition", "--isolate", "r3"]);
     c.wait(

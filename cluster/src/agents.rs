@@ -55,12 +55,16 @@ use crate::identity::Role;
 use crate::node::Shared;
 use crate::wire::{self, StreamTag, WireError};
 use directory::{Candidate, PlacementError};
-use protocol::{Answer, Location, Request, Response, MAX_AGENT_FRAME};
+use protocol::{Answer, EntryCopy, Location, Request, Response, MAX_AGENT_FRAME};
 
 /// How long a spawn may take end to end (claim, placement, activation).
 pub const SPAWN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a lookup may take.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How many times a failover is tried when a host cannot be asked about newer activations.
+const FAILOVER_ATTEMPTS: u32 = 5;
+/// The pause between those tries.
+const FAILOVER_RETRY: Duration = Duration::from_secs(1);
 
 /// Where a spawn should happen.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,15 +107,51 @@ enum Route {
     Resolving(std::sync::Mutex<Vec<Outgoing>>),
 }
 
-/// A directory entry kept by the owner.
+/// A directory entry, kept by the owner and copied to the backup.
 #[derive(Debug, Clone)]
 struct DirEntry {
     node: String,
     epoch: u64,
     failed: Option<String>,
-    /// How it was spawned, kept by the owner that placed it so it can be activated again
-    /// elsewhere when its node is decided down. `None` for entries rebuilt by probing hosts.
+    /// How it was spawned, kept by the owner that placed it (and its backup) so it can be
+    /// activated again elsewhere when its node is decided down. `None` for entries rebuilt by
+    /// probing hosts.
     spec: Option<Arc<DirSpec>>,
+    /// The node the owner last sent a copy of this entry to.
+    copied_to: Option<String>,
+}
+
+impl DirEntry {
+    fn copy(&self, id: &AgentId) -> Option<EntryCopy> {
+        let spec = self.spec.as_ref()?;
+        Some(EntryCopy {
+            id: id.clone(),
+            node: self.node.clone(),
+            epoch: self.epoch,
+            args_encoding: spec.encoding,
+            args: spec.args.clone(),
+            placement: spec.placement.clone(),
+            policy: spec.policy,
+            group: spec.group.clone(),
+        })
+    }
+
+    fn from_copy(c: EntryCopy) -> (AgentId, Self) {
+        let e = DirEntry {
+            node: c.node,
+            epoch: c.epoch,
+            failed: None,
+            spec: Some(Arc::new(DirSpec {
+                encoding: c.args_encoding,
+                args: c.args,
+                placement: c.placement,
+                policy: c.policy,
+                group: c.group,
+            })),
+            copied_to: None,
+        };
+        (c.id, e)
+    }
 }
 
 /// What a failover needs to activate an agent again.
@@ -154,6 +194,13 @@ pub struct AgentSystem {
     fenced: std::sync::atomic::AtomicBool,
     failovers: AtomicU64,
     unavailable: AtomicU64,
+    /// Activations a fence stopped, reported to their owners when the fence is lifted.
+    evicted: std::sync::Mutex<Vec<(AgentId, u64)>>,
+    /// Peers decided down that have not fenced since: their agent requests are refused.
+    quarantined: DashMap<String, ()>,
+    quarantined_n: std::sync::atomic::AtomicUsize,
+    /// Wakes the reconciler (membership changed).
+    reconcile: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for AgentSystem {
@@ -206,6 +253,10 @@ impl AgentSystem {
             fenced: std::sync::atomic::AtomicBool::new(false),
             failovers: AtomicU64::new(0),
             unavailable: AtomicU64::new(0),
+            evicted: std::sync::Mutex::new(Vec::new()),
+            quarantined: DashMap::new(),
+            quarantined_n: std::sync::atomic::AtomicUsize::new(0),
+            reconcile: Arc::new(tokio::sync::Notify::new()),
         });
         let weak = Arc::downgrade(&sys);
         sys.host
@@ -261,37 +312,160 @@ impl AgentSystem {
         self.sup.activate(a, group).await
     }
 
-    /// Fences this node (or lifts the fence): while fenced, no agent is activated here.
+    /// Fences this node (or lifts the fence): while fenced, no agent is activated here and no
+    /// claim is decided here. Lifting it reports the activations the fence stopped to their
+    /// owners, which place them again unless a newer activation exists (the other side
+    /// failed them over while this node was cut off).
     pub(crate) fn set_fenced(&self, on: bool) {
-        self.fenced.store(on, Ordering::Relaxed);
+        let was = self.fenced.swap(on, Ordering::SeqCst);
+        if was && !on {
+            let evicted = std::mem::take(
+                &mut *self
+                    .evicted
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            );
+            for (id, epoch) in evicted {
+                match self.owner_of(&id) {
+                    Ok(owner) if owner == self.me => {
+                        let sys = self.arc();
+                        let me = self.me.clone();
+                        tokio::spawn(async move { sys.evicted(id, epoch, &me).await });
+                    }
+                    Ok(owner) => self.send(&owner, Request::Evicted { id, epoch }),
+                    Err(e) => {
+                        warn!(agent = %id, error = %e, "a fence stopped it, and no owner is reachable to place it again")
+                    }
+                }
+            }
+            self.reconcile.notify_one();
+        }
+    }
+
+    fn is_fenced(&self) -> bool {
+        self.fenced.load(Ordering::SeqCst)
     }
 
     /// Stops every hosted agent for good: the node is fenced, and the winning side of the
-    /// split activates them anew with higher epochs.
-    pub(crate) async fn fence(&self) {
-        match self.sup.fence().await {
-            Ok(n) => warn!(stopped = n, "fenced: hosted agents stopped"),
-            Err(e) => error!(error = %e, "fenced, but the supervisor did not stop the agents"),
-        }
+    /// split activates them anew with higher epochs. Returns how many were stopped.
+    pub(crate) async fn fence(&self) -> usize {
+        let n = match self.sup.fence().await {
+            Ok(n) => {
+                warn!(stopped = n, "fenced: hosted agents stopped");
+                n
+            }
+            Err(e) => {
+                error!(error = %e, "fenced, but the supervisor did not stop the agents");
+                0
+            }
+        };
         self.routes.clear();
+        n
     }
 
-    /// `node` was decided down: every agent this node placed there is activated again on an
-    /// eligible surviving node, with a higher epoch. An agent that cannot move (no eligible
-    /// node, or no record of how it was spawned) is counted as unavailable and logged.
-    pub(crate) async fn fail_over(&self, node: &str) {
-        let lost: Vec<(AgentId, Option<Arc<DirSpec>>)> = self
+    /// Refuses (or accepts again) agent requests from `peer`: it was decided down and has
+    /// not fenced since, so whatever it sends comes from instances that were replaced.
+    pub(crate) fn set_quarantined(&self, peer: &str, on: bool) {
+        let changed = if on {
+            self.quarantined.insert(peer.to_owned(), ()).is_none()
+        } else {
+            self.quarantined.remove(peer).is_some()
+        };
+        if changed {
+            self.quarantined_n
+                .store(self.quarantined.len(), Ordering::SeqCst);
+        }
+    }
+
+    fn is_quarantined(&self, peer: &str) -> bool {
+        self.quarantined_n.load(Ordering::Relaxed) != 0 && self.quarantined.contains_key(peer)
+    }
+
+    /// Asks the reconciler to run (membership changed: a node came up or was decided down).
+    pub(crate) fn request_reconcile(&self) {
+        self.reconcile.notify_one();
+    }
+
+    /// Runs [`AgentSystem::reconcile_now`] whenever asked, until the node stops.
+    pub(crate) async fn reconciler(
+        sys: Weak<AgentSystem>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let Some(wake) = sys.upgrade().map(|s| s.reconcile.clone()) else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = wake.notified() => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            let Some(s) = sys.upgrade() else { return };
+            s.reconcile_now().await;
+        }
+    }
+
+    /// Brings the directory in line with the current view, after a membership change:
+    ///
+    /// - an entry this node owns whose host is down is failed over: activated again on an
+    ///   eligible surviving node with a higher epoch (or counted as unavailable);
+    /// - an entry this node owns is copied to the id's backup when the backup changed;
+    /// - an entry owned elsewhere (ownership moved, or this node was the backup) is handed
+    ///   to the owner, which fails it over if its host is down; a copy is kept only by the
+    ///   backup.
+    async fn reconcile_now(&self) {
+        let Ok(net) = self.net() else { return };
+        if self.is_fenced() {
+            return; // a fenced node acts for no one; it reconciles when the fence lifts
+        }
+        let view = net.up_remotes();
+        let snapshot: Vec<(AgentId, DirEntry)> = self
             .dir
             .iter()
-            .filter(|e| e.node == node)
-            .map(|e| (e.key().clone(), e.spec.clone()))
+            .map(|e| (e.key().clone(), e.value().clone()))
             .collect();
-        for (id, spec) in lost {
-            let Some(spec) = spec else {
-                self.unavailable.fetch_add(1, Ordering::Relaxed);
-                warn!(agent = %id, %node, "unavailable: its node is down and this owner has no spawn record to activate it elsewhere");
+        let mut again = Vec::new();
+        for (id, e) in snapshot {
+            let key = id.to_string();
+            let (owner, backup) =
+                directory::owner_and_backup(&key, view.iter().map(String::as_str));
+            let Some(owner) = owner else { return };
+            let dead = e.node != self.me && net.peer_state(&e.node) == Some(PeerState::Down);
+            if owner == self.me {
+                if dead {
+                    again.push(id);
+                } else if e.copied_to.as_deref() != backup {
+                    self.copy_to_backup(&id);
+                }
                 continue;
-            };
+            }
+            if let Some(copy) = e.copy(&id) {
+                self.send(owner, Request::Handoff { entry: copy });
+            }
+            if backup != Some(self.me.as_str()) && !dead {
+                self.dir_remove(&id);
+            }
+        }
+        let jobs = again.into_iter().map(|id| {
+            let sys = self.arc();
+            async move { sys.fail_over_one(id).await }
+        });
+        join_all(jobs).await;
+    }
+
+    /// Activates `id` again (its host is down, or a fence stopped it), from the spawn record
+    /// in its entry. The claim probes the hosts first, so a newer activation that exists
+    /// elsewhere is adopted rather than doubled.
+    async fn fail_over_one(&self, id: AgentId) {
+        let Some(e) = self.dir.get(&id).map(|e| e.clone()) else {
+            return;
+        };
+        let Some(spec) = e.spec else {
+            self.unavailable.fetch_add(1, Ordering::Relaxed);
+            warn!(agent = %id, node = %e.node, "unavailable: its node is down and no spawn record of it is held here");
+            return;
+        };
+        let mut attempt = 0;
+        let r = loop {
             let r = self
                 .claim(
                     id.clone(),
@@ -304,16 +478,86 @@ impl AgentSystem {
                     (spec.policy, spec.group.clone()),
                 )
                 .await;
+            attempt += 1;
             match r {
-                Ok(a) => {
-                    self.failovers.fetch_add(1, Ordering::Relaxed);
-                    warn!(agent = %id, from = %node, to = %a.node, epoch = a.epoch, "failed over");
+                // a host did not answer the check for a newer activation: ask again, a few
+                // times, rather than risk doubling one
+                Err(AgentError::NoDirectory(_)) if attempt < FAILOVER_ATTEMPTS => {
+                    tokio::time::sleep(FAILOVER_RETRY).await;
                 }
-                Err(e) => {
-                    self.unavailable.fetch_add(1, Ordering::Relaxed);
-                    warn!(agent = %id, %node, error = %e, "unavailable: its node is down and it cannot run elsewhere");
-                }
+                r => break r,
             }
+        };
+        match r {
+            Ok(a) if a.created => {
+                self.failovers.fetch_add(1, Ordering::Relaxed);
+                warn!(agent = %id, from = %e.node, to = %a.node, epoch = a.epoch, "failed over");
+            }
+            Ok(a) => {
+                debug!(agent = %id, node = %a.node, epoch = a.epoch, "already active elsewhere")
+            }
+            Err(err) => {
+                self.unavailable.fetch_add(1, Ordering::Relaxed);
+                warn!(agent = %id, from = %e.node, error = %err, "unavailable: it cannot run on any eligible node");
+            }
+        }
+    }
+
+    /// Owner side of [`Request::Evicted`]: a fence on `from` stopped activation `epoch` of `id`.
+    async fn evicted(&self, id: AgentId, epoch: u64, from: &str) {
+        let matches = match self.dir.get_mut(&id) {
+            Some(mut e) if e.node == from && e.epoch == epoch => {
+                e.failed = Some(format!("stopped by a fence on {from}"));
+                true
+            }
+            _ => false,
+        };
+        if matches {
+            self.fail_over_one(id).await;
+        } else {
+            debug!(agent = %id, epoch, %from, "eviction of an activation that is no longer current");
+        }
+    }
+
+    /// Merges an entry copy from another remote node; the newer epoch wins, and a copy of the
+    /// same activation adds the spawn record if the entry lacked it.
+    fn merge_entry(&self, copy: EntryCopy) {
+        let (id, new) = DirEntry::from_copy(copy);
+        let keep_old = self.dir.get(&id).is_some_and(|old| {
+            old.epoch > new.epoch || (old.epoch == new.epoch && old.spec.is_some())
+        });
+        if !keep_old {
+            let failed = self
+                .dir
+                .get(&id)
+                .filter(|old| old.epoch == new.epoch)
+                .and_then(|old| old.failed.clone());
+            self.dir_insert(id, DirEntry { failed, ..new });
+        }
+    }
+
+    /// Sends a copy of `id`'s entry to the id's backup (or to its owner, when this node holds
+    /// the entry without owning it).
+    fn copy_to_backup(&self, id: &AgentId) {
+        let Ok(net) = self.net() else { return };
+        let view = net.up_remotes();
+        let key = id.to_string();
+        let (owner, backup) = directory::owner_and_backup(&key, view.iter().map(String::as_str));
+        let to = if owner == Some(self.me.as_str()) {
+            backup
+        } else {
+            owner
+        };
+        let Some(to) = to else { return };
+        let copy = match self.dir.get_mut(id) {
+            Some(mut e) => {
+                e.copied_to = Some(to.to_owned());
+                e.copy(id)
+            }
+            None => None,
+        };
+        if let Some(entry) = copy {
+            self.send(to, Request::Backup { entry });
         }
     }
 
@@ -518,17 +762,33 @@ impl AgentSystem {
         requester: &str,
         (policy, group): (AgentPolicy, Option<String>),
     ) -> Result<Activation, AgentError> {
+        if self.is_fenced() {
+            return Err(AgentError::Refused(format!(
+                "node {} is fenced (on the losing side of a split): it decides no claim until \
+                 it sees every remote node again",
+                self.me
+            )));
+        }
         let lock = self.claim_locks.entry(id.clone()).or_default().clone();
         let _guard = lock.lock().await;
         let net = self.net()?;
         let mut prev_epoch = 0;
-        let existing = match self.dir.get(&id).map(|e| e.clone()) {
-            Some(e) => Some(e),
-            None => self.probe_hosts(&id).await,
+        let known = self.dir.get(&id).map(|e| e.clone());
+        let existing = match known {
+            Some(e) if e.failed.is_none() && self.entry_alive(&net, &id, &e) => Some(e),
+            // the entry's host is gone or the agent failed: a newer activation may exist that
+            // this node did not hear of (it was placed while this node was cut off)
+            Some(e) => match self.probe_hosts(&id).await? {
+                Some(found) if found.epoch > e.epoch => Some(DirEntry {
+                    spec: e.spec.clone(),
+                    ..found
+                }),
+                _ => Some(e),
+            },
+            None => self.probe_hosts(&id).await?,
         };
         if let Some(e) = existing {
-            let alive = e.node == self.me || net.peer_state(&e.node) == Some(PeerState::Up);
-            if e.failed.is_none() && alive {
+            if e.failed.is_none() && self.entry_alive(&net, &id, &e) {
                 self.dir_insert(id.clone(), e.clone());
                 return Ok(Activation {
                     id,
@@ -608,11 +868,23 @@ impl AgentSystem {
                     policy: spawn_policy,
                     group: spawn_group,
                 })),
+                copied_to: None,
             },
         );
+        self.copy_to_backup(&id);
         drop(_guard);
         self.claim_locks.remove(&id);
         Ok(act)
+    }
+
+    /// Whether the activation an entry names can still be running: here, it is hosted; on a
+    /// peer, the peer is up.
+    fn entry_alive(&self, net: &Shared, id: &AgentId, e: &DirEntry) -> bool {
+        if e.node == self.me {
+            self.host.epoch_of(id) == Some(e.epoch)
+        } else {
+            net.peer_state(&e.node) == Some(PeerState::Up)
+        }
     }
 
     /// Up nodes (this one included) as placement candidates for `kind`; the load is the number
@@ -638,17 +910,23 @@ impl AgentSystem {
             .collect()
     }
 
-    /// Asks every up node that could host `id` whether it does (an owner rebuilding an entry).
-    async fn probe_hosts(&self, id: &AgentId) -> Option<DirEntry> {
+    /// Asks every up node that could host `id` whether it does (an owner rebuilding an entry,
+    /// or checking for a newer activation before placing one).
+    ///
+    /// # Errors
+    /// [`AgentError::NoDirectory`] if a node did not answer: without its answer a new
+    /// activation could double one that runs there.
+    async fn probe_hosts(&self, id: &AgentId) -> Result<Option<DirEntry>, AgentError> {
         if let Some(epoch) = self.host.epoch_of(id) {
-            return Some(DirEntry {
+            return Ok(Some(DirEntry {
                 node: self.me.clone(),
                 epoch,
                 failed: None,
                 spec: None,
-            });
+                copied_to: None,
+            }));
         }
-        let net = self.net().ok()?;
+        let net = self.net()?;
         let asks = net.up_peers_with_kind(id.kind()).into_iter().map(|peer| {
             let sys = self.arc();
             let id = id.clone();
@@ -657,39 +935,64 @@ impl AgentSystem {
                     .request(&peer, Request::Probe { req: 0, id }, LOOKUP_TIMEOUT)
                     .await
                 {
-                    Ok(Answer::Location(Some(l))) => Some(l),
-                    _ => None,
+                    Ok(Answer::Location(l)) => Ok(l),
+                    Ok(other) => Err(format!("{peer} answered {other:?}")),
+                    Err(e) => Err(format!("{peer}: {e}")),
                 }
             }
         });
         let mut best: Option<Location> = None;
-        for l in join_all(asks).await.into_iter().flatten() {
-            if best.as_ref().is_none_or(|b| l.epoch > b.epoch) {
-                best = Some(l);
+        let mut unanswered = Vec::new();
+        for r in join_all(asks).await {
+            match r {
+                Ok(Some(l)) if best.as_ref().is_none_or(|b| l.epoch > b.epoch) => best = Some(l),
+                Ok(_) => {}
+                Err(e) => unanswered.push(e),
             }
         }
-        best.map(|l| DirEntry {
+        if !unanswered.is_empty() {
+            return Err(AgentError::NoDirectory(format!(
+                "could not ask every node whether it runs {id}: {}",
+                unanswered.join("; ")
+            )));
+        }
+        Ok(best.map(|l| DirEntry {
             node: l.node,
             epoch: l.epoch,
             failed: None,
             spec: None,
-        })
+            copied_to: None,
+        }))
     }
 
     fn on_exit(&self, id: &AgentId, epoch: u64, reason: Option<String>) {
         self.routes.remove(id);
-        let Ok(owner) = self.owner_of(id) else { return };
-        if owner == self.me {
-            self.record_exit(id, epoch, reason);
-        } else {
-            self.send(
-                &owner,
-                Request::Exited {
-                    id: id.clone(),
-                    epoch,
-                    reason,
-                },
-            );
+        if self.is_fenced() {
+            // stopped by the fence: not an exit the agent chose; its owner places it again
+            // (or finds it failed over) once the fence lifts
+            self.evicted
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push((id.clone(), epoch));
+            return;
+        }
+        let Ok(net) = self.net() else { return };
+        let view = net.up_remotes();
+        let key = id.to_string();
+        let (owner, backup) = directory::owner_and_backup(&key, view.iter().map(String::as_str));
+        for to in [owner, backup].into_iter().flatten() {
+            if to == self.me {
+                self.record_exit(id, epoch, reason.clone());
+            } else {
+                self.send(
+                    to,
+                    Request::Exited {
+                        id: id.clone(),
+                        epoch,
+                        reason: reason.clone(),
+                    },
+                );
+            }
         }
     }
 
@@ -742,7 +1045,7 @@ impl AgentSystem {
         }
         let owner = self.owner_of(id)?;
         let found = if owner == self.me {
-            self.lookup_owned(id).await
+            self.lookup_owned(id).await?
         } else {
             self.request(
                 &owner,
@@ -760,24 +1063,25 @@ impl AgentSystem {
         Ok(loc)
     }
 
-    async fn lookup_owned(&self, id: &AgentId) -> Option<Location> {
+    async fn lookup_owned(&self, id: &AgentId) -> Result<Option<Location>, AgentError> {
         let entry = match self.dir.get(id).map(|e| e.clone()) {
             Some(e) => Some(e),
             None => {
-                let found = self.probe_hosts(id).await;
+                let found = self.probe_hosts(id).await?;
                 if let Some(e) = &found {
                     self.dir_insert(id.clone(), e.clone());
                 }
                 found
             }
-        }?;
+        };
+        let Some(entry) = entry else { return Ok(None) };
         if let Some(reason) = entry.failed {
             debug!(agent = %id, %reason, "lookup of a failed agent");
         }
-        Some(Location {
+        Ok(Some(Location {
             node: entry.node,
             epoch: entry.epoch,
-        })
+        }))
     }
 
     fn set_route(&self, id: &AgentId, node: &str, epoch: u64) {
@@ -1110,7 +1414,11 @@ impl AgentSystem {
             | Request::Lookup { req, .. }
             | Request::Activate { req, .. }
             | Request::Probe { req, .. } => *req = id,
-            Request::Tell { .. } | Request::Exited { .. } => {}
+            Request::Tell { .. }
+            | Request::Exited { .. }
+            | Request::Backup { .. }
+            | Request::Handoff { .. }
+            | Request::Evicted { .. } => {}
         }
         let net = self.net()?;
         // fail fast only when the peer is known to be gone; a joining peer may already have
@@ -1239,6 +1547,10 @@ impl AgentSystem {
     }
 
     fn handle_request(&self, peer: &str, req: Request, tx: &mpsc::UnboundedSender<Response>) {
+        if self.is_quarantined(peer) {
+            self.refuse_quarantined(peer, req, tx);
+            return;
+        }
         match req {
             Request::Tell { env } => {
                 let (target, seq) = (env.target.clone(), env.seq);
@@ -1319,11 +1631,8 @@ impl AgentSystem {
                 let sys = self.arc();
                 let tx = tx.clone();
                 tokio::spawn(async move {
-                    let l = sys.lookup_owned(&id).await;
-                    let _ = tx.send(Response::Done {
-                        req,
-                        result: Ok(Answer::Location(l)),
-                    });
+                    let result = sys.lookup_owned(&id).await.map(Answer::Location);
+                    let _ = tx.send(Response::Done { req, result });
                 });
             }
             Request::Activate {
@@ -1377,7 +1686,56 @@ impl AgentSystem {
                 });
             }
             Request::Exited { id, epoch, reason } => self.record_exit(&id, epoch, reason),
+            Request::Backup { entry } => self.merge_entry(entry),
+            Request::Handoff { entry } => {
+                let id = entry.id.clone();
+                self.merge_entry(entry);
+                let dead = self.dir.get(&id).is_some_and(|e| {
+                    e.node != self.me
+                        && self
+                            .net()
+                            .is_ok_and(|n| n.peer_state(&e.node) == Some(PeerState::Down))
+                });
+                if dead {
+                    let sys = self.arc();
+                    tokio::spawn(async move { sys.fail_over_one(id).await });
+                }
+            }
+            Request::Evicted { id, epoch } => {
+                let sys = self.arc();
+                let from = peer.to_owned();
+                tokio::spawn(async move { sys.evicted(id, epoch, &from).await });
+            }
         }
+    }
+
+    /// Answers a request from a quarantined peer (decided down, not fenced since) with an
+    /// error, and drops its notices: it speaks for activations that were replaced.
+    fn refuse_quarantined(&self, peer: &str, req: Request, tx: &mpsc::UnboundedSender<Response>) {
+        let error = AgentError::Refused(format!(
+            "node {peer} was decided down and has not fenced since; its requests are refused \
+             until it does"
+        ));
+        debug!(%peer, "request from a quarantined node refused");
+        let _ = match req {
+            Request::Tell { env } => tx.send(Response::TellFailed {
+                target: env.target,
+                seq: env.seq,
+                error,
+            }),
+            Request::Ask { req, .. }
+            | Request::Claim { req, .. }
+            | Request::Lookup { req, .. }
+            | Request::Activate { req, .. }
+            | Request::Probe { req, .. } => tx.send(Response::Done {
+                req,
+                result: Err(error),
+            }),
+            Request::Exited { .. }
+            | Request::Backup { .. }
+            | Request::Handoff { .. }
+            | Request::Evicted { .. } => Ok(()),
+        };
     }
 
     fn deliver_envelope(
@@ -1586,7 +1944,10 @@ fn fail_request(sys: &AgentSystem, peer: &str, r: Request) {
                 let _ = p.tx.send(Err(e));
             }
         }
-        Request::Exited { .. } => {}
+        Request::Exited { .. }
+        | Request::Backup { .. }
+        | Request::Handoff { .. }
+        | Request::Evicted { .. } => {}
     }
 }
 

@@ -208,6 +208,13 @@ struct Peer {
     session: bool,
     /// The peer closed its connections with the shutdown code.
     left: bool,
+    /// Fences the peer reports having completed (from its heartbeats).
+    fences_seen: u64,
+    /// Set when this node decided the peer down: its fence count then. The peer stays down
+    /// (quarantined) until it reports more fences, i.e. until it stopped the agents it had.
+    down_at_fences: Option<u64>,
+    /// The peer's last heartbeat said this node was decided down in its view.
+    says_im_down: bool,
 }
 
 impl Peer {
@@ -226,6 +233,9 @@ impl Peer {
             unlinked_since: Some(now),
             session: false,
             left: false,
+            fences_seen: 0,
+            down_at_fences: None,
+            says_im_down: false,
         }
     }
 
@@ -260,6 +270,13 @@ pub(crate) struct Shared {
     pub(crate) agents: Arc<AgentSystem>,
     sbr: Mutex<Resolver>,
     mode: Mutex<NodeMode>,
+    /// Fences begun and completed (the count goes out in heartbeats).
+    fences_begun: AtomicU64,
+    fences_done: Arc<AtomicU64>,
+    /// Set when this node finds it did not run for longer than its lease (a SIGSTOP, a VM
+    /// pause): the fence count then. Held until that fence is done and every remote member
+    /// is reachable again.
+    self_fence: Mutex<Option<u64>>,
 }
 
 /// A running node. Cheap to clone; [`Node::shutdown`] stops it.
@@ -368,8 +385,15 @@ impl Node {
             agents,
             sbr: Mutex::new(Resolver::new(cfg.timing.sbr, Instant::now())),
             mode: Mutex::new(NodeMode::Up),
+            fences_begun: AtomicU64::new(0),
+            fences_done: Arc::new(AtomicU64::new(0)),
+            self_fence: Mutex::new(None),
         });
         shared.agents.attach(Arc::downgrade(&shared));
+        tokio::spawn(AgentSystem::reconciler(
+            Arc::downgrade(&shared.agents),
+            shared.shutdown.subscribe(),
+        ));
         ractor_bridge::subscribe(&shared);
         tokio::spawn(links::accept_loop(shared.clone()));
         tokio::spawn(ticker(shared.clone()));
@@ -554,6 +578,10 @@ impl Shared {
     }
 
     fn log_transition(&self, peer: &str, t: Transition) {
+        if matches!(t.to, PeerState::Up | PeerState::Down) {
+            // the directory follows membership: fail over, hand off, copy to new backups
+            self.agents.request_reconcile();
+        }
         if t.restarted {
             info!(peer, from = %t.from, to = %t.to, "peer restarted");
         } else if t.to == PeerState::Up {
@@ -828,13 +856,32 @@ async fn ticker(shared: Arc<Shared>) {
     let mut every = tokio::time::interval(shared.timing.heartbeat_interval);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_gossip = Instant::now();
+    let mut last_tick = Instant::now();
     let mut stop = shared.shutdown.subscribe();
+    // past this much time without running, the others may have fenced this node's side and be
+    // about to decide it down (they wait `down_margin` longer): assume they did
+    let lease = shared.timing.detector.suspect_after + shared.timing.sbr.stable_after;
     loop {
         tokio::select! {
             _ = every.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
         let now = Instant::now();
+        let gap = now.saturating_duration_since(last_tick);
+        last_tick = now;
+        if gap > lease && shared.me.role == Role::Remote {
+            warn!(
+                paused_ms = gap.as_millis() as u64,
+                lease_ms = lease.as_millis() as u64,
+                "this node did not run for longer than its lease (paused or starved): the \
+                 others may have decided it down, so it fences before doing anything else"
+            );
+            *shared
+                .self_fence
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                Some(shared.fences_begun.load(Ordering::SeqCst));
+        }
         send_heartbeats(&shared);
         let mut changed = false;
         let mut dials = Vec::new();
@@ -937,66 +984,119 @@ fn resolve_split(shared: &Arc<Shared>, now: Instant) {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .observe(now, &members, &reachable);
+    let sbr_fenced = shared
+        .sbr
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .fenced();
     match action {
-        Action::None => {}
+        Action::None | Action::Unfence => {}
         Action::Fence => {
             let unreachable: Vec<&String> = members.difference(&reachable).collect();
             warn!(
                 ?unreachable,
-                "fenced: this node is on the losing side of a split (keep-majority over remote \
-                 nodes); stopping the agents hosted here"
+                "this node is on the losing side of a split (keep-majority over remote nodes)"
             );
-            shared.set_mode(NodeMode::Fenced);
-            shared.agents.set_fenced(true);
-            shared.bump();
-            let agents = shared.agents.clone();
-            tokio::spawn(async move { agents.fence().await });
         }
-        Action::Unfence => {
-            info!("fence lifted: every remote member is reachable again");
-            shared.set_mode(NodeMode::Up);
-            shared.agents.set_fenced(false);
-            shared.bump();
+        Action::Down(names) => down_peers(shared, names, now),
+    }
+    let told: Vec<String> = shared
+        .peers
+        .iter()
+        .filter(|p| p.says_im_down && p.detector.state() == PeerState::Up)
+        .map(|p| p.info.name.clone())
+        .collect();
+    let self_fence = {
+        let mut sf = shared
+            .self_fence
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let done = shared.fences_done.load(Ordering::SeqCst);
+        if sf.is_some_and(|at| done > at) && reachable == members {
+            info!("the fence after a pause is done and every remote member is reachable");
+            *sf = None;
         }
-        Action::Down(names) => {
-            let mut downed = Vec::new();
-            for name in names {
-                if let Some(mut p) = shared.peers.get_mut(&name) {
-                    if let Some(t) = p.detector.decide_down(now) {
-                        shared.log_transition(&name, t);
-                        downed.push(name.clone());
-                    }
-                }
-            }
-            if downed.is_empty() {
-                return;
-            }
-            warn!(
-                ?downed,
-                "split-brain resolver: decided down (this side holds the majority)"
-            );
-            shared.bump();
-            for name in downed {
-                shared.agents.peer_lost(&name);
-                let agents = shared.agents.clone();
-                tokio::spawn(async move { agents.fail_over(&name).await });
+        sf.is_some()
+    };
+    let want = sbr_fenced || self_fence || !told.is_empty();
+    let fenced = shared.mode() == NodeMode::Fenced;
+    let in_progress =
+        shared.fences_begun.load(Ordering::SeqCst) > shared.fences_done.load(Ordering::SeqCst);
+    if want && !fenced {
+        if !told.is_empty() {
+            warn!(by = ?told, "this node was decided down by the majority: fencing before it rejoins");
+        }
+        warn!(
+            "fenced: stopping the agents hosted here; no activation or claim until the fence lifts"
+        );
+        shared.set_mode(NodeMode::Fenced);
+        shared.agents.set_fenced(true);
+        shared.fences_begun.fetch_add(1, Ordering::SeqCst);
+        shared.bump();
+        let agents = shared.agents.clone();
+        let done = shared.fences_done.clone();
+        tokio::spawn(async move {
+            agents.fence().await;
+            done.fetch_add(1, Ordering::SeqCst);
+        });
+    } else if !want && fenced && !in_progress {
+        info!("fence lifted: every remote member is reachable again and none holds this node down");
+        shared.set_mode(NodeMode::Up);
+        shared.agents.set_fenced(false);
+        shared.bump();
+    }
+}
+
+/// The resolver decided `names` down (this side holds the majority): they stay down, and
+/// their requests are refused, until they report a fence; their agents fail over.
+fn down_peers(shared: &Arc<Shared>, names: Vec<String>, now: Instant) {
+    let mut downed = Vec::new();
+    for name in names {
+        if let Some(mut p) = shared.peers.get_mut(&name) {
+            if let Some(t) = p.detector.decide_down(now) {
+                p.down_at_fences = Some(p.fences_seen);
+                shared.log_transition(&name, t);
+                downed.push(name.clone());
             }
         }
     }
+    if downed.is_empty() {
+        return;
+    }
+    warn!(
+        ?downed,
+        "split-brain resolver: decided down (this side holds the majority)"
+    );
+    shared.bump();
+    for name in downed {
+        shared.agents.set_quarantined(&name, true);
+        shared.agents.peer_lost(&name);
+    }
+    shared.agents.request_reconcile();
 }
 
 fn send_heartbeats(shared: &Shared) {
     let seq = shared.hb_seq.fetch_add(1, Ordering::Relaxed);
-    let hb = wire::Heartbeat {
-        incarnation: shared.me.incarnation,
-        seq,
+    let encode = |down: bool| {
+        let hb = wire::Heartbeat {
+            incarnation: shared.me.incarnation,
+            seq,
+            fences: shared.fences_done.load(Ordering::SeqCst),
+            down,
+        };
+        // invariant: a struct of integers and a flag always encodes
+        bytes::Bytes::from(tether_actors::codec::encode(&hb).expect("heartbeat encodes"))
     };
-    // invariant: a two-integer struct always encodes
-    let bytes = bytes::Bytes::from(tether_actors::codec::encode(&hb).expect("heartbeat encodes"));
+    let (up, down) = (encode(false), encode(true));
     for p in shared.peers.iter() {
         if let Some(l) = &p.link {
+            let b = if p.down_at_fences.is_some() {
+                &down
+            } else {
+                &up
+            };
             // a full datagram buffer or a dead connection is loss, which the detector measures
-            let _ = l.conn.send_datagram(bytes.clone());
+            let _ = l.conn.send_datagram(b.clone());
         }
     }
 }

@@ -84,6 +84,13 @@ pub struct Heartbeat {
     pub incarnation: u64,
     /// Sequence number, for loss accounting.
     pub seq: u64,
+    /// How many fences the sender has completed in this incarnation (a node decided down is
+    /// taken back only once it has fenced since).
+    #[serde(default)]
+    pub fences: u64,
+    /// "You were decided down in my view: fence before rejoining."
+    #[serde(default)]
+    pub down: bool,
 }
 
 /// Why a frame could not be read or written.

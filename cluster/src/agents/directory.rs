@@ -43,6 +43,29 @@ pub fn owner<'a>(id: &str, remotes: impl IntoIterator<Item = &'a str>) -> Option
         .max_by_key(|n| (fnv1a(&[n.as_bytes(), id.as_bytes()]), *n))
 }
 
+/// The owner of `id` and its backup (the second rendezvous choice) among `remotes`.
+///
+/// The backup keeps a copy of every entry the owner places. Rendezvous order does not depend
+/// on the other nodes, so when the owner goes down the backup is the new owner, and it
+/// already holds the entries (with how each agent was spawned) it needs to fail them over.
+pub fn owner_and_backup<'a>(
+    id: &str,
+    remotes: impl IntoIterator<Item = &'a str>,
+) -> (Option<&'a str>, Option<&'a str>) {
+    let mut best: Option<(u64, &'a str)> = None;
+    let mut second: Option<(u64, &'a str)> = None;
+    for n in remotes {
+        let k = (fnv1a(&[n.as_bytes(), id.as_bytes()]), n);
+        if best.is_none_or(|b| k > b) {
+            second = best;
+            best = Some(k);
+        } else if second.is_none_or(|s| k > s) {
+            second = Some(k);
+        }
+    }
+    (best.map(|b| b.1), second.map(|s| s.1))
+}
+
 /// A node that could host an agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Candidate {
@@ -176,6 +199,22 @@ mod tests {
                 if before != "r3" {
                     prop_assert_eq!(before, after);
                 }
+            }
+        }
+    }
+
+    proptest! {
+        /// The backup is the owner once the owner is gone, whatever the view.
+        #[test]
+        fn backup_is_the_next_owner(id in "[a-z]{1,8}/[a-z0-9]{1,8}", n in 1usize..8) {
+            let names: Vec<String> = (1..=n).map(|i| format!("r{i}")).collect();
+            let (o, b) = owner_and_backup(&id, names.iter().map(String::as_str));
+            prop_assert_eq!(o, owner(&id, names.iter().map(String::as_str)));
+            prop_assert_eq!(b.is_some(), n > 1);
+            if let (Some(o), Some(b)) = (o, b) {
+                prop_assert_ne!(o, b);
+                let rest = names.iter().map(String::as_str).filter(|x| *x != o);
+                prop_assert_eq!(owner(&id, rest), Some(b));
             }
         }
     }

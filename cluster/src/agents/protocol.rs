@@ -12,7 +12,12 @@
 //!   Lookup{req, id}           ──▶  (directory owner) ◀── Response{req, Location}
 //!   Activate{req, id, epoch}  ──▶  (host) start it ◀── Response{req, Activation}
 //!   Probe{req, id}            ──▶  (host) do you run it? ◀── Response{req, Location}
-//!   Exited{id, epoch, reason} ──▶  (directory owner) forget or mark failed
+//!   Exited{id, epoch, reason} ──▶  (directory owner and backup) forget or mark failed
+//!   Backup{entry}             ──▶  (the id's backup) keep a copy of the owner's entry
+//!   Handoff{entry}            ──▶  (the id's owner in the sender's view) take this entry;
+//!                                  fail the agent over if its node is down
+//!   Evicted{id, epoch}        ──▶  (directory owner) a fence stopped this activation: place
+//!                                  it again unless a newer one exists
 //! ```
 //!
 //! [`StreamTag::Agents`]: crate::wire::StreamTag::Agents
@@ -112,6 +117,24 @@ pub enum Request {
         /// The agent.
         id: AgentId,
     },
+    /// A copy of a directory entry for the id's backup (fire and forget).
+    Backup {
+        /// The entry.
+        entry: EntryCopy,
+    },
+    /// A directory entry for the id's owner (ownership moved, or the sender holds an entry
+    /// for an agent whose node went down). Fire and forget.
+    Handoff {
+        /// The entry.
+        entry: EntryCopy,
+    },
+    /// A fence stopped this activation on the sender (to the id's directory owner).
+    Evicted {
+        /// The agent.
+        id: AgentId,
+        /// The activation the fence stopped.
+        epoch: u64,
+    },
     /// An agent ended on its host (to its directory owner).
     Exited {
         /// The agent.
@@ -121,6 +144,28 @@ pub enum Request {
         /// The failure, if it failed.
         reason: Option<String>,
     },
+}
+
+/// A directory entry as it travels between remote nodes: where the agent runs, and how it was
+/// spawned (so that whoever holds it can activate the agent again elsewhere).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EntryCopy {
+    /// The agent.
+    pub id: AgentId,
+    /// Its host.
+    pub node: String,
+    /// Its activation epoch.
+    pub epoch: u64,
+    /// Spawn arguments.
+    pub args_encoding: Encoding,
+    /// Spawn arguments.
+    pub args: Bytes,
+    /// Labels.
+    pub placement: Placement,
+    /// How it is supervised.
+    pub policy: AgentPolicy,
+    /// The supervisor group, if any.
+    pub group: Option<String>,
 }
 
 /// What a successful request yields.

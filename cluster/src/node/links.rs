@@ -505,13 +505,35 @@ async fn read_datagrams(
         let hb: wire::Heartbeat = tether_actors::codec::decode(&bytes)?;
         let now = Instant::now();
         let mut changed = false;
+        let mut released = false;
         if let Some(mut p) = shared.peers.get_mut(peer) {
             if p.link_id() == Some(id) {
-                if let Some(t) = p.detector.heartbeat(hb.incarnation, now) {
-                    shared.log_transition(peer, t);
-                    changed = true;
+                p.says_im_down = hb.down;
+                if hb.incarnation == p.detector.incarnation() {
+                    p.fences_seen = p.fences_seen.max(hb.fences);
+                }
+                // a peer decided down is heard again only once it has fenced (or restarted):
+                // until then it may still run the activations that were failed over
+                let held = p.down_at_fences.is_some_and(|at| {
+                    hb.incarnation <= p.detector.incarnation() && hb.fences <= at
+                });
+                if !held {
+                    if p.down_at_fences.take().is_some() {
+                        released = true;
+                    }
+                    if let Some(t) = p.detector.heartbeat(hb.incarnation, now) {
+                        shared.log_transition(peer, t);
+                        changed = true;
+                    }
                 }
             }
+        }
+        if released {
+            tracing::info!(
+                peer,
+                "a node decided down has fenced (or restarted): taken back"
+            );
+            shared.agents.set_quarantined(peer, false);
         }
         if changed {
             shared.bump();
