@@ -9,8 +9,16 @@
 //! | `sleeper` | `{"sleep_ms": N}`        | `"done"` after N ms       |
 //! | `sink`    | `{"data": [bytes]}`, `{"echo": [bytes]}`, `"count"` | `{"count": N}` (messages so far); `echo` replies `{"echo": [bytes]}` |
 //!
+//! | `ledger`  | `{"append": N}`, `"len"` | entries applied by this activation |
+//!
 //! `counter` takes optional args `{"start": N}`; its state (the count) is what a migration
 //! carries.
+//!
+//! `ledger` takes args `{"dir": PATH}` and journals what it does, for checking delivery and
+//! single activation from outside (the fault scenarios' checker reads the journals): each
+//! activation appends to its own file `PATH/<key>.<node>.<epoch>.log` the lines
+//! `start <unix_ms>`, `op <N> <unix_ms>` for each append (written before the reply), and
+//! `stop <unix_ms>` when it stops cleanly.
 
 use std::time::Duration;
 
@@ -198,6 +206,106 @@ impl Agent for Sink {
     }
 }
 
+/// Journals every entry appended to it (see the module doc).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Ledger;
+
+/// `ledger` spawn arguments.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerArgs {
+    /// Where the journals go (created if missing).
+    pub dir: std::path::PathBuf,
+}
+
+/// `ledger` messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LedgerMsg {
+    /// Journal entry N.
+    Append(u64),
+    /// How many entries this activation journaled.
+    Len,
+}
+
+/// A `ledger` activation: its journal and how many entries it holds.
+#[derive(Debug)]
+pub struct LedgerState {
+    journal: std::fs::File,
+    len: u64,
+}
+
+impl Serialize for LedgerState {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.len.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for LedgerState {
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        Err(serde::de::Error::custom(
+            "a ledger's journal is a file on its node and does not move",
+        ))
+    }
+}
+
+fn unix_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
+}
+
+fn journal_line(f: &mut std::fs::File, line: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    f.write_all(format!("{line} {}\n", unix_ms()).as_bytes())
+}
+
+impl Agent for Ledger {
+    const KIND: &'static str = "ledger";
+    type Args = LedgerArgs;
+    type Msg = LedgerMsg;
+    type Reply = u64;
+    type State = LedgerState;
+
+    async fn init(&self, ctx: &Ctx, args: LedgerArgs) -> Result<LedgerState, Failure> {
+        std::fs::create_dir_all(&args.dir)
+            .map_err(|e| format!("ledger dir {}: {e}", args.dir.display()))?;
+        let path = args.dir.join(format!(
+            "{}.{}.{}.log",
+            ctx.id().key(),
+            ctx.node(),
+            ctx.epoch()
+        ));
+        let mut journal = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| format!("ledger journal {}: {e}", path.display()))?;
+        journal_line(&mut journal, "start")?;
+        Ok(LedgerState { journal, len: 0 })
+    }
+
+    async fn handle(
+        &self,
+        _ctx: &Ctx,
+        st: &mut LedgerState,
+        msg: LedgerMsg,
+    ) -> Result<u64, Failure> {
+        match msg {
+            LedgerMsg::Append(n) => {
+                journal_line(&mut st.journal, &format!("op {n}"))?;
+                st.len += 1;
+            }
+            LedgerMsg::Len => {}
+        }
+        Ok(st.len)
+    }
+
+    async fn on_stop(&self, _ctx: &Ctx, st: &mut LedgerState) {
+        let _ = journal_line(&mut st.journal, "stop");
+    }
+}
+
 /// Every built-in kind, erased, for a node's registry.
 pub fn all() -> Vec<std::sync::Arc<dyn crate::kind::ErasedKind>> {
     vec![
@@ -206,5 +314,6 @@ pub fn all() -> Vec<std::sync::Arc<dyn crate::kind::ErasedKind>> {
         crate::kind::erase(Flaky),
         crate::kind::erase(Sleeper),
         crate::kind::erase(Sink),
+        crate::kind::erase(Ledger),
     ]
 }

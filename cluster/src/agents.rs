@@ -201,6 +201,11 @@ pub struct AgentSystem {
     quarantined_n: std::sync::atomic::AtomicUsize,
     /// Wakes the reconciler (membership changed).
     reconcile: Arc<tokio::sync::Notify>,
+    /// Until when (ms after `born`) this node may serve requests from peers: renewed by every
+    /// tick of the node. A node that was paused past it (SIGSTOP) refuses what it finds
+    /// waiting when it resumes, before its ticker can fence it.
+    lease_until_ms: AtomicU64,
+    born: std::time::Instant,
 }
 
 impl std::fmt::Debug for AgentSystem {
@@ -257,6 +262,8 @@ impl AgentSystem {
             quarantined: DashMap::new(),
             quarantined_n: std::sync::atomic::AtomicUsize::new(0),
             reconcile: Arc::new(tokio::sync::Notify::new()),
+            lease_until_ms: AtomicU64::new(u64::MAX),
+            born: std::time::Instant::now(),
         });
         let weak = Arc::downgrade(&sys);
         sys.host
@@ -344,6 +351,31 @@ impl AgentSystem {
 
     fn is_fenced(&self) -> bool {
         self.fenced.load(Ordering::SeqCst)
+    }
+
+    /// Renews the lease: requests from peers are served for `lease` from now.
+    pub(crate) fn renew_lease(&self, lease: Duration) {
+        let until = self.born.elapsed() + lease;
+        self.lease_until_ms
+            .store(until.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Why requests that act (deliveries, activations, claims) are refused now, if they are.
+    fn not_serving(&self) -> Option<AgentError> {
+        if self.is_fenced() {
+            return Some(AgentError::Refused(format!(
+                "node {} is fenced (on the losing side of a split); it hosts no agent",
+                self.me
+            )));
+        }
+        let now = self.born.elapsed().as_millis() as u64;
+        if now > self.lease_until_ms.load(Ordering::Relaxed) {
+            return Some(AgentError::Refused(format!(
+                "node {} was paused past its lease; it refuses work until it has fenced",
+                self.me
+            )));
+        }
+        None
     }
 
     /// Stops every hosted agent for good: the node is fenced, and the winning side of the
@@ -1059,6 +1091,11 @@ impl AgentSystem {
             .into_location()?
         };
         let loc = found.ok_or_else(|| AgentError::NotFound { id: id.to_string() })?;
+        if loc.node != self.me && self.net()?.peer_state(&loc.node) != Some(PeerState::Up) {
+            // the owner still names a host this node cannot reach (not decided down yet, or
+            // down and not failed over yet): no route is kept, the next message asks again
+            return Err(AgentError::NodeUnreachable { node: loc.node });
+        }
         self.set_route(id, &loc.node, loc.epoch);
         Ok(loc)
     }
@@ -1329,7 +1366,10 @@ impl AgentSystem {
                     };
                     if matches!(
                         r,
-                        Err(AgentError::NotFound { .. } | AgentError::StaleEpoch { .. })
+                        Err(AgentError::NotFound { .. }
+                            | AgentError::StaleEpoch { .. }
+                            | AgentError::Timeout { .. }
+                            | AgentError::NodeUnreachable { .. })
                     ) {
                         sys.forget_route(&id);
                     }
@@ -1548,8 +1588,25 @@ impl AgentSystem {
 
     fn handle_request(&self, peer: &str, req: Request, tx: &mpsc::UnboundedSender<Response>) {
         if self.is_quarantined(peer) {
-            self.refuse_quarantined(peer, req, tx);
+            let error = AgentError::Refused(format!(
+                "node {peer} was decided down and has not fenced since; its requests are \
+                 refused until it does"
+            ));
+            debug!(%peer, "request from a quarantined node refused");
+            self.refuse(req, error, tx);
             return;
+        }
+        if matches!(
+            req,
+            Request::Tell { .. }
+                | Request::Ask { .. }
+                | Request::Claim { .. }
+                | Request::Activate { .. }
+        ) {
+            if let Some(error) = self.not_serving() {
+                self.refuse(req, error, tx);
+                return;
+            }
         }
         match req {
             Request::Tell { env } => {
@@ -1709,14 +1766,8 @@ impl AgentSystem {
         }
     }
 
-    /// Answers a request from a quarantined peer (decided down, not fenced since) with an
-    /// error, and drops its notices: it speaks for activations that were replaced.
-    fn refuse_quarantined(&self, peer: &str, req: Request, tx: &mpsc::UnboundedSender<Response>) {
-        let error = AgentError::Refused(format!(
-            "node {peer} was decided down and has not fenced since; its requests are refused \
-             until it does"
-        ));
-        debug!(%peer, "request from a quarantined node refused");
+    /// Answers a request with `error` (a tell with `TellFailed`), and drops notices.
+    fn refuse(&self, req: Request, error: AgentError, tx: &mpsc::UnboundedSender<Response>) {
         let _ = match req {
             Request::Tell { env } => tx.send(Response::TellFailed {
                 target: env.target,

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use quinn::{Connection, Endpoint};
 use tokio::sync::{mpsc, watch};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use tether_actors::kind::ErasedKind;
 use tether_actors::{Agent, AgentError, AgentId, AgentRef, Body, Host};
@@ -208,13 +208,17 @@ struct Peer {
     session: bool,
     /// The peer closed its connections with the shutdown code.
     left: bool,
-    /// Fences the peer reports having completed (from its heartbeats).
+    /// Fences the peer reports having completed, and whether it is fenced (its heartbeats).
     fences_seen: u64,
-    /// Set when this node decided the peer down: its fence count then. The peer stays down
-    /// (quarantined) until it reports more fences, i.e. until it stopped the agents it had.
-    down_at_fences: Option<u64>,
+    fenced_seen: bool,
+    /// Set when this node decided the peer down: its fence count and fenced flag then. The
+    /// peer stays down (quarantined) until it reports a fence completed since, or that the
+    /// fence it was in then never lifted: until it hosts nothing that was replaced.
+    down_at_fences: Option<(u64, bool)>,
     /// The peer's last heartbeat said this node was decided down in its view.
     says_im_down: bool,
+    /// The remote members the peer's last heartbeat reported unreachable.
+    reports_unreachable: Vec<String>,
 }
 
 impl Peer {
@@ -234,8 +238,10 @@ impl Peer {
             session: false,
             left: false,
             fences_seen: 0,
+            fenced_seen: false,
             down_at_fences: None,
             says_im_down: false,
+            reports_unreachable: Vec::new(),
         }
     }
 
@@ -930,6 +936,10 @@ async fn ticker(shared: Arc<Shared>) {
             shared.agents.peer_lost(&name);
         }
         resolve_split(&shared, now);
+        if shared.me.role == Role::Remote {
+            // after the split check: a node resuming from a pause is fenced before it serves
+            shared.agents.renew_lease(lease);
+        }
         for (addr, name, replace, epoch) in dials {
             tokio::spawn(links::dial_peer(shared.clone(), addr, name, replace, epoch));
         }
@@ -975,7 +985,9 @@ fn resolve_split(shared: &Arc<Shared>, now: Instant) {
             continue;
         }
         members.insert(p.info.name.clone());
-        if p.detector.state() == PeerState::Up {
+        // a peer that cannot hear this node is not on its side, even if this node hears it
+        // (a one-way cut): so a node nobody hears fences like any minority
+        if p.detector.state() == PeerState::Up && !p.reports_unreachable.contains(&shared.me.name) {
             reachable.insert(p.info.name.clone());
         }
     }
@@ -1052,9 +1064,34 @@ fn resolve_split(shared: &Arc<Shared>, now: Instant) {
 fn down_peers(shared: &Arc<Shared>, names: Vec<String>, now: Instant) {
     let mut downed = Vec::new();
     for name in names {
+        // what the candidate itself last reported (stale if it went silent: then it hears
+        // everyone, which only makes a veto likelier)
+        let its_reports = shared
+            .peers
+            .get(&name)
+            .map(|p| p.reports_unreachable.clone())
+            .unwrap_or_default();
+        let seen_by: Vec<String> = shared
+            .peers
+            .iter()
+            .filter(|p| {
+                p.info.role == Role::Remote
+                    && p.info.name != name
+                    && !p.left
+                    && p.detector.state() == PeerState::Up
+                    && !p.reports_unreachable.contains(&name)
+                    && !its_reports.contains(&p.info.name)
+            })
+            .map(|p| p.info.name.clone())
+            .collect();
+        if !seen_by.is_empty() {
+            // indirectly connected: cut from this node, not from the others on its side
+            debug!(peer = %name, ?seen_by, "not decided down: members on this side still see it");
+            continue;
+        }
         if let Some(mut p) = shared.peers.get_mut(&name) {
             if let Some(t) = p.detector.decide_down(now) {
-                p.down_at_fences = Some(p.fences_seen);
+                p.down_at_fences = Some((p.fences_seen, p.fenced_seen));
                 shared.log_transition(&name, t);
                 downed.push(name.clone());
             }
@@ -1077,17 +1114,29 @@ fn down_peers(shared: &Arc<Shared>, names: Vec<String>, now: Instant) {
 
 fn send_heartbeats(shared: &Shared) {
     let seq = shared.hb_seq.fetch_add(1, Ordering::Relaxed);
-    let encode = |down: bool| {
+    let encode = |down: bool, unreachable: &[String]| {
         let hb = wire::Heartbeat {
             incarnation: shared.me.incarnation,
             seq,
             fences: shared.fences_done.load(Ordering::SeqCst),
+            fenced: shared.mode() == NodeMode::Fenced,
             down,
+            unreachable: unreachable.to_vec(),
         };
         // invariant: a struct of integers and a flag always encodes
         bytes::Bytes::from(tether_actors::codec::encode(&hb).expect("heartbeat encodes"))
     };
-    let (up, down) = (encode(false), encode(true));
+    let unreachable: Vec<String> = shared
+        .peers
+        .iter()
+        .filter(|p| {
+            p.info.role == Role::Remote
+                && !p.left
+                && matches!(p.detector.state(), PeerState::Unreachable | PeerState::Down)
+        })
+        .map(|p| p.info.name.clone())
+        .collect();
+    let (up, down) = (encode(false, &unreachable), encode(true, &unreachable));
     for p in shared.peers.iter() {
         if let Some(l) = &p.link {
             let b = if p.down_at_fences.is_some() {

@@ -23,9 +23,20 @@
 //! fences at `stable_after`; the winning side downs it at `stable_after + down_margin`, so the
 //! old instances are stopped before new ones start. The margin covers a clock-free difference
 //! in when the two sides noticed the split (at most the detector's suspicion window) plus the
-//! time a fence takes to stop agents. A node that stays paused (SIGSTOP) through its own fence
-//! cannot fence itself; epochs protect against it instead: everything it sends carries an epoch
-//! older than the new activation's and is refused.
+//! time a fence takes to stop agents.
+//!
+//! **Indirect connections** (a bridge, a ring): the sides' views are not complementary, and
+//! two nodes that cannot hear each other may both see a majority. So a winning node downs a
+//! member only if every member on its side reports it unreachable too (heartbeats carry each
+//! node's unreachable set); a member some of them still hear is left alone. That costs
+//! availability (nothing reaches it from here), never a second activation.
+//!
+//! **Zombies** (a node paused by SIGSTOP or a VM pause through its own fence): a node decided
+//! down stays down, and every request it sends is refused, until it reports (in its
+//! heartbeats) a fence completed after the decision. Heartbeats to it say "you are down", so
+//! it fences as soon as it hears any. And a node whose own ticker finds it did not run for
+//! longer than its lease (`suspect_after + stable_after`, less than the others need to down
+//! it) refuses requests from peers and fences before doing anything else.
 //!
 //! Views are not required to be consistent (one-way partitions, rings): every node applies the
 //! rule to what it sees, and a node that sees a minority fences itself even if others see it.

@@ -78,7 +78,7 @@ pub enum PeerMsg {
 }
 
 /// A heartbeat datagram.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Heartbeat {
     /// The sender's incarnation.
     pub incarnation: u64,
@@ -88,9 +88,16 @@ pub struct Heartbeat {
     /// taken back only once it has fenced since).
     #[serde(default)]
     pub fences: u64,
+    /// The sender is fenced now (it hosts nothing).
+    #[serde(default)]
+    pub fenced: bool,
     /// "You were decided down in my view: fence before rejoining."
     #[serde(default)]
     pub down: bool,
+    /// The remote members the sender sees unreachable (or down). A majority downs a node
+    /// only if every member on its side reports it unreachable (see [`crate::sbr`]).
+    #[serde(default)]
+    pub unreachable: Vec<String>,
 }
 
 /// Why a frame could not be read or written.

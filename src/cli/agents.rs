@@ -64,7 +64,7 @@ fn check_json(text: &str, what: &str) -> anyhow::Result<()> {
   tether spawn sleeper s --handler-timeout 500
   tether spawn flaky g1 --on r1 --group workers")]
 pub(crate) struct SpawnArgs {
-    /// A registered kind: echo, counter, flaky, sleeper, sink, or one of your own.
+    /// A registered kind: echo, counter, flaky, sleeper, sink, ledger, or one of your own.
     kind: String,
     /// The agent's key; its id is KIND/KEY.
     key: String,

@@ -279,3 +279,4 @@ pub fn text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     )
 }
+pub mod jepsen;

@@ -509,13 +509,19 @@ async fn read_datagrams(
         if let Some(mut p) = shared.peers.get_mut(peer) {
             if p.link_id() == Some(id) {
                 p.says_im_down = hb.down;
+                p.reports_unreachable = hb.unreachable;
                 if hb.incarnation == p.detector.incarnation() {
                     p.fences_seen = p.fences_seen.max(hb.fences);
+                    p.fenced_seen = hb.fenced;
                 }
-                // a peer decided down is heard again only once it has fenced (or restarted):
-                // until then it may still run the activations that were failed over
-                let held = p.down_at_fences.is_some_and(|at| {
-                    hb.incarnation <= p.detector.incarnation() && hb.fences <= at
+                // a peer decided down is heard again only once it has fenced since (or was
+                // fenced then and still is, or restarted): until then it may still run the
+                // activations that were failed over
+                let held = p.down_at_fences.is_some_and(|(at, was_fenced)| {
+                    let same_life = hb.incarnation <= p.detector.incarnation();
+                    let fenced_since =
+                        hb.fences > at || (was_fenced && hb.fenced && hb.fences == at);
+                    same_life && !fenced_since
                 });
                 if !held {
                     if p.down_at_fences.take().is_some() {
