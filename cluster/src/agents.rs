@@ -17,6 +17,15 @@
 //! activation the next epoch, and asks the host to start it. An owner without an entry asks the
 //! hosts (`Probe`): they are the source of truth, so a new owner rebuilds what it needs.
 //!
+//! **Backup and failover.** The owner copies each entry, with the agent's spawn record, to the
+//! id's backup (the second rendezvous choice, [`directory::owner_and_backup`]), which becomes
+//! the owner when the owner goes down. On every membership change the reconciler fails over
+//! the entries this node owns whose host was decided down, re-copies entries whose backup
+//! changed, and hands entries it no longer owns to their owner (`Handoff`). Replacing a dead
+//! activation first asks every up host for a newer one, and refuses if one cannot be asked.
+//! A fenced node decides no claims and serves no deliveries; the activations its fence stopped
+//! are reported to their owners (`Evicted`) when the fence lifts.
+//!
 //! **Ordering.** Per sender (this node, or one of its agents) and target, messages are numbered
 //! from 1 and travel in one ordered queue: the per-target queue while the route is resolved,
 //! then the per-peer queue and its single QUIC stream. The host checks the numbers.
