@@ -40,6 +40,37 @@ fn keys(owner: &str) -> (String, String) {
     (a, b)
 }
 
+/// Waits until every ledger acknowledges an operation begun after `since_ms`, and records
+/// how long that took as `failover`.
+fn record_failover(w: &mut Workload, since_ms: u64) {
+    let failover = w
+        .until_all_serve(since_ms, Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("every ledger serves again:\n{}", w.last_errors()));
+    w.timings.insert("failover".into(), failover);
+}
+
+/// Heals, waits until every pair is up (and `fenced` nodes lifted their fence), records
+/// `converge`, lets the workload run 2 s more, and checks the history.
+fn heal_and_finish(
+    c: &Cluster,
+    mut w: Workload,
+    within: Duration,
+    fenced: &[&str],
+) -> jepsen::Report {
+    let heal = Instant::now();
+    c.ok(&["heal"]);
+    c.wait(&[], &[], "up", within).expect("converged");
+    for n in fenced {
+        assert!(
+            c.wait_mode(n, "up", Duration::from_secs(10)),
+            "{n} lifts its fence"
+        );
+    }
+    w.timings.insert("converge".into(), secs(heal.elapsed()));
+    w.run_for(Duration::from_secs(2));
+    w.finish()
+}
+
 fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
@@ -79,10 +110,7 @@ fn kill_9_of_a_remote_node_fails_its_agents_over() {
     c.wait(&["r1", "r2"], &["r3"], "down", Duration::from_secs(20))
         .expect("r3 decided down");
     w.timings.insert("down".into(), secs(t.elapsed()));
-    let failover = w
-        .until_all_serve(fault_ms, Duration::from_secs(30))
-        .unwrap_or_else(|| panic!("every ledger serves again:\n{}", w.last_errors()));
-    w.timings.insert("failover".into(), failover);
+    record_failover(&mut w, fault_ms);
     w.run_for(Duration::from_secs(2));
     let r = w.finish();
     for k in [&a, &b] {
@@ -130,10 +158,7 @@ fn a_paused_owner_resumes_as_a_fenced_zombie_that_cannot_act() {
     // past the stability window and margin: the majority decides r3 down and fails over
     c.wait(&["r1", "r2"], &["r3"], "down", Duration::from_secs(20))
         .expect("r3 decided down while paused");
-    let failover = w
-        .until_all_serve(stop_ms, Duration::from_secs(30))
-        .unwrap_or_else(|| panic!("every ledger serves again:\n{}", w.last_errors()));
-    w.timings.insert("failover".into(), failover);
+    record_failover(&mut w, stop_ms);
 
     let cont = Instant::now();
     c.kill("r3", libc::SIGCONT);
@@ -144,8 +169,10 @@ fn a_paused_owner_resumes_as_a_fenced_zombie_that_cannot_act() {
     });
     c.wait(&[], &[], "up", Duration::from_secs(20))
         .expect("r3 fences, is taken back, and every pair is up");
-    let out = c.tether(&["wait", "--mode", "up", "--node", "r3", "--timeout", "10s"]);
-    assert!(out.status.success(), "r3 lifts its fence once taken back");
+    assert!(
+        c.wait_mode("r3", "up", Duration::from_secs(10)),
+        "r3 lifts its fence once taken back"
+    );
     w.timings.insert("converge".into(), secs(cont.elapsed()));
     w.run_for(Duration::from_secs(2));
     let r = w.finish();
@@ -187,19 +214,8 @@ fn an_isolated_remote_node_fences_and_its_agents_move() {
     )
     .expect("r3 unreachable");
     w.timings.insert("detect".into(), secs(t.elapsed()));
-    let failover = w
-        .until_all_serve(fault_ms, Duration::from_secs(30))
-        .unwrap_or_else(|| panic!("every ledger serves again:\n{}", w.last_errors()));
-    w.timings.insert("failover".into(), failover);
-    let heal = Instant::now();
-    c.ok(&["heal"]);
-    c.wait(&[], &[], "up", Duration::from_secs(20))
-        .expect("converged");
-    let out = c.tether(&["wait", "--mode", "up", "--node", "r3", "--timeout", "10s"]);
-    assert!(out.status.success(), "r3 lifts its fence");
-    w.timings.insert("converge".into(), secs(heal.elapsed()));
-    w.run_for(Duration::from_secs(2));
-    let r = w.finish();
+    record_failover(&mut w, fault_ms);
+    let r = heal_and_finish(&c, w, Duration::from_secs(20), &["r3"]);
     conclude("isolate", &r);
 }
 
@@ -213,33 +229,15 @@ fn a_one_way_partition_downs_the_node_nobody_hears() {
     // nobody hears r3; r3 still hears everybody, and hears them report it unreachable
     c.ok(&["partition", "r3", "r1,r2,l1", "--oneway"]);
     let fault_ms = now_ms(); // the rules are in place
-    let out = c.tether(&[
-        "wait",
-        "--mode",
-        "fenced",
-        "--node",
-        "r3",
-        "--timeout",
-        "10s",
-    ]);
     assert!(
-        out.status.success(),
+        c.wait_mode("r3", "fenced", Duration::from_secs(10)),
         "r3 fences: nobody on its side hears it"
     );
     c.wait(&["r1", "r2"], &["r3"], "down", Duration::from_secs(20))
         .expect("the majority downs r3");
     w.timings.insert("down".into(), secs(t.elapsed()));
-    let failover = w
-        .until_all_serve(fault_ms, Duration::from_secs(30))
-        .unwrap_or_else(|| panic!("every ledger serves again:\n{}", w.last_errors()));
-    w.timings.insert("failover".into(), failover);
-    let heal = Instant::now();
-    c.ok(&["heal"]);
-    c.wait(&[], &[], "up", Duration::from_secs(20))
-        .expect("converged");
-    w.timings.insert("converge".into(), secs(heal.elapsed()));
-    w.run_for(Duration::from_secs(2));
-    let r = w.finish();
+    record_failover(&mut w, fault_ms);
+    let r = heal_and_finish(&c, w, Duration::from_secs(20), &[]);
     conclude("one-way", &r);
 }
 
@@ -253,30 +251,15 @@ fn a_one_way_partition_the_other_way_fences_the_deaf_node() {
     // r3 hears nobody; everybody still hears r3
     c.ok(&["partition", "r1,r2,l1", "r3", "--oneway"]);
     let fault_ms = now_ms(); // the rules are in place
-    let out = c.tether(&[
-        "wait",
-        "--mode",
-        "fenced",
-        "--node",
-        "r3",
-        "--timeout",
-        "10s",
-    ]);
-    assert!(out.status.success(), "r3 fences: it hears a minority");
+    assert!(
+        c.wait_mode("r3", "fenced", Duration::from_secs(10)),
+        "r3 fences: it hears a minority"
+    );
     c.wait(&["r1", "r2"], &["r3"], "down", Duration::from_secs(20))
         .expect("the majority downs r3 (it reports them unreachable)");
     w.timings.insert("down".into(), secs(t.elapsed()));
-    let failover = w
-        .until_all_serve(fault_ms, Duration::from_secs(30))
-        .unwrap_or_else(|| panic!("every ledger serves again:\n{}", w.last_errors()));
-    w.timings.insert("failover".into(), failover);
-    let heal = Instant::now();
-    c.ok(&["heal"]);
-    c.wait(&[], &[], "up", Duration::from_secs(20))
-        .expect("converged");
-    w.timings.insert("converge".into(), secs(heal.elapsed()));
-    w.run_for(Duration::from_secs(2));
-    let r = w.finish();
+    record_failover(&mut w, fault_ms);
+    let r = heal_and_finish(&c, w, Duration::from_secs(20), &[]);
     conclude("one-way-deaf", &r);
 }
 
@@ -284,7 +267,7 @@ fn a_one_way_partition_the_other_way_fences_the_deaf_node() {
 fn a_bridge_downs_nobody_the_middle_still_hears() {
     // r1,r2 | r3 | r4,r5: both sides see a majority (3 of 5) through the bridge r3
     let c = Cluster::up("scn-bridge", 5, 0);
-    let mut w = Workload::start(&c, &[("a", "r1"), ("b", "r5"), ("c", "r3")], "r3");
+    let w = Workload::start(&c, &[("a", "r1"), ("b", "r5"), ("c", "r3")], "r3");
     w.run_for(Duration::from_secs(2));
     let out = c.ok(&["partition", "--bridge"]);
     assert!(out.starts_with("bridge: r1,r2 | r3 | r4,r5"), "{out}");
@@ -297,13 +280,7 @@ fn a_bridge_downs_nobody_the_middle_still_hears() {
             assert_ne!(p["state"], "down", "{} sees {} down", n["name"], p["name"]);
         }
     }
-    let heal = Instant::now();
-    c.ok(&["heal"]);
-    c.wait(&[], &[], "up", Duration::from_secs(20))
-        .expect("converged");
-    w.timings.insert("converge".into(), secs(heal.elapsed()));
-    w.run_for(Duration::from_secs(2));
-    let r = w.finish();
+    let r = heal_and_finish(&c, w, Duration::from_secs(20), &[]);
     assert_eq!(r.activations, 3, "nothing moved");
     conclude("bridge", &r);
 }
@@ -312,7 +289,7 @@ fn a_bridge_downs_nobody_the_middle_still_hears() {
 fn a_partition_shorter_than_the_window_loses_nothing() {
     let c = Cluster::up("scn-short", 3, 1);
     let (a, b) = keys("r3");
-    let mut w = Workload::start(&c, &[(&a, "r3"), (&b, "r3")], "l1");
+    let w = Workload::start(&c, &[(&a, "r3"), (&b, "r3")], "l1");
     w.run_for(Duration::from_secs(2));
     c.ok(&["partition", "--isolate", "r3"]);
     c.wait(
@@ -322,13 +299,7 @@ fn a_partition_shorter_than_the_window_loses_nothing() {
         Duration::from_secs(10),
     )
     .expect("r3 unreachable");
-    let heal = Instant::now();
-    c.ok(&["heal"]);
-    c.wait(&[], &[], "up", Duration::from_secs(10))
-        .expect("converged");
-    w.timings.insert("converge".into(), secs(heal.elapsed()));
-    w.run_for(Duration::from_secs(2));
-    let r = w.finish();
+    let r = heal_and_finish(&c, w, Duration::from_secs(10), &[]);
     assert_eq!(r.activations, 2, "nothing moved: one activation per ledger");
     conclude("short-partition", &r);
 }
@@ -379,8 +350,10 @@ fn flapping_partitions_keep_every_invariant() {
     c.wait(&[], &[], "up", Duration::from_secs(30))
         .expect("converged after flapping");
     for n in ["r1", "r2", "r3"] {
-        let out = c.tether(&["wait", "--mode", "up", "--node", n, "--timeout", "15s"]);
-        assert!(out.status.success(), "{n} up after flapping");
+        assert!(
+            c.wait_mode(n, "up", Duration::from_secs(15)),
+            "{n} up after flapping"
+        );
     }
     w.timings.insert("converge".into(), secs(heal.elapsed()));
     w.run_for(Duration::from_secs(2));

@@ -113,8 +113,10 @@ fn isolated_remote_node_fences_and_the_majority_fails_its_agents_over() {
     c.ok(&["heal"]);
     c.wait(&[], &[], "up", Duration::from_secs(10))
         .expect("every pair up after heal");
-    let out = c.tether(&["wait", "--mode", "up", "--node", "r3", "--timeout", "5s"]);
-    assert!(out.status.success(), "r3 lifts its fence");
+    assert!(
+        c.wait_mode("r3", "up", Duration::from_secs(5)),
+        "r3 lifts its fence"
+    );
     for k in &keys {
         let id = format!("counter/{k}");
         let r = running(&c, &id);
@@ -153,8 +155,10 @@ fn halves_of_five_remote_nodes_keep_the_three_and_fence_the_two() {
     let out = c.ok(&["partition", "--halves"]);
     assert!(out.starts_with("halves: r1,r2,r3 | r4,r5"), "{out}");
     for n in ["r4", "r5"] {
-        let out = c.tether(&["wait", "--mode", "fenced", "--node", n, "--timeout", "10s"]);
-        assert!(out.status.success(), "{n} fences");
+        assert!(
+            c.wait_mode(n, "fenced", Duration::from_secs(10)),
+            "{n} fences"
+        );
     }
     c.wait(
         &["r1", "r2", "r3"],
@@ -171,7 +175,9 @@ fn halves_of_five_remote_nodes_keep_the_three_and_fence_the_two() {
     c.wait(&[], &[], "up", Duration::from_secs(10))
         .expect("converged after heal");
     for n in ["r4", "r5"] {
-        let out = c.tether(&["wait", "--mode", "up", "--node", n, "--timeout", "5s"]);
-        assert!(out.status.success(), "{n} lifts its fence");
+        assert!(
+            c.wait_mode(n, "up", Duration::from_secs(5)),
+            "{n} lifts its fence"
+        );
     }
 }

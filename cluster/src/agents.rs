@@ -466,23 +466,21 @@ impl AgentSystem {
             .collect();
         let mut again = Vec::new();
         for (id, e) in snapshot {
-            let key = id.to_string();
-            let (owner, backup) =
-                directory::owner_and_backup(&key, view.iter().map(String::as_str));
+            let (owner, backup) = self.owner_and_backup(&id, Some(&view));
             let Some(owner) = owner else { return };
             let dead = e.node != self.me && net.peer_state(&e.node) == Some(PeerState::Down);
             if owner == self.me {
                 if dead {
                     again.push(id);
-                } else if e.copied_to.as_deref() != backup {
+                } else if e.copied_to != backup {
                     self.copy_to_backup(&id);
                 }
                 continue;
             }
             if let Some(copy) = e.copy(&id) {
-                self.send(owner, Request::Handoff { entry: copy });
+                self.send(&owner, Request::Handoff { entry: copy });
             }
-            if backup != Some(self.me.as_str()) && !dead {
+            if backup.as_deref() != Some(self.me.as_str()) && !dead {
                 self.dir_remove(&id);
             }
         }
@@ -577,14 +575,33 @@ impl AgentSystem {
         }
     }
 
+    /// The owner and backup of `id` among the up remote nodes (`view`, or the current one).
+    fn owner_and_backup(
+        &self,
+        id: &AgentId,
+        view: Option<&[String]>,
+    ) -> (Option<String>, Option<String>) {
+        let current;
+        let view = match view {
+            Some(v) => v,
+            None => {
+                let Ok(net) = self.net() else {
+                    return (None, None);
+                };
+                current = net.up_remotes();
+                &current
+            }
+        };
+        let key = id.to_string();
+        let (o, b) = directory::owner_and_backup(&key, view.iter().map(String::as_str));
+        (o.map(str::to_owned), b.map(str::to_owned))
+    }
+
     /// Sends a copy of `id`'s entry to the id's backup (or to its owner, when this node holds
     /// the entry without owning it).
     fn copy_to_backup(&self, id: &AgentId) {
-        let Ok(net) = self.net() else { return };
-        let view = net.up_remotes();
-        let key = id.to_string();
-        let (owner, backup) = directory::owner_and_backup(&key, view.iter().map(String::as_str));
-        let to = if owner == Some(self.me.as_str()) {
+        let (owner, backup) = self.owner_and_backup(id, None);
+        let to = if owner.as_deref() == Some(self.me.as_str()) {
             backup
         } else {
             owner
@@ -592,13 +609,13 @@ impl AgentSystem {
         let Some(to) = to else { return };
         let copy = match self.dir.get_mut(id) {
             Some(mut e) => {
-                e.copied_to = Some(to.to_owned());
+                e.copied_to = Some(to.clone());
                 e.copy(id)
             }
             None => None,
         };
         if let Some(entry) = copy {
-            self.send(to, Request::Backup { entry });
+            self.send(&to, Request::Backup { entry });
         }
     }
 
@@ -1017,16 +1034,13 @@ impl AgentSystem {
                 .push((id.clone(), epoch));
             return;
         }
-        let Ok(net) = self.net() else { return };
-        let view = net.up_remotes();
-        let key = id.to_string();
-        let (owner, backup) = directory::owner_and_backup(&key, view.iter().map(String::as_str));
+        let (owner, backup) = self.owner_and_backup(id, None);
         for to in [owner, backup].into_iter().flatten() {
             if to == self.me {
                 self.record_exit(id, epoch, reason.clone());
             } else {
                 self.send(
-                    to,
+                    &to,
                     Request::Exited {
                         id: id.clone(),
                         epoch,

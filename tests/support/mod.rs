@@ -120,6 +120,13 @@ impl Cluster {
         }
     }
 
+    /// `tether wait --mode MODE --node NODE`: whether the node reached the mode in time.
+    pub fn wait_mode(&self, node: &str, mode: &str, timeout: Duration) -> bool {
+        let t = format!("{}ms", timeout.as_millis());
+        let out = self.tether(&["wait", "--mode", mode, "--node", node, "--timeout", &t]);
+        out.status.success()
+    }
+
     /// (addr, pid, incarnation) of a node from its node.json.
     pub fn record(&self, name: &str) -> (String, u32, u64) {
         let p = self.dir.join("nodes").join(name).join("node.json");
