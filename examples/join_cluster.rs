@@ -81,6 +81,7 @@ async fn main() -> anyhow::Result<()> {
         fault_seed: 7,
         kinds: Kinds::builtin().register::<Greeter>(),
         root_intensity: tether::supervision::Intensity::node_root(),
+        outbox_max: tether::cluster::node::DEFAULT_OUTBOX_MAX,
     })
     .await?;
     node.wait_peers_up(seeds.len(), Duration::from_secs(10))

@@ -83,6 +83,7 @@ async fn join(c: &Cluster, name: &str, kinds: Kinds, peers: usize) -> Node {
         fault_seed: 1,
         kinds,
         root_intensity: tether::supervision::Intensity::node_root(),
+        outbox_max: tether::cluster::node::DEFAULT_OUTBOX_MAX,
     })
     .await
     .unwrap();

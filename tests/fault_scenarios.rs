@@ -363,6 +363,171 @@ fn flapping_partitions_keep_every_invariant() {
 
 // ------------------------------------------------------------------ the checker itself
 
+/// The values a ledger's journals hold, in the order they were applied.
+fn applied_values(c: &Cluster, agent: &str) -> Vec<u64> {
+    let mut applied: Vec<jepsen::Applied> =
+        jepsen::read_journals(&c.dir.join("journals"), "ledger")
+            .applied
+            .into_iter()
+            .filter(|a| a.agent == agent)
+            .collect();
+    applied.sort_by_key(|a| (a.epoch, a.at_ms));
+    applied.into_iter().map(|a| a.value).collect()
+}
+
+fn outbox_of(c: &Cluster, node: &str) -> (u64, String) {
+    let st = c.status();
+    let n = Cluster::node(&st, node);
+    (
+        n["outbox"]["depth"].as_u64().unwrap_or(u64::MAX),
+        n["mode"].as_str().unwrap_or("?").to_owned(),
+    )
+}
+
+#[test]
+fn a_local_node_cut_from_the_cluster_queues_and_delivers_in_order_after_heal() {
+    let c = Cluster::up("scn-local-cut", 3, 1);
+    let journal_dir = c.dir.join("journals");
+    let args = serde_json::json!({ "dir": journal_dir }).to_string();
+    c.ok(&[
+        "spawn", "ledger", "q", "--on", "r2", "--args", &args, "--via", "r1",
+    ]);
+    let tell = |v: u64| {
+        c.tether(&[
+            "tell",
+            "ledger/q",
+            &format!("{{\"append\": {v}}}"),
+            "--via",
+            "l1",
+        ])
+    };
+    let out = tell(0);
+    assert!(
+        out.status.success() && support::text(&out).contains("sent 1"),
+        "{}",
+        support::text(&out)
+    );
+
+    // cut l1 from every remote node: it goes offline, it is never downed
+    c.ok(&["partition", "--isolate", "l1"]);
+    let cut = Instant::now();
+    assert!(
+        c.wait_mode("l1", "offline", Duration::from_secs(10)),
+        "l1 offline"
+    );
+    let detect = secs(cut.elapsed());
+    for v in 1..=100 {
+        let out = tell(v);
+        let t = support::text(&out);
+        assert!(
+            out.status.success() && t.contains("queued 1 of 1"),
+            "tell {v}: {t}"
+        );
+    }
+    assert_eq!(outbox_of(&c, "l1"), (100, "offline".into()));
+
+    // the local node crashes and comes back, still cut off: its outbox is still there
+    c.kill("l1", libc::SIGKILL);
+    let seeds: Vec<String> = ["r1", "r2", "r3"].iter().map(|n| c.record(n).0).collect();
+    let _child = c.restart("l1", "local", &seeds);
+    assert!(
+        c.wait_mode("l1", "offline", Duration::from_secs(10)),
+        "l1 offline after restart"
+    );
+    assert_eq!(
+        outbox_of(&c, "l1").0,
+        100,
+        "the outbox survived kill -9 and restart"
+    );
+
+    // more work while still cut off, queued behind what survived the restart
+    for v in 101..=150 {
+        let out = tell(v);
+        assert!(out.status.success(), "tell {v}: {}", support::text(&out));
+    }
+    assert_eq!(outbox_of(&c, "l1").0, 150);
+    c.ok(&["heal"]);
+    let heal = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while outbox_of(&c, "l1").0 != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the outbox drains after heal: {:?}",
+            outbox_of(&c, "l1")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let drained = secs(heal.elapsed());
+    let got = applied_values(&c, "ledger/q");
+    let want: Vec<u64> = (0..=150).collect();
+    assert_eq!(got, want, "every queued tell delivered once, in order");
+    println!(
+        "scenario local-cut: queued 150 (100 before a kill -9 and restart of l1), delivered {} \
+         in order, lost 0, dup 0, offline after {detect:.2}s, drained {drained:.2}s after heal",
+        got.len() - 1
+    );
+}
+
+#[test]
+fn a_full_outbox_refuses_the_tell_and_keeps_what_it_holds() {
+    let c = Cluster::up_env("scn-outbox-full", 1, 1, &[("TETHER_OUTBOX_MAX", "5")]);
+    let args = serde_json::json!({ "dir": c.dir.join("journals") }).to_string();
+    c.ok(&[
+        "spawn", "ledger", "f", "--on", "r1", "--args", &args, "--via", "r1",
+    ]);
+    c.ok(&["partition", "--isolate", "l1"]);
+    assert!(
+        c.wait_mode("l1", "offline", Duration::from_secs(10)),
+        "l1 offline"
+    );
+    for v in 1..=5 {
+        c.ok(&[
+            "tell",
+            "ledger/f",
+            &format!("{{\"append\": {v}}}"),
+            "--via",
+            "l1",
+        ]);
+    }
+    let err = c.err(&["tell", "ledger/f", "{\"append\": 6}", "--via", "l1"]);
+    assert!(
+        err.contains("outbox is full") && err.contains("not queued"),
+        "{err}"
+    );
+    let err = c.err(&[
+        "tell",
+        "ledger/f",
+        "{\"append\": 7}",
+        "--via",
+        "l1",
+        "--repeat",
+        "2",
+    ]);
+    assert!(err.contains("outbox is full"), "{err}");
+    // asks are never queued: they fail at once with the reason
+    let err = c.err(&[
+        "ask",
+        "ledger/f",
+        "\"len\"",
+        "--via",
+        "l1",
+        "--timeout",
+        "2s",
+    ]);
+    assert!(
+        err.contains("unreachable") || err.contains("directory"),
+        "{err}"
+    );
+    assert_eq!(outbox_of(&c, "l1"), (5, "offline".into()));
+    c.ok(&["heal"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while outbox_of(&c, "l1").0 != 0 {
+        assert!(Instant::now() < deadline, "drains after heal");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(applied_values(&c, "ledger/f"), vec![1, 2, 3, 4, 5]);
+}
+
 fn op(agent: &str, value: u64, outcome: Outcome) -> jepsen::Op {
     jepsen::Op {
         agent: agent.into(),

@@ -176,6 +176,20 @@ pub enum AgentError {
         /// The current epoch.
         current: u64,
     },
+    /// The message was delivered before (same sender and sequence number): refused.
+    #[error("duplicate: {id} already received message {seq} from {sender}")]
+    Duplicate {
+        /// The target.
+        id: String,
+        /// The sender.
+        sender: String,
+        /// The message's number.
+        seq: u64,
+    },
+    /// The sending node keeps the message for later, but its outbox is full: the message
+    /// was not queued.
+    #[error("{0}")]
+    OutboxFull(String),
     /// The operation is not allowed (placement, sensitivity...).
     #[error("refused: {0}")]
     Refused(String),

@@ -6,8 +6,11 @@
 //! 2. the envelope's epoch is not older than the activation's (fencing: an old owner's
 //!    messages and commands are refused with [`AgentError::StaleEpoch`]);
 //! 3. the contract is the kind's;
-//! 4. the sender's sequence number is new: a number already seen is a duplicate and refused;
-//!    a number past `last + 1` is delivered and counted as a gap (something before it was lost).
+//! 4. the sender's sequence number is new: a number already seen is a duplicate and refused
+//!    ([`AgentError::Duplicate`]); a number past `last + 1` is delivered and counted as a gap
+//!    (something before it was lost). Numbers are `session << SESSION_SHIFT | n`: a sender's
+//!    node starts a new session (its incarnation) each time it starts, so its numbers keep
+//!    growing across restarts, and the first number of a newer session is not a gap.
 //!
 //! A supervised agent that fails is not forgotten: its slot goes *down* (restarting or backing
 //! off) and keeps what it needs to start again (kind, arguments, epoch). Messages that arrive
@@ -34,6 +37,14 @@ use crate::envelope::{Contract, Encoding, TraceContext};
 use crate::id::AgentId;
 use crate::kind::{AgentStats, Body, Call, ErasedKind, ExitHook, ReplyTx, SpawnSpec};
 use crate::placement::Placement;
+
+/// Sequence numbers are `session << SESSION_SHIFT | n`, `n` from 1 (see the module doc).
+pub const SESSION_SHIFT: u32 = 40;
+
+/// Whether `seq` is the first number of a newer session than `last`'s.
+fn starts_session(seq: u64, last: u64) -> bool {
+    seq >> SESSION_SHIFT > last >> SESSION_SHIFT && seq & ((1 << SESSION_SHIFT) - 1) == 1
+}
 
 /// Most messages kept for an agent while it restarts.
 pub const MAX_QUEUED_WHILE_DOWN: usize = 10_000;
@@ -621,12 +632,13 @@ impl Host {
             };
             if d.seq <= *last {
                 stats.duplicates.fetch_add(1, Ordering::Relaxed);
-                return Err(AgentError::Refused(format!(
-                    "duplicate: {} already delivered message {} from {}",
-                    d.target, d.seq, d.sender
-                )));
+                return Err(AgentError::Duplicate {
+                    id: d.target.to_string(),
+                    sender: d.sender.clone(),
+                    seq: d.seq,
+                });
             }
-            if d.seq != *last + 1 {
+            if d.seq != *last + 1 && !starts_session(d.seq, *last) {
                 stats.gaps.fetch_add(1, Ordering::Relaxed);
             }
             *last = d.seq;
@@ -889,12 +901,33 @@ mod tests {
             .unwrap();
         assert!(matches!(
             h.deliver(d("echo/e", 1), json(serde_json::json!(1)), None),
-            Err(AgentError::Refused(_))
+            Err(AgentError::Duplicate { seq: 1, .. })
         ));
         h.deliver(d("echo/e", 5), json(serde_json::json!(1)), None)
             .unwrap();
         let info = &h.list()[0];
         assert_eq!((info.received, info.duplicates, info.gaps), (2, 1, 1));
+    }
+
+    #[tokio::test]
+    async fn a_restarted_sender_starts_a_new_session_not_a_gap() {
+        let h = host();
+        start(&h, "echo/s", 1).await.unwrap();
+        let session = |s: u64, n: u64| s << SESSION_SHIFT | n;
+        for seq in [session(3, 1), session(3, 2), session(4, 1), session(4, 2)] {
+            h.deliver(d("echo/s", seq), json(serde_json::json!(1)), None)
+                .unwrap();
+        }
+        // a late message of the older session is a duplicate
+        assert!(matches!(
+            h.deliver(d("echo/s", session(3, 3)), json(serde_json::json!(1)), None),
+            Err(AgentError::Duplicate { .. })
+        ));
+        // a newer session that does not start at 1 lost its beginning: a gap
+        h.deliver(d("echo/s", session(5, 4)), json(serde_json::json!(1)), None)
+            .unwrap();
+        let info = &h.list()[0];
+        assert_eq!((info.received, info.duplicates, info.gaps), (5, 1, 1));
     }
 
     #[tokio::test]

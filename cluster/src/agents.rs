@@ -41,7 +41,11 @@
 //! those it sends leave the node. The checks run before any byte is written.
 
 pub mod directory;
+mod drain;
+pub mod outbox;
 pub mod protocol;
+
+pub use drain::{OutboxCounters, Sent};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
@@ -215,6 +219,17 @@ pub struct AgentSystem {
     /// waiting when it resumes, before its ticker can fence it.
     lease_until_ms: AtomicU64,
     born: std::time::Instant,
+    /// Added to every sequence number this node assigns: its incarnation, shifted (see
+    /// [`tether_actors::host::SESSION_SHIFT`]), so that numbers keep growing across restarts.
+    seq_base: u64,
+    /// A local node's outbox (remote nodes have none): tells for unreachable agents.
+    outbox: Option<std::sync::Mutex<outbox::Outbox>>,
+    /// Its depth, read without the lock on every tell.
+    outbox_depth: std::sync::atomic::AtomicUsize,
+    /// Wakes the drainer (membership changed).
+    outbox_wake: Arc<tokio::sync::Notify>,
+    outbox_delivered: AtomicU64,
+    outbox_dropped: AtomicU64,
 }
 
 impl std::fmt::Debug for AgentSystem {
@@ -245,7 +260,14 @@ pub struct AgentCounters {
 }
 
 impl AgentSystem {
-    pub(crate) fn new(me: &str, role: Role, host: Arc<Host>, sup: NodeSupervisor) -> Arc<Self> {
+    pub(crate) fn new(
+        me: &str,
+        (role, incarnation): (Role, u64),
+        host: Arc<Host>,
+        sup: NodeSupervisor,
+        outbox: Option<outbox::Outbox>,
+    ) -> Arc<Self> {
+        let depth = outbox.as_ref().map_or(0, outbox::Outbox::depth);
         let sys = Arc::new_cyclic(|myself| Self {
             me: me.to_owned(),
             role,
@@ -273,6 +295,12 @@ impl AgentSystem {
             reconcile: Arc::new(tokio::sync::Notify::new()),
             lease_until_ms: AtomicU64::new(u64::MAX),
             born: std::time::Instant::now(),
+            seq_base: incarnation << tether_actors::host::SESSION_SHIFT,
+            outbox: outbox.map(std::sync::Mutex::new),
+            outbox_depth: std::sync::atomic::AtomicUsize::new(depth),
+            outbox_wake: Arc::new(tokio::sync::Notify::new()),
+            outbox_delivered: AtomicU64::new(0),
+            outbox_dropped: AtomicU64::new(0),
         });
         let weak = Arc::downgrade(&sys);
         sys.host
@@ -425,6 +453,7 @@ impl AgentSystem {
     /// Asks the reconciler to run (membership changed: a node came up or was decided down).
     pub(crate) fn request_reconcile(&self) {
         self.reconcile.notify_one();
+        self.outbox_wake.notify_one();
     }
 
     /// Runs [`AgentSystem::reconcile_now`] whenever asked, until the node stops.
@@ -641,18 +670,18 @@ impl AgentSystem {
             // without allocating once the counter exists
             if let Some(mut n) = self.node_seqs.get_mut(target) {
                 *n += 1;
-                return *n;
+                return self.seq_base + *n;
             }
             let mut n = self.node_seqs.entry(target.clone()).or_insert(0);
             *n += 1;
-            return *n;
+            return self.seq_base + *n;
         }
         let mut e = self
             .seqs
             .entry((sender.to_owned(), target.clone()))
             .or_insert(0);
         *e += 1;
-        *e
+        self.seq_base + *e
     }
 
     /// The sender of a message sent now: the current agent, or this node.
@@ -1260,9 +1289,25 @@ impl AgentSystem {
         };
         self.routes
             .remove_if(&target, |_, r| matches!(r, Route::Local));
-        // the lookup failed: every queued message fails with its error
+        // the lookup failed: every queued message fails with its error, except tells that a
+        // local node keeps in its outbox because the cluster cannot be reached
         if let Err(e) = found {
+            let keep = self.outbox.is_some()
+                && matches!(
+                    e,
+                    AgentError::NodeUnreachable { .. }
+                        | AgentError::NoDirectory(_)
+                        | AgentError::Timeout { .. }
+                );
             for out in queued {
+                if keep && out.ask.is_none() {
+                    let (target, seq, trace) = (out.target.clone(), out.seq, out.trace);
+                    if let Err((e, _)) = self.queue(out) {
+                        self.tell_failures.fetch_add(1, Ordering::Relaxed);
+                        warn!(%target, seq, trace_id = %trace.trace_id_hex(), error = %e, "tell failed");
+                    }
+                    continue;
+                }
                 self.fail(out, e.clone());
             }
         }
@@ -1473,6 +1518,7 @@ impl AgentSystem {
         let id = self.next_req.fetch_add(1, Ordering::Relaxed);
         match &mut req {
             Request::Ask { req, .. }
+            | Request::Deliver { req, .. }
             | Request::Claim { req, .. }
             | Request::Lookup { req, .. }
             | Request::Activate { req, .. }
@@ -1622,6 +1668,7 @@ impl AgentSystem {
         if matches!(
             req,
             Request::Tell { .. }
+                | Request::Deliver { .. }
                 | Request::Ask { .. }
                 | Request::Claim { .. }
                 | Request::Activate { .. }
@@ -1638,6 +1685,10 @@ impl AgentSystem {
                     debug!(%peer, %target, %error, "tell refused");
                     let _ = tx.send(Response::TellFailed { target, seq, error });
                 }
+            }
+            Request::Deliver { req, env } => {
+                let result = self.deliver_envelope(env, None).map(|()| Answer::Delivered);
+                let _ = tx.send(Response::Done { req, result });
             }
             Request::Ask {
                 req,
@@ -1798,6 +1849,7 @@ impl AgentSystem {
                 error,
             }),
             Request::Ask { req, .. }
+            | Request::Deliver { req, .. }
             | Request::Claim { req, .. }
             | Request::Lookup { req, .. }
             | Request::Activate { req, .. }
@@ -1856,6 +1908,27 @@ impl AgentSystem {
     }
 }
 
+impl AgentSystem {
+    /// Tells `target`: sent now, or, on a local node that cannot reach it, kept in the outbox
+    /// (see [`drain`]).
+    ///
+    /// # Errors
+    /// Local-only rules, a full outbox ([`AgentError::OutboxFull`]); the body comes back.
+    pub fn tell_or_queue(
+        &self,
+        target: &AgentId,
+        body: Body,
+        contract: Contract,
+    ) -> Result<Sent, (AgentError, Body)> {
+        let out = self.outgoing(target, body, contract)?;
+        if self.must_queue(&out.target) {
+            return self.queue(out).map(|depth| Sent::Queued { depth });
+        }
+        self.route(out);
+        Ok(Sent::Now)
+    }
+}
+
 impl Router for AgentSystem {
     fn tell(
         &self,
@@ -1863,9 +1936,7 @@ impl Router for AgentSystem {
         body: Body,
         contract: Contract,
     ) -> Result<(), (AgentError, Body)> {
-        let out = self.outgoing(target, body, contract)?;
-        self.route(out);
-        Ok(())
+        self.tell_or_queue(target, body, contract).map(|_| ())
     }
 
     fn ask(
@@ -2010,6 +2081,7 @@ fn fail_request(sys: &AgentSystem, peer: &str, r: Request) {
             warn!(target = %env.target, seq = env.seq, trace_id = %env.trace.trace_id_hex(), error = %e, "tell failed");
         }
         Request::Ask { req, .. }
+        | Request::Deliver { req, .. }
         | Request::Claim { req, .. }
         | Request::Lookup { req, .. }
         | Request::Activate { req, .. }

@@ -16,13 +16,13 @@ use tracing::{info, warn};
 
 use tether_actors::envelope::CURRENT_TRACE;
 use tether_actors::{
-    Activation, AgentId, AgentInfo, Body, Contract, Placement, Router, TraceContext,
+    Activation, AgentError, AgentId, AgentInfo, Body, Contract, Placement, Router, TraceContext,
 };
 
 use tether_supervision::tree::NodeTree;
 use tether_supervision::{AgentPolicy, GroupSpec, Intensity, Strategy};
 
-use crate::agents::{AgentCounters, SpawnOptions, Target};
+use crate::agents::{AgentCounters, OutboxCounters, Sent, SpawnOptions, Target};
 use crate::certs::Identity;
 use crate::detector::PeerState;
 use crate::fault::FaultRule;
@@ -136,10 +136,16 @@ pub enum ControlResponse {
     Ok,
     /// An agent was spawned or found running.
     Spawned(Activation),
-    /// Tells were sent.
+    /// Tells were sent (or kept in the outbox of a local node that cannot reach the agent).
     Told {
         /// How many.
         count: u64,
+        /// How many of them wait in the outbox.
+        #[serde(default)]
+        queued: u64,
+        /// Messages in the outbox after them.
+        #[serde(default)]
+        outbox_depth: u64,
         /// The trace they share.
         trace_id: String,
     },
@@ -198,6 +204,9 @@ pub struct NodeStatus {
     /// or `offline` (a local node that reaches no remote node: its agents keep running).
     #[serde(default)]
     pub mode: NodeMode,
+    /// A local node's outbox: tells waiting for agents it cannot reach (remote nodes: none).
+    #[serde(default)]
+    pub outbox: Option<OutboxCounters>,
 }
 
 /// A node's own standing in the cluster.
@@ -443,26 +452,49 @@ async fn tell(shared: &Arc<Shared>, id: &str, json: &str, repeat: u64) -> Contro
     let result: Result<ControlResponse, String> = async {
         let id = parse_id(id)?;
         let msg = parse_json(json, "the message")?;
-        // find the agent first, so that a tell to nothing is an error the operator sees
-        shared.agents.lookup(&id).await.map_err(|e| e.to_string())?;
+        // find the agent first, so that a tell to nothing is an error the operator sees; a
+        // local node that cannot reach the cluster queues instead (the outbox)
+        match shared.agents.lookup(&id).await {
+            Ok(_) => {}
+            Err(
+                AgentError::NodeUnreachable { .. }
+                | AgentError::NoDirectory(_)
+                | AgentError::Timeout { .. },
+            ) if shared.agents.outbox_counters().is_some() => {}
+            Err(e) => return Err(e.to_string()),
+        }
         let contract = contract_for(shared, &id);
         let root = TraceContext::new_root();
         let body = serde_json::to_vec(&msg).map_err(|e| e.to_string())?;
         let body = bytes::Bytes::from(body);
+        let (mut queued, mut depth) = (0u64, 0usize);
         CURRENT_TRACE.sync_scope(root, || {
-            for _ in 0..repeat {
-                Router::tell(
-                    shared.agents.as_ref(),
-                    &id,
-                    Body::Encoded(tether_actors::Encoding::Json, body.clone()),
-                    contract.clone(),
-                )
-                .map_err(|(e, _)| e.to_string())?;
+            for i in 0..repeat {
+                let sent = shared
+                    .agents
+                    .tell_or_queue(
+                        &id,
+                        Body::Encoded(tether_actors::Encoding::Json, body.clone()),
+                        contract.clone(),
+                    )
+                    .map_err(|(e, _)| {
+                        if i == 0 {
+                            e.to_string()
+                        } else {
+                            format!("{i} of {repeat} sent or queued; then: {e}")
+                        }
+                    })?;
+                if let Sent::Queued { depth: d } = sent {
+                    queued += 1;
+                    depth = d;
+                }
             }
             Ok::<(), String>(())
         })?;
         Ok(ControlResponse::Told {
             count: repeat,
+            queued,
+            outbox_depth: depth as u64,
             trace_id: root.trace_id_hex(),
         })
     }

@@ -38,6 +38,7 @@ use tracing::{debug, info, warn};
 use tether_actors::kind::ErasedKind;
 use tether_actors::{Agent, AgentError, AgentId, AgentRef, Body, Host};
 
+use crate::agents::outbox::{self, Outbox, OutboxError};
 use crate::agents::{AgentSystem, SpawnOptions, Target};
 use crate::certs::{CertDir, CertError};
 use crate::control::{NodeMode, NodeStatus, PeerStatus};
@@ -108,7 +109,13 @@ pub struct NodeConfig {
     pub kinds: Kinds,
     /// Budget of the node's root supervisor (past it, every agent of the node stops).
     pub root_intensity: tether_supervision::Intensity,
+    /// Most tells a local node keeps for agents it cannot reach (its outbox; remote nodes
+    /// have none). [`DEFAULT_OUTBOX_MAX`] unless set.
+    pub outbox_max: usize,
 }
+
+/// Default bound of a local node's outbox.
+pub const DEFAULT_OUTBOX_MAX: usize = outbox::DEFAULT_MAX;
 
 /// The agent kinds a node registers: what other nodes may spawn on it.
 #[derive(Clone, Default)]
@@ -181,6 +188,9 @@ pub enum NodeError {
         "listen address {0} is a wildcard; give --advertise with the address peers should dial"
     )]
     NeedAdvertise(SocketAddr),
+    /// A local node's outbox cannot be opened.
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
 }
 
 /// A live link to a peer.
@@ -357,7 +367,14 @@ impl Node {
         let sup = tether_supervision::NodeSupervisor::start(host.clone(), cfg.root_intensity)
             .await
             .map_err(NodeError::Ractor)?;
-        let agents = AgentSystem::new(&cfg.name, cfg.role, host, sup);
+        let outbox = match cfg.role {
+            Role::Local => Some(Outbox::open(
+                &cfg.node_dir.path().join(outbox::FILE_NAME),
+                cfg.outbox_max,
+            )?),
+            Role::Remote => None,
+        };
+        let agents = AgentSystem::new(&cfg.name, (cfg.role, incarnation), host, sup, outbox);
         let ractor = ractor_bridge::start_node_server(&me, &ca)
             .await
             .map_err(NodeError::Ractor)?;
@@ -397,6 +414,10 @@ impl Node {
         });
         shared.agents.attach(Arc::downgrade(&shared));
         tokio::spawn(AgentSystem::reconciler(
+            Arc::downgrade(&shared.agents),
+            shared.shutdown.subscribe(),
+        ));
+        tokio::spawn(AgentSystem::drainer(
             Arc::downgrade(&shared.agents),
             shared.shutdown.subscribe(),
         ));
@@ -723,6 +744,7 @@ impl Shared {
                 .count() as u64,
             agent_counters: self.agents.counters(),
             mode: self.mode(),
+            outbox: self.agents.outbox_counters(),
         }
     }
 
@@ -961,7 +983,8 @@ fn resolve_split(shared: &Arc<Shared>, now: Instant) {
             .filter(|p| p.info.role == Role::Remote && !p.left)
             .map(|p| p.detector.state())
             .collect();
-        let offline = !remotes.is_empty() && !remotes.contains(&PeerState::Up);
+        // also offline before it met any remote node (a restart while cut off)
+        let offline = !remotes.contains(&PeerState::Up);
         let mode = if offline {
             NodeMode::Offline
         } else {

@@ -200,8 +200,21 @@ pub(crate) async fn tell(a: TellArgs) -> anyhow::Result<ExitCode> {
         repeat: a.repeat,
     };
     match call(&f, req, CONTROL_TIMEOUT + Duration::from_secs(60)).await? {
-        ControlResponse::Told { count, trace_id } => {
-            println!("sent {count} message(s) to {} via {}", a.id, f.record.name);
+        ControlResponse::Told {
+            count,
+            queued,
+            outbox_depth,
+            trace_id,
+        } => {
+            if queued == 0 {
+                println!("sent {count} message(s) to {} via {}", a.id, f.record.name);
+            } else {
+                println!(
+                    "queued {queued} of {count} message(s) to {} in the outbox of {} (it cannot \
+                     reach the agent now; {outbox_depth} wait, delivered in order when it can)",
+                    a.id, f.record.name
+                );
+            }
             eprintln!("trace {trace_id}");
             Ok(ExitCode::SUCCESS)
         }

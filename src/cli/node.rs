@@ -36,6 +36,11 @@ pub(crate) struct NodeArgs {
     /// Seed of the fault layer's random generator (loss, jitter); random if not given.
     #[arg(long)]
     fault_seed: Option<u64>,
+    /// Local nodes: most tells kept on disk (nodes/NAME/outbox.log) for agents the node cannot
+    /// reach while it is offline; past it a tell fails with "outbox is full".
+    #[arg(long, env = "TETHER_OUTBOX_MAX", default_value_t = tether_cluster::node::DEFAULT_OUTBOX_MAX,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    outbox_max: usize,
     #[command(flatten)]
     state: StateDirArg,
 }
@@ -61,6 +66,7 @@ pub(crate) async fn run(a: NodeArgs) -> anyhow::Result<ExitCode> {
         fault_seed,
         kinds: Kinds::builtin(),
         root_intensity: tether_supervision::Intensity::node_root(),
+        outbox_max: a.outbox_max,
     };
     let node = match cfg.role {
         Role::Local => tether_node_local::start(cfg).await?,

@@ -56,6 +56,7 @@ pub(crate) async fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
         "UPTIME".into(),
         "STATE".into(),
         "MODE".into(),
+        "OUTBOX".into(),
     ]];
     for (f, s) in found.iter().zip(&sts) {
         let r = &f.record;
@@ -69,6 +70,8 @@ pub(crate) async fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
                 human_ms(s.uptime_ms),
                 "running".into(),
                 s.mode.to_string(),
+                s.outbox
+                    .map_or_else(|| "-".into(), |o| format!("{}/{}", o.depth, o.max)),
             ]),
             Err(e) => rows.push(vec![
                 r.name.clone(),
@@ -78,6 +81,7 @@ pub(crate) async fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
                 r.incarnation.to_string(),
                 "-".into(),
                 e.clone(),
+                "-".into(),
                 "-".into(),
             ]),
         }

@@ -48,6 +48,14 @@ pub enum Request {
         /// The message.
         env: Envelope,
     },
+    /// A tell that is answered once the message is in the agent's mailbox (the outbox of a
+    /// local node delivers with it, and removes a message only when it is answered).
+    Deliver {
+        /// Request id.
+        req: u64,
+        /// The message.
+        env: Envelope,
+    },
     /// Request and reply.
     Ask {
         /// Request id.
@@ -179,6 +187,8 @@ pub enum Answer {
         /// Its bytes.
         body: Bytes,
     },
+    /// A `Deliver` reached the agent's mailbox.
+    Delivered,
     /// A claim's or activation's result.
     Activation(Activation),
     /// A lookup's or probe's result.

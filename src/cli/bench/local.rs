@@ -90,6 +90,7 @@ pub(super) async fn node_in(
             max_restarts: 1_000_000,
             within: Duration::from_secs(1),
         },
+        outbox_max: tether_cluster::node::DEFAULT_OUTBOX_MAX,
     })
     .await?)
 }
