@@ -35,7 +35,7 @@ use tracing::{info, warn};
 use crate::agent::AgentError;
 use crate::envelope::{Contract, Encoding, TraceContext};
 use crate::id::AgentId;
-use crate::kind::{AgentStats, Body, Call, ErasedKind, ExitHook, ReplyTx, SpawnSpec};
+use crate::kind::{AgentStats, Body, Call, ErasedKind, ExitHook, Gate, ReplyTx, SpawnSpec};
 use crate::placement::Placement;
 
 /// Sequence numbers are `session << SESSION_SHIFT | n`, `n` from 1 (see the module doc).
@@ -183,6 +183,7 @@ pub struct Host {
     failed: DashMap<AgentId, (u64, String)>,
     activating: DashMap<AgentId, Arc<Mutex<()>>>,
     exit_listener: std::sync::OnceLock<ExitHook>,
+    gate: std::sync::OnceLock<Gate>,
     me: Weak<Host>,
 }
 
@@ -217,6 +218,7 @@ impl Host {
             failed: DashMap::new(),
             activating: DashMap::new(),
             exit_listener: std::sync::OnceLock::new(),
+            gate: std::sync::OnceLock::new(),
             me: me.clone(),
         })
     }
@@ -230,6 +232,12 @@ impl Host {
     /// forgot it). Returns false if one was registered already.
     pub fn set_exit_listener(&self, f: ExitHook) -> bool {
         self.exit_listener.set(f).is_ok()
+    }
+
+    /// Registers the [`Gate`] every agent started from now on asks before each message.
+    /// Returns false if one was registered already.
+    pub fn set_gate(&self, g: Gate) -> bool {
+        self.gate.set(g).is_ok()
     }
 
     /// The kind names this node can host.
@@ -348,6 +356,7 @@ impl Host {
                 supervisor: spec.run.supervisor.clone(),
                 handler_timeout: spec.run.handler_timeout,
                 start_timeout: spec.run.start_timeout,
+                gate: self.gate.get().cloned(),
             })
             .await
     }

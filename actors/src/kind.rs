@@ -237,7 +237,15 @@ pub struct SpawnSpec {
     pub handler_timeout: Option<std::time::Duration>,
     /// `init` must finish within this.
     pub start_timeout: std::time::Duration,
+    /// Asked before each message is handled; a reason closes the door (see [`Gate`]).
+    pub gate: Option<Gate>,
 }
+
+/// Asked before each message reaches the handler: `Some(reason)` means the node must not act
+/// now (it was paused past its lease, or it is fenced), and the message is refused with the
+/// reason instead of handled. This catches what was already in a mailbox when the node was
+/// paused (SIGSTOP, a VM freeze), which resumes before the node's ticker can fence it.
+pub type Gate = Arc<dyn Fn() -> Option<String> + Send + Sync>;
 
 /// A boxed future, for the erased interface.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -311,6 +319,7 @@ impl<A: Agent> ErasedKind for KindImpl<A> {
                 behaviour,
                 local_only: spec.local_only,
                 handler_timeout: spec.handler_timeout,
+                gate: spec.gate,
             };
             let args = (ctx, args, spec.on_exit, spec.stats);
             let start = async {
@@ -338,6 +347,7 @@ struct AgentActor<A> {
     behaviour: Arc<A>,
     local_only: bool,
     handler_timeout: Option<std::time::Duration>,
+    gate: Option<Gate>,
 }
 
 impl<A> AgentActor<A> {
@@ -400,6 +410,13 @@ impl<A: Agent> Actor for AgentActor<A> {
         st: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         st.stats.queued.fetch_sub(1, Ordering::Relaxed);
+        if let Some(reason) = self.gate.as_ref().and_then(|g| g()) {
+            warn!(id = %st.ctx.id, trace_id = %call.trace.trace_id_hex(), %reason, "message refused before its handler");
+            if let Some(r) = call.reply {
+                let _ = r.send(Err(AgentError::Refused(reason)));
+            }
+            return Ok(());
+        }
         let like = call.body.encoding();
         let msg: A::Msg = match call.body.decode() {
             Ok(m) => m,

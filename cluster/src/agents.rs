@@ -203,8 +203,8 @@ pub struct AgentSystem {
     claim_locks: DashMap<AgentId, Arc<Mutex<()>>>,
     frames_in: AtomicU64,
     tell_failures: AtomicU64,
-    /// Set while the node is fenced (losing side of a split): no activation here.
-    fenced: std::sync::atomic::AtomicBool,
+    /// Fence and lease: whether this node may act now (shared with the host's gate).
+    standing: Arc<Standing>,
     failovers: AtomicU64,
     unavailable: AtomicU64,
     /// Activations a fence stopped, reported to their owners when the fence is lifted.
@@ -214,11 +214,6 @@ pub struct AgentSystem {
     quarantined_n: std::sync::atomic::AtomicUsize,
     /// Wakes the reconciler (membership changed).
     reconcile: Arc<tokio::sync::Notify>,
-    /// Until when (ms after `born`) this node may serve requests from peers: renewed by every
-    /// tick of the node. A node that was paused past it (SIGSTOP) refuses what it finds
-    /// waiting when it resumes, before its ticker can fence it.
-    lease_until_ms: AtomicU64,
-    born: std::time::Instant,
     /// Added to every sequence number this node assigns: its incarnation, shifted (see
     /// [`tether_actors::host::SESSION_SHIFT`]), so that numbers keep growing across restarts.
     seq_base: u64,
@@ -238,6 +233,39 @@ impl std::fmt::Debug for AgentSystem {
             .field("me", &self.me)
             .field("host", &self.host)
             .finish()
+    }
+}
+
+/// Whether this node may act now: not fenced, and its lease (renewed by every tick of the
+/// node) not past. A node that was paused past its lease (SIGSTOP, a VM freeze) refuses what
+/// it finds waiting when it resumes, before its ticker can fence it: requests from peers, and
+/// (through the host's gate, asked before each handler call) messages already in mailboxes.
+#[derive(Debug)]
+struct Standing {
+    me: String,
+    /// Set while the node is fenced (losing side of a split): no activation here.
+    fenced: std::sync::atomic::AtomicBool,
+    /// Until when (ms after `born`) this node may act.
+    lease_until_ms: AtomicU64,
+    born: std::time::Instant,
+}
+
+impl Standing {
+    fn refusal(&self) -> Option<String> {
+        if self.fenced.load(Ordering::SeqCst) {
+            return Some(format!(
+                "node {} is fenced (on the losing side of a split); it hosts no agent",
+                self.me
+            ));
+        }
+        let until = self.lease_until_ms.load(Ordering::Relaxed);
+        if until != u64::MAX && self.born.elapsed().as_millis() as u64 > until {
+            return Some(format!(
+                "node {} was paused past its lease; it refuses work until it has fenced",
+                self.me
+            ));
+        }
+        None
     }
 }
 
@@ -286,15 +314,18 @@ impl AgentSystem {
             claim_locks: DashMap::new(),
             frames_in: AtomicU64::new(0),
             tell_failures: AtomicU64::new(0),
-            fenced: std::sync::atomic::AtomicBool::new(false),
+            standing: Arc::new(Standing {
+                me: me.to_owned(),
+                fenced: std::sync::atomic::AtomicBool::new(false),
+                lease_until_ms: AtomicU64::new(u64::MAX),
+                born: std::time::Instant::now(),
+            }),
             failovers: AtomicU64::new(0),
             unavailable: AtomicU64::new(0),
             evicted: std::sync::Mutex::new(Vec::new()),
             quarantined: DashMap::new(),
             quarantined_n: std::sync::atomic::AtomicUsize::new(0),
             reconcile: Arc::new(tokio::sync::Notify::new()),
-            lease_until_ms: AtomicU64::new(u64::MAX),
-            born: std::time::Instant::now(),
             seq_base: incarnation << tether_actors::host::SESSION_SHIFT,
             outbox: outbox.map(std::sync::Mutex::new),
             outbox_depth: std::sync::atomic::AtomicUsize::new(depth),
@@ -302,6 +333,10 @@ impl AgentSystem {
             outbox_delivered: AtomicU64::new(0),
             outbox_dropped: AtomicU64::new(0),
         });
+        if role == Role::Remote {
+            let standing = sys.standing.clone();
+            sys.host.set_gate(Arc::new(move || standing.refusal()));
+        }
         let weak = Arc::downgrade(&sys);
         sys.host
             .set_exit_listener(Arc::new(move |id, epoch, reason| {
@@ -346,7 +381,7 @@ impl AgentSystem {
         a: AddAgent,
         group: Option<&str>,
     ) -> Result<Activation, AgentError> {
-        if self.fenced.load(Ordering::Relaxed) {
+        if self.standing.fenced.load(Ordering::Relaxed) {
             return Err(AgentError::Refused(format!(
                 "node {} is fenced (on the losing side of a split); it activates no agent \
                  until it sees every remote node again",
@@ -361,7 +396,7 @@ impl AgentSystem {
     /// owners, which place them again unless a newer activation exists (the other side
     /// failed them over while this node was cut off).
     pub(crate) fn set_fenced(&self, on: bool) {
-        let was = self.fenced.swap(on, Ordering::SeqCst);
+        let was = self.standing.fenced.swap(on, Ordering::SeqCst);
         if was && !on {
             let evicted = std::mem::take(
                 &mut *self
@@ -387,32 +422,20 @@ impl AgentSystem {
     }
 
     fn is_fenced(&self) -> bool {
-        self.fenced.load(Ordering::SeqCst)
+        self.standing.fenced.load(Ordering::SeqCst)
     }
 
     /// Renews the lease: requests from peers are served for `lease` from now.
     pub(crate) fn renew_lease(&self, lease: Duration) {
-        let until = self.born.elapsed() + lease;
-        self.lease_until_ms
+        let until = self.standing.born.elapsed() + lease;
+        self.standing
+            .lease_until_ms
             .store(until.as_millis() as u64, Ordering::Relaxed);
     }
 
     /// Why requests that act (deliveries, activations, claims) are refused now, if they are.
     fn not_serving(&self) -> Option<AgentError> {
-        if self.is_fenced() {
-            return Some(AgentError::Refused(format!(
-                "node {} is fenced (on the losing side of a split); it hosts no agent",
-                self.me
-            )));
-        }
-        let now = self.born.elapsed().as_millis() as u64;
-        if now > self.lease_until_ms.load(Ordering::Relaxed) {
-            return Some(AgentError::Refused(format!(
-                "node {} was paused past its lease; it refuses work until it has fenced",
-                self.me
-            )));
-        }
-        None
+        self.standing.refusal().map(AgentError::Refused)
     }
 
     /// Stops every hosted agent for good: the node is fenced, and the winning side of the

@@ -15,8 +15,12 @@
 //! - acknowledged but lost: an `ok` operation that no activation applied;
 //! - applied twice: an entry applied more than once (by one activation or two);
 //! - concurrent activations: at the moment an activation applied an entry, how many
-//!   activations of that agent were alive and running (started, not stopped, not killed, not
-//!   paused). More than one means two instances acted at once.
+//!   activations of that agent were *acting*: alive and running (started, not stopped, not
+//!   killed, not paused) and still to apply an entry at or after that moment. More than one
+//!   means two instances acted at once: the new one applied while the old one, running, was
+//!   still to apply something (or the other way round). An old activation that only lingers
+//!   after its last entry (a resumed zombie refusing everything until its fence stops it) is
+//!   alive but not acting; the alive overlap below reports it.
 //! - also reported: attempted / ok / fail / unknown, `fail` operations that did apply (a wrong
 //!   error), the most activations of one agent whose lifetimes overlapped at all (alive, even
 //!   if idle: a paused node's activations resume until their fence stops them), and the
@@ -25,12 +29,11 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::{Cluster, TETHER};
+use super::Cluster;
 
 /// Milliseconds since the Unix epoch (the journals' clock).
 pub fn now_ms() -> u64 {
@@ -290,15 +293,31 @@ pub fn check(ops: &[Op], j: &Journals, outages: &[Outage], end_ms: u64) -> Repor
         .filter(|(_, n)| **n > 1)
         .map(|((a, v), n)| ((*a).to_owned(), *v, *n))
         .collect();
+    // each activation's last application: after it, an activation that is still alive only
+    // exists (a resumed zombie waiting for its fence), it does not act
+    let mut last: BTreeMap<(&str, &str, u64), u64> = BTreeMap::new();
+    for a in &j.applied {
+        let l = last
+            .entry((a.agent.as_str(), a.node.as_str(), a.epoch))
+            .or_insert(0);
+        *l = (*l).max(a.at_ms);
+    }
     let mut spans: BTreeMap<&str, Vec<(u64, u64)>> = BTreeMap::new();
+    let mut acting_spans: BTreeMap<&str, Vec<(u64, u64)>> = BTreeMap::new();
     for a in &j.activations {
-        spans
-            .entry(a.agent.as_str())
-            .or_default()
-            .extend(running_spans(a, outages, end_ms));
+        let running = running_spans(a, outages, end_ms);
+        if let Some(l) = last.get(&(a.agent.as_str(), a.node.as_str(), a.epoch)) {
+            acting_spans.entry(a.agent.as_str()).or_default().extend(
+                running
+                    .iter()
+                    .filter(|(s, _)| s <= l)
+                    .map(|(s, e)| (*s, (*e).min(*l))),
+            );
+        }
+        spans.entry(a.agent.as_str()).or_default().extend(running);
     }
     for a in &j.applied {
-        let acting = spans.get(a.agent.as_str()).map_or(0, |v| {
+        let acting = acting_spans.get(a.agent.as_str()).map_or(0, |v| {
             v.iter()
                 .filter(|(s, e)| *s <= a.at_ms && a.at_ms <= *e)
                 .count()
@@ -366,13 +385,13 @@ impl Workload {
             .map(|agent| {
                 let (agent, stop, ops, next) =
                     (agent.clone(), stop.clone(), ops.clone(), next.clone());
-                let (dir, via) = (c.dir.clone(), via.to_owned());
+                let (dir, via, prefix) = (c.dir.clone(), via.to_owned(), c.prefix.clone());
                 std::thread::spawn(move || {
                     while !stop.load(Ordering::Relaxed) {
                         let value = next.fetch_add(1, Ordering::Relaxed);
                         let msg = format!("{{\"append\": {value}}}");
                         let start_ms = now_ms();
-                        let out = Command::new(TETHER)
+                        let out = super::tether_command(&prefix)
                             .args(["ask", &agent, &msg, "--via", &via, "--timeout", "3s"])
                             .arg("--state-dir")
                             .arg(&dir)
@@ -410,6 +429,15 @@ impl Workload {
             outages: Vec::new(),
             timings: BTreeMap::new(),
         }
+    }
+
+    /// Waits until every ledger acknowledges an operation begun after `since_ms`, and records
+    /// how long that took as `failover`.
+    pub fn record_failover(&mut self, since_ms: u64) {
+        let failover = self
+            .until_all_serve(since_ms, Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("every ledger serves again:\n{}", self.last_errors()));
+        self.timings.insert("failover".into(), failover);
     }
 
     /// Lets the workload run for `d` (the scenario's observation window).
@@ -489,4 +517,46 @@ impl Workload {
         r.timings = self.timings;
         r
     }
+}
+
+/// Ledger keys, the first owned by `owner` in a 3-remote cluster (so that losing `owner`
+/// also loses the directory entry, which its backup must fail over), the second not.
+pub fn keys(owner: &str) -> (String, String) {
+    let owned = |k: &String| {
+        tether_cluster::agents::directory::owner(&format!("ledger/{k}"), ["r1", "r2", "r3"])
+            == Some(owner)
+    };
+    let all: Vec<String> = (0..).map(|i| format!("k{i}")).take(50).collect();
+    let a = all
+        .iter()
+        .find(|k| owned(k))
+        .expect("a key owned there")
+        .clone();
+    let b = all
+        .iter()
+        .find(|k| !owned(k))
+        .expect("a key owned elsewhere")
+        .clone();
+    (a, b)
+}
+
+/// Asserts the verdict and prints the scenario line.
+pub fn conclude(name: &str, r: &Report) {
+    println!("{}", r.line(name));
+    if let Err(e) = r.verdict() {
+        panic!("scenario {name}: {e}");
+    }
+    assert!(r.ok > 0, "scenario {name}: nothing was acknowledged");
+}
+
+/// The values one ledger's journals (under `state_dir/journals`) hold, in the order they were
+/// applied.
+pub fn applied_values(state_dir: &Path, agent: &str) -> Vec<u64> {
+    let mut applied: Vec<Applied> = read_journals(&state_dir.join("journals"), "ledger")
+        .applied
+        .into_iter()
+        .filter(|a| a.agent == agent)
+        .collect();
+    applied.sort_by_key(|a| (a.epoch, a.at_ms));
+    applied.into_iter().map(|a| a.value).collect()
 }

@@ -25,6 +25,8 @@ pub fn state_dir(tag: &str) -> PathBuf {
 /// A cluster started with `tether up --detach`; stopped and removed on drop.
 pub struct Cluster {
     pub dir: PathBuf,
+    /// What every `tether` command of this cluster runs under (e.g. `ip netns exec NS`).
+    pub prefix: Vec<String>,
 }
 
 impl Cluster {
@@ -35,7 +37,10 @@ impl Cluster {
     /// `up` with extra environment for the node processes (e.g. RUST_LOG).
     pub fn up_env(tag: &str, remote: usize, local: usize, env: &[(&str, &str)]) -> Cluster {
         let dir = state_dir(tag);
-        let c = Cluster { dir };
+        let c = Cluster {
+            dir,
+            prefix: Vec::new(),
+        };
         let out = Command::new(TETHER)
             .args([
                 "up",
@@ -74,7 +79,12 @@ impl Cluster {
 
     /// Runs `tether ARGS --state-dir DIR`.
     pub fn tether(&self, args: &[&str]) -> Output {
-        run_tether(args, &self.dir)
+        tether_command(&self.prefix)
+            .args(args)
+            .arg("--state-dir")
+            .arg(&self.dir)
+            .output()
+            .expect("run tether")
     }
 
     /// Runs `tether ARGS` and asserts success; returns stdout.
@@ -147,7 +157,7 @@ impl Cluster {
     /// Starts `tether node` for `name` again (same state dir, so same address and secret);
     /// returns once it printed its ready line.
     pub fn restart(&self, name: &str, role: &str, seeds: &[String]) -> std::process::Child {
-        spawn_node(&self.dir, name, role, None, seeds).0
+        spawn_node_under(&self.prefix, &self.dir, name, role, None, seeds).0
     }
 
     /// Node `name` in a status snapshot.
@@ -237,6 +247,18 @@ pub fn spawn_node(
     listen: Option<&str>,
     seeds: &[String],
 ) -> (std::process::Child, String) {
+    spawn_node_under(&[], dir, name, role, listen, seeds)
+}
+
+/// [`spawn_node`] under a command prefix (e.g. `ip netns exec NS`).
+pub fn spawn_node_under(
+    prefix: &[String],
+    dir: &Path,
+    name: &str,
+    role: &str,
+    listen: Option<&str>,
+    seeds: &[String],
+) -> (std::process::Child, String) {
     let node_dir = dir.join("nodes").join(name);
     std::fs::create_dir_all(&node_dir).unwrap();
     let log = std::fs::OpenOptions::new()
@@ -244,7 +266,7 @@ pub fn spawn_node(
         .append(true)
         .open(node_dir.join("node.log"))
         .unwrap();
-    let mut cmd = Command::new(TETHER);
+    let mut cmd = tether_command(prefix);
     cmd.args(["node", "--name", name, "--role", role, "--state-dir"])
         .arg(dir)
         .stdout(std::process::Stdio::piped())
@@ -269,6 +291,18 @@ pub fn spawn_node(
     (child, addr)
 }
 
+/// `tether`, run under `prefix` if it is not empty.
+pub fn tether_command(prefix: &[String]) -> Command {
+    match prefix.split_first() {
+        None => Command::new(TETHER),
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(TETHER);
+            c
+        }
+    }
+}
+
 pub fn run_tether(args: &[&str], dir: &Path) -> Output {
     Command::new(TETHER)
         .args(args)
@@ -287,3 +321,4 @@ pub fn text(out: &Output) -> String {
     )
 }
 pub mod jepsen;
+pub mod netns;
