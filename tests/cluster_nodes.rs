@@ -64,6 +64,23 @@ fn certs_init_then_nodes_with_seeds_form_a_cluster() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("tether certs init"), "{err}");
 
+    // a resolver margin too short to let the losing side fence first is refused
+    let out = Command::new(TETHER)
+        .args([
+            "node",
+            "--name",
+            "stranger",
+            "--sbr-down-margin",
+            "100ms",
+            "--state-dir",
+        ])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--sbr-down-margin at least 500ms"), "{err}");
+
     // an invalid name is refused before anything happens
     let out = certs_init("Bad_Name");
     assert!(!out.status.success());

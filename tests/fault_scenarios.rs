@@ -409,8 +409,8 @@ fn a_local_node_cut_from_the_cluster_queues_and_delivers_in_order_after_heal() {
     let want: Vec<u64> = (0..=150).collect();
     assert_eq!(got, want, "every queued tell delivered once, in order");
     println!(
-        "scenario local-cut: queued 150 (100 before a kill -9 and restart of l1), delivered {} \
-         in order, lost 0, dup 0, offline after {detect:.2}s, drained {drained:.2}s after heal",
+        "scenario local-cut: queued=150 (100 before a kill -9 and restart of l1) delivered={} \
+         in_order=yes lost=0 duplicates=0 offline={detect:.2}s drained={drained:.2}s",
         got.len() - 1
     );
     c.ok(&["down"]);
@@ -495,13 +495,14 @@ fn op(agent: &str, value: u64, outcome: Outcome) -> jepsen::Op {
 fn checker_finds_lost_duplicate_and_concurrent_activity() {
     let mut j = jepsen::Journals::default();
     jepsen::parse_journal(
-        "start 100\nop 1 110\nop 2 120\nop 2 130\nstop 200\n",
+        "start 100\nop 1 110\nop 2 120\nop 2 170\nstop 200\n",
         "ledger/a",
         "r1",
         1,
         &mut j,
     );
-    // a second activation that overlaps the first and applies while both run
+    // a second activation that applies (160) between two applications of the first (120,
+    // 170): both act at once
     jepsen::parse_journal("start 150\nop 4 160\n", "ledger/a", "r2", 2, &mut j);
     let ops = [
         op("ledger/a", 1, Outcome::Ok),

@@ -158,7 +158,7 @@ fn kernel_cut_of_the_local_node_queues_and_delivers_in_order_after_heal() {
         "every queued tell delivered once, in order"
     );
     println!(
-        "scenario kernel-local-cut: queued 100, delivered 100 in order, lost 0, dup 0, \
-         offline after {offline:.2}s, drained {drained:.2}s after heal"
+        "scenario kernel-local-cut: queued=100 delivered=100 in_order=yes lost=0 duplicates=0 \
+         offline={offline:.2}s drained={drained:.2}s"
     );
 }

@@ -41,7 +41,7 @@
 //! those it sends leave the node. The checks run before any byte is written.
 
 pub mod directory;
-mod drain;
+pub mod drain;
 pub mod outbox;
 pub mod protocol;
 

@@ -4,7 +4,7 @@
 //! machines it drives, written without I/O and tested on virtual time.
 //!
 //! Map of the crate:
-//! - [`identity`]: node names, roles, [`NodeInfo`](identity::NodeInfo), who dials whom.
+//! - [`identity`]: node names, roles, [`NodeInfo`], who dials whom.
 //! - [`certs`]: the cluster CA and node/operator certificates (rcgen), on disk.
 //! - [`tls`]: rustls configurations for mutual TLS; the peer's name comes from its certificate.
 //! - [`transport`]: quinn endpoints (keep-alive, idle timeout, keys from the node secret).
@@ -15,7 +15,8 @@
 //! - [`sbr`]: the split-brain resolver: keep-majority over remote nodes; fence or down (sans-IO).
 //! - [`statedir`]: what a node keeps on disk: secret, incarnation, `node.json`.
 //! - [`node`]: the running node: accept, dial, heartbeats, gossip, ractor_cluster bridge.
-//! - [`agents`]: the agent runtime: spawn by kind anywhere, route by id, the directory.
+//! - [`agents`]: the agent runtime: spawn by kind anywhere, route by id, the directory;
+//!   a local node's durable outbox ([`agents::outbox`]) for tells it cannot deliver yet.
 //! - [`control`]: the operator's control plane: status, waits, fault rules, agents, shutdown.
 
 pub mod agents;

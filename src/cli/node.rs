@@ -41,6 +41,17 @@ pub(crate) struct NodeArgs {
     #[arg(long, env = "TETHER_OUTBOX_MAX", default_value_t = tether_cluster::node::DEFAULT_OUTBOX_MAX,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     outbox_max: usize,
+    /// Remote nodes: how long the set of unreachable members must stay the same before the
+    /// split-brain resolver decides (the losing side fences then). Use the same value on every
+    /// remote node. Milliseconds, or with a unit (3s).
+    #[arg(long, env = "TETHER_SBR_STABLE_AFTER", default_value = "3s",
+          value_parser = super::agents::parse_timeout)]
+    sbr_stable_after: std::time::Duration,
+    /// Remote nodes: how much longer the winning side waits before it decides the others
+    /// down, so that the losing side has fenced first. Same value on every remote node.
+    #[arg(long, env = "TETHER_SBR_DOWN_MARGIN", default_value = "2s",
+          value_parser = super::agents::parse_timeout)]
+    sbr_down_margin: std::time::Duration,
     #[command(flatten)]
     state: StateDirArg,
 }
@@ -54,6 +65,15 @@ pub(crate) async fn run(a: NodeArgs) -> anyhow::Result<ExitCode> {
         .or_else(|| node_dir.last_addr())
         .unwrap_or_else(|| "127.0.0.1:0".parse().expect("literal address"));
     let fault_seed = a.fault_seed.unwrap_or_else(rand_seed);
+    if a.sbr_stable_after.is_zero() || a.sbr_down_margin < std::time::Duration::from_millis(500) {
+        anyhow::bail!(
+            "--sbr-stable-after must be more than 0 and --sbr-down-margin at least 500ms (the \
+             losing side must have fenced before the winning side downs it)"
+        );
+    }
+    let mut timing = Timing::default();
+    timing.sbr.stable_after = a.sbr_stable_after;
+    timing.sbr.down_margin = a.sbr_down_margin;
     let cfg = NodeConfig {
         name: a.name.clone(),
         role: a.role,
@@ -62,7 +82,7 @@ pub(crate) async fn run(a: NodeArgs) -> anyhow::Result<ExitCode> {
         seeds: a.seed,
         certs: CertDir::new(a.certs.unwrap_or_else(|| state_dir.clone())),
         node_dir,
-        timing: Timing::default(),
+        timing,
         fault_seed,
         kinds: Kinds::builtin(),
         root_intensity: tether_supervision::Intensity::node_root(),
