@@ -40,8 +40,14 @@ fn must(cmd: &str, args: &[&str]) {
     assert!(out.status.success(), "{cmd} {args:?}:\n{}", text(&out));
 }
 
-/// Why these tests cannot run here, if they cannot.
+/// Why these tests cannot run here, if they cannot (probed once per test process: the tests
+/// of one binary run in parallel).
 pub fn unavailable() -> Option<String> {
+    static PROBED: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    PROBED.get_or_init(probe).clone()
+}
+
+fn probe() -> Option<String> {
     // SAFETY: geteuid has no preconditions
     if unsafe { libc::geteuid() } != 0 {
         return Some("not root (network namespaces and nftables need it)".into());
@@ -51,7 +57,11 @@ pub fn unavailable() -> Option<String> {
             return Some(format!("`{tool}` is not installed (apt-get install {pkg})"));
         }
     }
-    let probe = format!("ttprobe{}", std::process::id());
+    let probe = format!(
+        "ttprobe{}x{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
     let out = run("ip", &["netns", "add", &probe]);
     if !out.status.success() {
         return Some(format!("cannot create a network namespace: {}", text(&out)));
