@@ -322,15 +322,6 @@ fn flapping_partitions_keep_every_invariant() {
 
 // ------------------------------------------------------------------ the checker itself
 
-fn outbox_of(c: &Cluster, node: &str) -> (u64, String) {
-    let st = c.status();
-    let n = Cluster::node(&st, node);
-    (
-        n["outbox"]["depth"].as_u64().unwrap_or(u64::MAX),
-        n["mode"].as_str().unwrap_or("?").to_owned(),
-    )
-}
-
 #[test]
 fn a_local_node_cut_from_the_cluster_queues_and_delivers_in_order_after_heal() {
     let c = Cluster::up("scn-local-cut", 3, 1);
@@ -371,7 +362,7 @@ fn a_local_node_cut_from_the_cluster_queues_and_delivers_in_order_after_heal() {
             "tell {v}: {t}"
         );
     }
-    assert_eq!(outbox_of(&c, "l1"), (100, "offline".into()));
+    assert_eq!(c.outbox("l1"), (100, "offline".into()));
 
     // the local node crashes and comes back, still cut off: its outbox is still there
     c.kill("l1", libc::SIGKILL);
@@ -382,7 +373,7 @@ fn a_local_node_cut_from_the_cluster_queues_and_delivers_in_order_after_heal() {
         "l1 offline after restart"
     );
     assert_eq!(
-        outbox_of(&c, "l1").0,
+        c.outbox("l1").0,
         100,
         "the outbox survived kill -9 and restart"
     );
@@ -392,18 +383,10 @@ fn a_local_node_cut_from_the_cluster_queues_and_delivers_in_order_after_heal() {
         let out = tell(v);
         assert!(out.status.success(), "tell {v}: {}", support::text(&out));
     }
-    assert_eq!(outbox_of(&c, "l1").0, 150);
+    assert_eq!(c.outbox("l1").0, 150);
     c.ok(&["heal"]);
     let heal = Instant::now();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while outbox_of(&c, "l1").0 != 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the outbox drains after heal: {:?}",
-            outbox_of(&c, "l1")
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    c.wait_outbox_empty("l1", Duration::from_secs(60));
     let drained = secs(heal.elapsed());
     let got = jepsen::applied_values(&c.dir, "ledger/q");
     let want: Vec<u64> = (0..=150).collect();
@@ -467,13 +450,9 @@ fn a_full_outbox_refuses_the_tell_and_keeps_what_it_holds() {
         err.contains("unreachable") || err.contains("directory"),
         "{err}"
     );
-    assert_eq!(outbox_of(&c, "l1"), (5, "offline".into()));
+    assert_eq!(c.outbox("l1"), (5, "offline".into()));
     c.ok(&["heal"]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while outbox_of(&c, "l1").0 != 0 {
-        assert!(Instant::now() < deadline, "drains after heal");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    c.wait_outbox_empty("l1", Duration::from_secs(30));
     assert_eq!(
         jepsen::applied_values(&c.dir, "ledger/f"),
         vec![1, 2, 3, 4, 5]

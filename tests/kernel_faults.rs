@@ -140,16 +140,7 @@ fn kernel_cut_of_the_local_node_queues_and_delivers_in_order_after_heal() {
     }
     let heal = Instant::now();
     net.heal();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let st = c.status();
-        let depth = support::Cluster::node(&st, "l1")["outbox"]["depth"].as_u64();
-        if depth == Some(0) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the outbox drains: {depth:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    c.wait_outbox_empty("l1", Duration::from_secs(60));
     let drained = secs(heal.elapsed());
     let got = jepsen::applied_values(&c.dir, "ledger/q");
     assert_eq!(

@@ -137,6 +137,33 @@ impl Cluster {
         out.status.success()
     }
 
+    /// A local node's outbox depth and its mode, from `status --json`.
+    pub fn outbox(&self, node: &str) -> (u64, String) {
+        let st = self.status();
+        let n = Self::node(&st, node);
+        (
+            n["outbox"]["depth"].as_u64().unwrap_or(u64::MAX),
+            n["mode"].as_str().unwrap_or("?").to_owned(),
+        )
+    }
+
+    /// Polls `status` (no node event reports the outbox) until `node`'s outbox is empty;
+    /// panics with the last depth past `timeout`.
+    pub fn wait_outbox_empty(&self, node: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (depth, mode) = self.outbox(node);
+            if depth == 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{node}'s outbox drains within {timeout:?}: {depth} left ({mode})"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// (addr, pid, incarnation) of a node from its node.json.
     pub fn record(&self, name: &str) -> (String, u32, u64) {
         let p = self.dir.join("nodes").join(name).join("node.json");
