@@ -179,6 +179,44 @@ fn an_isolated_remote_node_fences_and_its_agents_move() {
 }
 
 #[test]
+fn halves_of_five_remote_nodes_fence_the_two_and_move_their_agents() {
+    // r1,r2,r3 | r4,r5,l1: the three keep the majority and move the agents of r4 and r5;
+    // the clients go through r1 (l1 is on the minority side with the two fenced nodes)
+    let c = Cluster::up("scn-halves", 5, 1);
+    let mut w = Workload::start(&c, &[("h4", "r4"), ("h5", "r5"), ("h1", "r1")], "r1");
+    w.run_for(Duration::from_secs(2));
+    let out = c.ok(&["partition", "--halves"]);
+    assert!(out.starts_with("halves: r1,r2,r3 | r4,r5,l1"), "{out}");
+    let t = Instant::now();
+    let fault_ms = now_ms();
+    c.wait(
+        &["r1", "r2", "r3"],
+        &["r4", "r5"],
+        "unreachable",
+        Duration::from_secs(10),
+    )
+    .expect("the two unreachable");
+    w.timings.insert("detect".into(), secs(t.elapsed()));
+    for n in ["r4", "r5"] {
+        assert!(
+            c.wait_mode(n, "fenced", Duration::from_secs(15)),
+            "{n} fences"
+        );
+    }
+    c.wait(
+        &["r1", "r2", "r3"],
+        &["r4", "r5"],
+        "down",
+        Duration::from_secs(20),
+    )
+    .expect("the two decided down");
+    w.timings.insert("down".into(), secs(t.elapsed()));
+    w.record_failover(fault_ms);
+    let r = heal_and_finish(&c, w, Duration::from_secs(30), &["r4", "r5"]);
+    conclude("halves-5", &r);
+}
+
+#[test]
 fn a_one_way_partition_downs_the_node_nobody_hears() {
     let c = Cluster::up("scn-oneway", 3, 1);
     let (a, b) = keys("r3");
