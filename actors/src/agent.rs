@@ -10,6 +10,7 @@
 //! agent belongs in the reply type (`type Reply = Result<T, MyError>`).
 
 use std::future::Future;
+use std::sync::Arc;
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
@@ -25,9 +26,9 @@ pub type Failure = Box<dyn std::error::Error + Send + Sync>;
 pub struct Ctx {
     pub(crate) id: AgentId,
     pub(crate) epoch: u64,
-    pub(crate) node: String,
+    pub(crate) node: Arc<str>,
     pub(crate) trace: TraceContext,
-    pub(crate) sender: Option<String>,
+    pub(crate) sender: Option<Arc<str>>,
     pub(crate) seq: u64,
 }
 

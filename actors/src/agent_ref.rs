@@ -86,7 +86,7 @@ impl<A: Agent> AgentRef<A> {
 
     fn contract() -> Contract {
         Contract {
-            name: A::KIND.to_owned(),
+            name: A::KIND.into(),
             version: A::CONTRACT_VERSION,
         }
     }

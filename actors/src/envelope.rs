@@ -5,6 +5,7 @@
 //! a W3C trace context (one trace id across nodes), and the payload's contract and encoding.
 
 use std::fmt;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -24,8 +25,9 @@ pub enum Encoding {
 /// A contract: the name and version of a message schema.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Contract {
-    /// Name (the kind's name for agent messages).
-    pub name: String,
+    /// Name (the kind's name for agent messages); borrowed from the kind when sent from
+    /// here, so a send does not copy it.
+    pub name: std::borrow::Cow<'static, str>,
     /// Version.
     pub version: u32,
 }
@@ -33,6 +35,16 @@ pub struct Contract {
 impl fmt::Display for Contract {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}@{}", self.name, self.version)
+    }
+}
+
+/// A trace id shown as 32 hex digits (see [`TraceContext::trace_id_hex`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceIdHex(pub u128);
+
+impl fmt::Display for TraceIdHex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
     }
 }
 
@@ -74,9 +86,10 @@ impl TraceContext {
             .unwrap_or_else(|_| Self::new_root())
     }
 
-    /// The trace id as 32 hex digits, as it appears in logs.
-    pub fn trace_id_hex(&self) -> String {
-        format!("{:032x}", self.trace_id)
+    /// The trace id as 32 hex digits, as it appears in logs (formatted only when displayed:
+    /// a log line that is filtered out costs no allocation).
+    pub fn trace_id_hex(&self) -> TraceIdHex {
+        TraceIdHex(self.trace_id)
     }
 
     /// `traceparent` header text.
@@ -128,7 +141,7 @@ pub struct Envelope {
     /// The target's epoch as the sender knows it (0: any).
     pub epoch: u64,
     /// The sender: a node name, or `node/agent-id` when an agent sends.
-    pub sender: String,
+    pub sender: Arc<str>,
     /// Per sender and target, from 1, without gaps.
     pub seq: u64,
     /// Trace context.

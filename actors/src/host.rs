@@ -27,7 +27,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use dashmap::DashMap;
-use ractor::{ActorCell, ActorRef};
+use ractor::ActorCell;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 use tracing::{info, warn};
@@ -36,6 +36,7 @@ use crate::agent::AgentError;
 use crate::envelope::{Contract, Encoding, TraceContext};
 use crate::id::AgentId;
 use crate::kind::{AgentStats, Body, Call, ErasedKind, ExitHook, Gate, ReplyTx, SpawnSpec};
+use crate::mailbox::AgentActorRef;
 use crate::placement::Placement;
 
 /// Sequence numbers are `session << SESSION_SHIFT | n`, `n` from 1 (see the module doc).
@@ -86,7 +87,7 @@ struct Spec {
 /// A running agent.
 #[derive(Clone)]
 struct Hosted {
-    actor: ActorRef<Call>,
+    actor: AgentActorRef,
     spec: Spec,
     started: Instant,
     stats: Arc<AgentStats>,
@@ -164,8 +165,8 @@ pub struct Delivery {
     pub target: AgentId,
     /// Epoch the sender knows (0: any).
     pub epoch: u64,
-    /// Sender.
-    pub sender: String,
+    /// Sender (`node` or `node/agent-id`), shared rather than copied per message.
+    pub sender: Arc<str>,
     /// Sender's sequence number (0: unsequenced).
     pub seq: u64,
     /// Trace.
@@ -176,7 +177,7 @@ pub struct Delivery {
 
 /// The kinds a node can host and the agents it hosts.
 pub struct Host {
-    node: String,
+    node: Arc<str>,
     kinds: BTreeMap<String, Arc<dyn ErasedKind>>,
     agents: DashMap<AgentId, Hosted>,
     down: DashMap<AgentId, Down>,
@@ -208,7 +209,7 @@ impl Host {
     /// A host for node `node` with these kinds.
     pub fn new(node: &str, kinds: impl IntoIterator<Item = Arc<dyn ErasedKind>>) -> Arc<Self> {
         Arc::new_cyclic(|me| Self {
-            node: node.to_owned(),
+            node: node.into(),
             kinds: kinds
                 .into_iter()
                 .map(|k| (k.name().to_owned(), k))
@@ -255,7 +256,7 @@ impl Host {
             .cloned()
             .ok_or_else(|| AgentError::UnknownKind {
                 kind: name.to_owned(),
-                node: self.node.clone(),
+                node: self.node.to_string(),
                 registered: self.kinds().join(", "),
             })
     }
@@ -288,7 +289,7 @@ impl Host {
         if let Some(epoch) = self.epoch_of(&id) {
             return Ok(Activation {
                 id: id.clone(),
-                node: self.node.clone(),
+                node: self.node.to_string(),
                 epoch,
                 created: false,
             });
@@ -324,7 +325,7 @@ impl Host {
         info!(agent = %id, epoch, trace_id = %trace.trace_id_hex(), "agent activated");
         Ok(Activation {
             id,
-            node: self.node.clone(),
+            node: self.node.to_string(),
             epoch,
             created: true,
         })
@@ -336,7 +337,7 @@ impl Host {
         spec: &Spec,
         trace: TraceContext,
         stats: Arc<AgentStats>,
-    ) -> Result<ActorRef<Call>, AgentError> {
+    ) -> Result<AgentActorRef, AgentError> {
         let me = self.me.clone();
         let on_exit = Arc::new(move |id: &AgentId, epoch: u64, reason: Option<String>| {
             if let Some(host) = me.upgrade() {
@@ -468,7 +469,7 @@ impl Host {
                 );
                 for (d, body, reply) in queued {
                     let call = into_call(d, body, reply);
-                    if actor.send_message(call).is_err() {
+                    if actor.send(call).is_err() {
                         stats.queued.fetch_sub(1, Ordering::Relaxed);
                     }
                 }
@@ -536,12 +537,13 @@ impl Host {
         }
         let timeout = h.spec.run.shutdown_timeout;
         if h.actor
+            .actor()
             .stop_and_wait(Some("stopped by its supervisor".into()), Some(timeout))
             .await
             .is_err()
         {
             warn!(agent = %id, ?timeout, "agent did not stop in time; killed");
-            h.actor.kill();
+            h.actor.actor().kill();
         }
     }
 
@@ -555,21 +557,38 @@ impl Host {
         body: Body,
         reply: Option<ReplyTx>,
     ) -> Result<(), AgentError> {
+        self.try_deliver(d, body, reply).map_err(|(e, _)| e)
+    }
+
+    /// [`Host::deliver`], giving the reply sender back with the error (the caller answers
+    /// its asker with the error itself, with no task in between).
+    ///
+    /// # Errors
+    /// As [`Host::deliver`].
+    pub fn try_deliver(
+        &self,
+        d: Delivery,
+        body: Body,
+        reply: Option<ReplyTx>,
+    ) -> Result<(), (AgentError, Option<ReplyTx>)> {
         if let Some(h) = self.agents.get(&d.target) {
             return self.deliver_running(&h, d, body, reply);
         }
         if let Some(mut slot) = self.down.get_mut(&d.target) {
             let (spec, stats) = (slot.spec.clone(), slot.stats.clone());
-            self.check(&d, &spec, &stats)?;
+            if let Err(e) = self.check(&d, &spec, &stats) {
+                return Err((e, reply));
+            }
             let queue = slot
                 .queue
                 .get_mut()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             if queue.len() >= MAX_QUEUED_WHILE_DOWN {
-                return Err(AgentError::Refused(format!(
+                let e = AgentError::Refused(format!(
                     "{} is restarting and already holds {MAX_QUEUED_WHILE_DOWN} messages",
                     d.target
-                )));
+                ));
+                return Err((e, reply));
             }
             stats.received.fetch_add(1, Ordering::Relaxed);
             stats.queued.fetch_add(1, Ordering::Relaxed);
@@ -580,7 +599,7 @@ impl Host {
         if let Some(h) = self.agents.get(&d.target).map(|h| h.clone()) {
             return self.deliver_running(&h, d, body, reply);
         }
-        Err(match self.failed.get(&d.target) {
+        let e = match self.failed.get(&d.target) {
             Some(f) => AgentError::Failed {
                 id: d.target.to_string(),
                 reason: f.1.clone(),
@@ -588,7 +607,8 @@ impl Host {
             None => AgentError::NotFound {
                 id: d.target.to_string(),
             },
-        })
+        };
+        Err((e, reply))
     }
 
     fn deliver_running(
@@ -597,18 +617,21 @@ impl Host {
         d: Delivery,
         body: Body,
         reply: Option<ReplyTx>,
-    ) -> Result<(), AgentError> {
-        self.check(&d, &h.spec, &h.stats)?;
+    ) -> Result<(), (AgentError, Option<ReplyTx>)> {
+        if let Err(e) = self.check(&d, &h.spec, &h.stats) {
+            return Err((e, reply));
+        }
         h.stats.received.fetch_add(1, Ordering::Relaxed);
         h.stats.queued.fetch_add(1, Ordering::Relaxed);
         let target = d.target.clone();
         let call = into_call(d, body, reply);
-        h.actor.send_message(call).map_err(|_| {
+        h.actor.send(call).map_err(|call| {
             h.stats.queued.fetch_sub(1, Ordering::Relaxed);
-            AgentError::Failed {
+            let e = AgentError::Failed {
                 id: target.to_string(),
                 reason: "stopped".into(),
-            }
+            };
+            (e, call.reply)
         })
     }
 
@@ -635,7 +658,7 @@ impl Host {
                 .last_seq
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let last = match table.get_mut(d.sender.as_str()) {
+            let last = match table.get_mut(&*d.sender) {
                 Some(l) => l,
                 None => table.entry(d.sender.clone()).or_insert(0),
             };
@@ -643,7 +666,7 @@ impl Host {
                 stats.duplicates.fetch_add(1, Ordering::Relaxed);
                 return Err(AgentError::Duplicate {
                     id: d.target.to_string(),
-                    sender: d.sender.clone(),
+                    sender: d.sender.to_string(),
                     seq: d.seq,
                 });
             }
@@ -661,7 +684,7 @@ impl Host {
             |epoch, placement: Placement, status: &str, reason, uptime_ms, stats: &AgentStats| {
                 AgentInfo {
                     id: id.clone(),
-                    node: self.node.clone(),
+                    node: self.node.to_string(),
                     epoch,
                     placement,
                     status: status.to_owned(),
@@ -700,7 +723,7 @@ impl Host {
         }
         self.failed.get(id).map(|f| AgentInfo {
             id: id.clone(),
-            node: self.node.clone(),
+            node: self.node.to_string(),
             epoch: f.0,
             placement: Placement::default(),
             status: "failed".into(),
@@ -726,7 +749,7 @@ impl Host {
 
     /// The actor id of a running agent (its supervisor maps supervision events with it).
     pub fn actor_id(&self, id: &AgentId) -> Option<ractor::ActorId> {
-        self.agents.get(id).map(|h| h.actor.get_id())
+        self.agents.get(id).map(|h| h.actor.actor().get_id())
     }
 
     /// Placement labels of a hosted agent.
@@ -748,7 +771,7 @@ impl Host {
     /// Stops every agent (node shutdown).
     pub fn stop_all(&self) {
         for e in self.agents.iter() {
-            e.actor.stop(Some("node shutting down".into()));
+            e.actor.actor().stop(Some("node shutting down".into()));
         }
     }
 }

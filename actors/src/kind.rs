@@ -14,6 +14,7 @@
 //! ```
 
 use std::any::Any;
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -28,6 +29,7 @@ use tracing::{debug, warn, Instrument};
 use crate::agent::{Agent, AgentError, Ctx};
 use crate::envelope::{Contract, Encoding, TraceContext, CURRENT_TRACE};
 use crate::id::AgentId;
+use crate::mailbox::{AgentActorRef, Mailbox, Wake, BATCH};
 use crate::placement::Placement;
 
 /// A message or reply body.
@@ -182,14 +184,24 @@ pub struct Call {
     /// Its trace.
     pub trace: TraceContext,
     /// Who sent it.
-    pub sender: Option<String>,
+    pub sender: Option<Arc<str>>,
     /// The sender's sequence number.
     pub seq: u64,
     /// Where the reply goes (`ask`), or none (`tell`).
     pub reply: Option<ReplyTx>,
 }
 
-impl ractor::Message for Call {}
+impl std::fmt::Debug for Call {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Call")
+            .field("body", &self.body)
+            .field("trace_id", &self.trace.trace_id_hex())
+            .field("sender", &self.sender)
+            .field("seq", &self.seq)
+            .field("ask", &self.reply.is_some())
+            .finish()
+    }
+}
 
 /// Called once when an agent's actor ends: `None` for a clean stop, else the failure.
 pub type ExitHook = Arc<dyn Fn(&AgentId, u64, Option<String>) + Send + Sync>;
@@ -210,7 +222,7 @@ pub struct AgentStats {
     pub lost: AtomicU64,
     /// Last sequence number seen per sender (kept across restarts: the stats outlive an
     /// instance). Per agent, so a lookup by `&str` needs no allocation.
-    pub last_seq: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    pub last_seq: std::sync::Mutex<std::collections::HashMap<Arc<str>, u64>>,
 }
 
 /// What a node needs to start one agent.
@@ -220,7 +232,7 @@ pub struct SpawnSpec {
     /// Its activation epoch.
     pub epoch: u64,
     /// The hosting node's name.
-    pub node: String,
+    pub node: Arc<str>,
     /// Spawn arguments.
     pub args: Body,
     /// Trace of the spawn.
@@ -259,7 +271,7 @@ pub trait ErasedKind: Send + Sync {
     /// Placement labels for these spawn arguments (decoding them).
     fn placement(&self, args: Body) -> Result<(Placement, Body), AgentError>;
     /// Starts an agent; resolves when its `init` finished.
-    fn spawn(&self, spec: SpawnSpec) -> BoxFuture<'_, Result<ActorRef<Call>, AgentError>>;
+    fn spawn(&self, spec: SpawnSpec) -> BoxFuture<'_, Result<AgentActorRef, AgentError>>;
 }
 
 /// Erases agent kind `A`.
@@ -280,7 +292,7 @@ impl<A: Agent> ErasedKind for KindImpl<A> {
 
     fn contract(&self) -> Contract {
         Contract {
-            name: A::KIND.to_owned(),
+            name: A::KIND.into(),
             version: A::CONTRACT_VERSION,
         }
     }
@@ -296,7 +308,7 @@ impl<A: Agent> ErasedKind for KindImpl<A> {
         Ok((p, Body::encode(typed, like).map_err(bad)?))
     }
 
-    fn spawn(&self, spec: SpawnSpec) -> BoxFuture<'_, Result<ActorRef<Call>, AgentError>> {
+    fn spawn(&self, spec: SpawnSpec) -> BoxFuture<'_, Result<AgentActorRef, AgentError>> {
         let behaviour = self.behaviour.clone();
         Box::pin(async move {
             let id = spec.id.clone();
@@ -321,7 +333,8 @@ impl<A: Agent> ErasedKind for KindImpl<A> {
                 handler_timeout: spec.handler_timeout,
                 gate: spec.gate,
             };
-            let args = (ctx, args, spec.on_exit, spec.stats);
+            let mailbox = Arc::new(Mailbox::default());
+            let args = (ctx, args, spec.on_exit, spec.stats, mailbox.clone());
             let start = async {
                 match spec.supervisor {
                     Some(sup) => Actor::spawn_linked(None, actor, args, sup).await,
@@ -338,7 +351,7 @@ impl<A: Agent> ErasedKind for KindImpl<A> {
                     id: id.to_string(),
                     reason: format!("init failed: {e}"),
                 })?;
-            Ok(aref)
+            Ok(AgentActorRef::new(aref, mailbox))
         })
     }
 }
@@ -365,6 +378,16 @@ struct ActorState<A: Agent> {
     on_exit: ExitHook,
     exited: AtomicBool,
     stats: Arc<AgentStats>,
+    mailbox: Arc<Mailbox>,
+    /// Calls taken from the mailbox, not yet handled.
+    batch: VecDeque<Call>,
+}
+
+impl<A: Agent> Drop for ActorState<A> {
+    /// However the actor ends (stop, failure, kill), what waits in its mailbox goes with it.
+    fn drop(&mut self) {
+        self.mailbox.close();
+    }
 }
 
 impl<A: Agent> ActorState<A> {
@@ -376,14 +399,14 @@ impl<A: Agent> ActorState<A> {
 }
 
 impl<A: Agent> Actor for AgentActor<A> {
-    type Msg = Call;
+    type Msg = Wake;
     type State = ActorState<A>;
-    type Arguments = (Ctx, A::Args, ExitHook, Arc<AgentStats>);
+    type Arguments = (Ctx, A::Args, ExitHook, Arc<AgentStats>, Arc<Mailbox>);
 
     async fn pre_start(
         &self,
-        _me: ActorRef<Call>,
-        (ctx, args, on_exit, stats): Self::Arguments,
+        _me: ActorRef<Wake>,
+        (ctx, args, on_exit, stats, mailbox): Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         let span = tracing::info_span!("agent", id = %ctx.id, trace_id = %ctx.trace.trace_id_hex());
         let state = CURRENT_AGENT
@@ -400,14 +423,58 @@ impl<A: Agent> Actor for AgentActor<A> {
             on_exit,
             exited: AtomicBool::new(false),
             stats,
+            mailbox,
+            batch: VecDeque::new(),
         })
     }
 
+    /// Mail is waiting: handles at most [`BATCH`] calls, then wakes itself again if more may
+    /// wait, so that signals (stop, kill) and other actors get their turn (see [`mailbox`]).
+    ///
+    /// [`mailbox`]: crate::mailbox
     async fn handle(
         &self,
-        _me: ActorRef<Call>,
-        call: Call,
+        me: ActorRef<Wake>,
+        _: Wake,
         st: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if st.batch.is_empty() && !st.mailbox.take(&mut st.batch) {
+            return Ok(()); // idle now: the next post wakes this actor
+        }
+        for _ in 0..BATCH {
+            let Some(call) = st.batch.pop_front() else {
+                break;
+            };
+            self.handle_call(call, st).await?;
+        }
+        if st.batch.is_empty() && !st.mailbox.take(&mut st.batch) {
+            return Ok(()); // all handled and the mailbox is idle
+        }
+        // more waits and the mailbox stays armed: no sender wakes this actor meanwhile, it
+        // wakes itself after letting signals and other actors in
+        let _ = me.send_message(Wake);
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _me: ActorRef<Wake>,
+        st: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let ctx = st.ctx.clone();
+        self.behaviour.on_stop(&ctx, &mut st.state).await;
+        st.exit(None);
+        Ok(())
+    }
+}
+
+impl<A: Agent> AgentActor<A> {
+    /// Handles one message: the gate, decoding, the handler (under the agent's trace), the
+    /// reply. An error fails the agent.
+    async fn handle_call(
+        &self,
+        call: Call,
+        st: &mut ActorState<A>,
     ) -> Result<(), ActorProcessingErr> {
         st.stats.queued.fetch_sub(1, Ordering::Relaxed);
         if let Some(reason) = self.gate.as_ref().and_then(|g| g()) {
@@ -436,15 +503,17 @@ impl<A: Agent> Actor for AgentActor<A> {
         st.ctx.seq = call.seq;
         let span =
             tracing::info_span!("agent", id = %st.ctx.id, trace_id = %call.trace.trace_id_hex());
-        let ctx = st.ctx.clone();
-        let origin = self.origin(&ctx);
+        let origin = self.origin(&st.ctx);
         let deadline = self.handler_timeout;
+        // borrow the context and the state apart: no per-message copy of the context
+        let ActorState { state, ctx, .. } = &mut *st;
+        let ctx: &Ctx = ctx;
         let result = CURRENT_AGENT
             .scope(
                 origin,
                 CURRENT_TRACE.scope(call.trace, async {
                     debug!(seq = call.seq, sender = ?ctx.sender, "handling message");
-                    let handling = self.behaviour.handle(&ctx, &mut st.state, msg);
+                    let handling = self.behaviour.handle(ctx, state, msg);
                     match deadline {
                         None => handling.await.map_err(|e| (e.to_string(), None)),
                         Some(d) => match tokio::time::timeout(d, handling).await {
@@ -487,16 +556,5 @@ impl<A: Agent> Actor for AgentActor<A> {
                 Err(reason.into())
             }
         }
-    }
-
-    async fn post_stop(
-        &self,
-        _me: ActorRef<Call>,
-        st: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        let ctx = st.ctx.clone();
-        self.behaviour.on_stop(&ctx, &mut st.state).await;
-        st.exit(None);
-        Ok(())
     }
 }

@@ -9,6 +9,7 @@
 //!   operation on an agent returns (it travels on the wire).
 //! - [`envelope`]: envelopes (sender, sequence, epoch, W3C trace context, contract).
 //! - [`kind`]: erased kinds: decode, handle, encode; each agent is a ractor actor.
+//! - [`mailbox`]: an agent's mailbox, taken by its actor in batches.
 //! - [`host`]: the agents a node hosts; activation and the checks at delivery.
 //! - [`agent_ref`]: `AgentRef<A>`, the location-transparent handle, over a [`Router`].
 //! - [`builtin`]: `echo`, `counter`, `flaky`, `sleeper`.
@@ -22,6 +23,7 @@ pub mod envelope;
 pub mod host;
 pub mod id;
 pub mod kind;
+pub mod mailbox;
 pub mod placement;
 
 pub use agent::{Agent, AgentError, Ctx, Failure};

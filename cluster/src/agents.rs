@@ -106,7 +106,7 @@ struct Outgoing {
     target: AgentId,
     body: Body,
     contract: Contract,
-    sender: String,
+    sender: Arc<str>,
     seq: u64,
     trace: TraceContext,
     ask: Option<(oneshot::Sender<Result<Body, AgentError>>, Duration)>,
@@ -185,6 +185,8 @@ struct Pending {
 /// The agent runtime of one node.
 pub struct AgentSystem {
     me: String,
+    /// `me` as the sender of this node's own messages (shared, not copied per message).
+    me_sender: Arc<str>,
     role: Role,
     host: Arc<Host>,
     sup: NodeSupervisor,
@@ -298,6 +300,7 @@ impl AgentSystem {
         let depth = outbox.as_ref().map_or(0, outbox::Outbox::depth);
         let sys = Arc::new_cyclic(|myself| Self {
             me: me.to_owned(),
+            me_sender: me.into(),
             role,
             host,
             sup,
@@ -708,10 +711,10 @@ impl AgentSystem {
     }
 
     /// The sender of a message sent now: the current agent, or this node.
-    fn sender(&self) -> (String, bool) {
+    fn sender(&self) -> (Arc<str>, bool) {
         CURRENT_AGENT
-            .try_with(|o| (format!("{}/{}", self.me, o.id), o.local_only))
-            .unwrap_or_else(|_| (self.me.clone(), false))
+            .try_with(|o| (format!("{}/{}", self.me, o.id).into(), o.local_only))
+            .unwrap_or_else(|_| (self.me_sender.clone(), false))
     }
 
     // ---------------------------------------------------------------- spawning
@@ -1373,23 +1376,15 @@ impl AgentSystem {
                 }
             }
             Some((tx, _)) => {
-                let (rtx, rrx) = oneshot::channel();
-                match self.host.deliver(d, out.body, Some(rtx)) {
-                    Err(e) => {
-                        let stale =
-                            matches!(e, AgentError::NotFound { .. } | AgentError::Failed { .. });
+                // the agent answers the asker directly; if the instance fails with this
+                // message in its mailbox, the asker sees the reply dropped (see `ask`)
+                if let Err((e, tx)) = self.host.try_deliver(d, out.body, Some(tx)) {
+                    let stale =
+                        matches!(e, AgentError::NotFound { .. } | AgentError::Failed { .. });
+                    if let Some(tx) = tx {
                         let _ = tx.send(Err(e));
-                        return stale.then_some(out.target);
                     }
-                    Ok(()) => {
-                        let id = out.target.to_string();
-                        tokio::spawn(async move {
-                            let r = rrx
-                                .await
-                                .unwrap_or_else(|_| Err(lost_with_failed_instance(id)));
-                            let _ = tx.send(r);
-                        });
-                    }
+                    return stale.then_some(out.target);
                 }
             }
         }
@@ -1971,6 +1966,7 @@ impl Router for AgentSystem {
     ) -> BoxFuture<'static, Result<Body, AgentError>> {
         let out = self.outgoing(target, body, contract);
         let sys = self.arc();
+        let id = target.clone();
         Box::pin(async move {
             let mut out = out.map_err(|(e, _)| e)?;
             let (tx, rx) = oneshot::channel();
@@ -1978,7 +1974,9 @@ impl Router for AgentSystem {
             sys.route(out);
             match tokio::time::timeout(deadline, rx).await {
                 Ok(Ok(r)) => r,
-                Ok(Err(_)) => Err(AgentError::Internal("request abandoned".into())),
+                // every path answers an ask it gives up on, except the mailbox of a local
+                // instance that failed with the message still in it
+                Ok(Err(_)) => Err(lost_with_failed_instance(id.to_string())),
                 Err(_) => Err(AgentError::Timeout {
                     ms: deadline.as_millis() as u64,
                 }),

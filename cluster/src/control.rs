@@ -421,7 +421,7 @@ fn contract_for(shared: &Shared, id: &AgentId) -> Contract {
     match shared.agents.host().kind(id.kind()) {
         Ok(k) => k.contract(),
         Err(_) => Contract {
-            name: id.kind().to_owned(),
+            name: id.kind().to_owned().into(),
             version: 1,
         },
     }
@@ -495,7 +495,7 @@ async fn tell(shared: &Arc<Shared>, id: &str, json: &str, repeat: u64) -> Contro
             count: repeat,
             queued,
             outbox_depth: depth as u64,
-            trace_id: root.trace_id_hex(),
+            trace_id: root.trace_id_hex().to_string(),
         })
     }
     .await;
@@ -528,7 +528,7 @@ async fn ask(shared: &Arc<Shared>, id: &str, json: &str, timeout_ms: u64) -> Con
                     .to_json()
                     .map_err(|e| format!("reply is not JSON: {e}"))?
                     .to_string(),
-                trace_id: root.trace_id_hex(),
+                trace_id: root.trace_id_hex().to_string(),
             }),
             Err(e) => Err(format!("{e} (trace {})", root.trace_id_hex())),
         }
