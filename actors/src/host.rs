@@ -11,6 +11,9 @@
 //!    (something before it was lost). Numbers are `session << SESSION_SHIFT | n`: a sender's
 //!    node starts a new session (its incarnation) each time it starts, so its numbers keep
 //!    growing across restarts, and the first number of a newer session is not a gap.
+//!    A send from this very process ([`Delivery::in_process`]) skips this check: it is
+//!    handed over once, in order, and never resent (resends come from outboxes and peers,
+//!    which are checked).
 //!
 //! A supervised agent that fails is not forgotten: its slot goes *down* (restarting or backing
 //! off) and keeps what it needs to start again (kind, arguments, epoch). Messages that arrive
@@ -173,6 +176,9 @@ pub struct Delivery {
     pub trace: TraceContext,
     /// The payload's contract (None: typed local send, checked by the type system).
     pub contract: Option<Contract>,
+    /// Sent from this process and handed over once: no duplicate or gap check (see the
+    /// module doc).
+    pub in_process: bool,
 }
 
 /// The kinds a node can host and the agents it hosts.
@@ -468,7 +474,7 @@ impl Host {
                         .unwrap_or_else(std::sync::PoisonError::into_inner),
                 );
                 for (d, body, reply) in queued {
-                    let call = into_call(d, body, reply);
+                    let (_, call) = into_call(d, body, reply);
                     if actor.send(call).is_err() {
                         stats.queued.fetch_sub(1, Ordering::Relaxed);
                     }
@@ -623,8 +629,7 @@ impl Host {
         }
         h.stats.received.fetch_add(1, Ordering::Relaxed);
         h.stats.queued.fetch_add(1, Ordering::Relaxed);
-        let target = d.target.clone();
-        let call = into_call(d, body, reply);
+        let (target, call) = into_call(d, body, reply);
         h.actor.send(call).map_err(|call| {
             h.stats.queued.fetch_sub(1, Ordering::Relaxed);
             let e = AgentError::Failed {
@@ -653,7 +658,7 @@ impl Host {
                 });
             }
         }
-        if d.seq != 0 {
+        if d.seq != 0 && !d.in_process {
             let mut table = stats
                 .last_seq
                 .lock()
@@ -777,14 +782,15 @@ impl Host {
 }
 
 /// The actor message for a delivered message.
-fn into_call(d: Delivery, body: Body, reply: Option<ReplyTx>) -> Call {
-    Call {
+fn into_call(d: Delivery, body: Body, reply: Option<ReplyTx>) -> (AgentId, Call) {
+    let call = Call {
         body,
         trace: d.trace,
         sender: Some(d.sender),
         seq: d.seq,
         reply,
-    }
+    };
+    (d.target, call)
 }
 
 /// Milliseconds since the Unix epoch, for failure times in reports.
@@ -816,6 +822,7 @@ mod tests {
             seq,
             trace: TraceContext::new_root(),
             contract: None,
+            in_process: false,
         }
     }
 

@@ -441,12 +441,19 @@ impl<A: Agent> Actor for AgentActor<A> {
         if st.batch.is_empty() && !st.mailbox.take(&mut st.batch) {
             return Ok(()); // idle now: the next post wakes this actor
         }
-        for _ in 0..BATCH {
-            let Some(call) = st.batch.pop_front() else {
-                break;
-            };
-            self.handle_call(call, st).await?;
-        }
+        // the agent is the current one for the whole batch (its sends carry it as sender)
+        let origin = self.origin(&st.ctx);
+        CURRENT_AGENT
+            .scope(origin, async {
+                for _ in 0..BATCH {
+                    let Some(call) = st.batch.pop_front() else {
+                        break;
+                    };
+                    self.handle_call(call, st).await?;
+                }
+                Ok::<_, ActorProcessingErr>(())
+            })
+            .await?;
         if st.batch.is_empty() && !st.mailbox.take(&mut st.batch) {
             return Ok(()); // all handled and the mailbox is idle
         }
@@ -469,8 +476,8 @@ impl<A: Agent> Actor for AgentActor<A> {
 }
 
 impl<A: Agent> AgentActor<A> {
-    /// Handles one message: the gate, decoding, the handler (under the agent's trace), the
-    /// reply. An error fails the agent.
+    /// Handles one message: the gate, decoding, the handler (under the message's trace), the
+    /// reply. An error fails the agent. Runs inside the batch's `CURRENT_AGENT` scope.
     async fn handle_call(
         &self,
         call: Call,
@@ -503,33 +510,29 @@ impl<A: Agent> AgentActor<A> {
         st.ctx.seq = call.seq;
         let span =
             tracing::info_span!("agent", id = %st.ctx.id, trace_id = %call.trace.trace_id_hex());
-        let origin = self.origin(&st.ctx);
         let deadline = self.handler_timeout;
         // borrow the context and the state apart: no per-message copy of the context
         let ActorState { state, ctx, .. } = &mut *st;
         let ctx: &Ctx = ctx;
-        let result = CURRENT_AGENT
-            .scope(
-                origin,
-                CURRENT_TRACE.scope(call.trace, async {
-                    debug!(seq = call.seq, sender = ?ctx.sender, "handling message");
-                    let handling = self.behaviour.handle(ctx, state, msg);
-                    match deadline {
-                        None => handling.await.map_err(|e| (e.to_string(), None)),
-                        Some(d) => match tokio::time::timeout(d, handling).await {
-                            Ok(r) => r.map_err(|e| (e.to_string(), None)),
-                            // an overrunning handler is a failure of the agent; the asker
-                            // gets a timeout
-                            Err(_) => Err((
-                                format!("handler overran its {} ms deadline", d.as_millis()),
-                                Some(AgentError::Timeout {
-                                    ms: d.as_millis() as u64,
-                                }),
-                            )),
-                        },
-                    }
-                }),
-            )
+        let result = CURRENT_TRACE
+            .scope(call.trace, async {
+                debug!(seq = call.seq, sender = ?ctx.sender, "handling message");
+                let handling = self.behaviour.handle(ctx, state, msg);
+                match deadline {
+                    None => handling.await.map_err(|e| (e.to_string(), None)),
+                    Some(d) => match tokio::time::timeout(d, handling).await {
+                        Ok(r) => r.map_err(|e| (e.to_string(), None)),
+                        // an overrunning handler is a failure of the agent; the asker
+                        // gets a timeout
+                        Err(_) => Err((
+                            format!("handler overran its {} ms deadline", d.as_millis()),
+                            Some(AgentError::Timeout {
+                                ms: d.as_millis() as u64,
+                            }),
+                        )),
+                    },
+                }
+            })
             .instrument(span)
             .await;
         match result {

@@ -1364,6 +1364,7 @@ impl AgentSystem {
                 Body::Typed(_) => None,
                 Body::Encoded(..) => Some(out.contract),
             },
+            in_process: true,
         };
         match out.ask {
             None => {
@@ -1920,6 +1921,7 @@ impl AgentSystem {
             seq: env.seq,
             trace: env.trace,
             contract: Some(env.contract),
+            in_process: false,
         };
         self.host
             .deliver(d, Body::Encoded(env.encoding, env.body), reply)
