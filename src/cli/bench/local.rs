@@ -97,63 +97,108 @@ pub(super) async fn node_in(
 
 // ---------------------------------------------------------------- measurements
 
+/// How many slices a timed row is cut into: tether and the anchor take turns slice by slice,
+/// so that a drift of the machine (or a slow first pass after the previous row) hits both.
+const SLICES: u64 = 4;
+
+/// A slice of `total` (the last one takes the remainder).
+fn slice(total: u64, i: u64) -> u64 {
+    let base = total / SLICES;
+    if i + 1 == SLICES {
+        total - base * (SLICES - 1)
+    } else {
+        base
+    }
+}
+
 pub(super) async fn tell_throughput(node: &Node, n: u64, key: &str) -> anyhow::Result<(f64, f64)> {
     let c: AgentRef<Counter> = node.spawn(key, None).await?;
-    let t0 = Instant::now();
-    for _ in 0..n {
-        c.tell(CounterMsg::Inc)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-    }
-    let got = c.ask(CounterMsg::Get, Duration::from_secs(60)).await?;
-    let tether = n as f64 / t0.elapsed().as_secs_f64();
-    anyhow::ensure!(got == n as i64, "counted {got} of {n}");
-
     let (bare, _) = Actor::spawn(None, BareCounter, ()).await?;
-    let t0 = Instant::now();
-    for _ in 0..n {
-        bare.cast(BareMsg::Inc)?;
+    let (mut sent, mut bare_sent) = (0i64, 0i64);
+    let (mut tether, mut anchor) = (Duration::ZERO, Duration::ZERO);
+    for i in 0..SLICES {
+        let k = slice(n, i);
+        let t0 = Instant::now();
+        for _ in 0..k {
+            c.tell(CounterMsg::Inc)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        // counted on arrival: the slice ends when the agent has handled all of it
+        let got = c.ask(CounterMsg::Get, Duration::from_secs(60)).await?;
+        tether += t0.elapsed();
+        sent += k as i64;
+        anyhow::ensure!(got == sent, "counted {got} of {sent}");
+
+        let t0 = Instant::now();
+        for _ in 0..k {
+            bare.cast(BareMsg::Inc)?;
+        }
+        let got = bare_get(&bare).await?;
+        anchor += t0.elapsed();
+        bare_sent += k as i64;
+        anyhow::ensure!(got == bare_sent, "bare counted {got} of {bare_sent}");
     }
-    let got = bare_get(&bare).await?;
-    let anchor = n as f64 / t0.elapsed().as_secs_f64();
-    anyhow::ensure!(got == n as i64, "bare counted {got} of {n}");
     bare.stop(None);
-    Ok((tether, anchor))
+    Ok((
+        n as f64 / tether.as_secs_f64(),
+        n as f64 / anchor.as_secs_f64(),
+    ))
 }
 
 pub(super) async fn ask_rtt(node: &Node, n: u64, key: &str) -> anyhow::Result<(f64, f64)> {
     let c: AgentRef<Counter> = node.spawn(key, None).await?;
-    let t0 = Instant::now();
-    for _ in 0..n {
-        c.ask(CounterMsg::Get, Duration::from_secs(5)).await?;
-    }
-    let tether = t0.elapsed().as_secs_f64() * 1e6 / n as f64;
     let (bare, _) = Actor::spawn(None, BareCounter, ()).await?;
-    let t0 = Instant::now();
-    for _ in 0..n {
+    // an untimed warm-up of both: the first round trips after a burst of tells are slow for
+    // either, and would be charged to whichever went first
+    for _ in 0..(n / 10).max(1) {
+        c.ask(CounterMsg::Get, Duration::from_secs(5)).await?;
         bare_get(&bare).await?;
     }
-    let anchor = t0.elapsed().as_secs_f64() * 1e6 / n as f64;
+    let (mut tether, mut anchor) = (Duration::ZERO, Duration::ZERO);
+    for i in 0..SLICES {
+        let k = slice(n, i);
+        let t0 = Instant::now();
+        for _ in 0..k {
+            c.ask(CounterMsg::Get, Duration::from_secs(5)).await?;
+        }
+        tether += t0.elapsed();
+        let t0 = Instant::now();
+        for _ in 0..k {
+            bare_get(&bare).await?;
+        }
+        anchor += t0.elapsed();
+    }
     bare.stop(None);
-    Ok((tether, anchor))
+    let per = |d: Duration| d.as_secs_f64() * 1e6 / n as f64;
+    Ok((per(tether), per(anchor)))
 }
 
 pub(super) async fn spawn_rate(node: &Node, n: u64, round: usize) -> anyhow::Result<(f64, f64)> {
-    let t0 = Instant::now();
-    for i in 0..n {
-        node.spawn::<Counter>(&format!("spawn-{round}-{i}"), None)
-            .await?;
-    }
-    let tether = n as f64 / t0.elapsed().as_secs_f64();
     let mut bare = Vec::with_capacity(n as usize);
-    let t0 = Instant::now();
-    for _ in 0..n {
-        bare.push(Actor::spawn(None, BareCounter, ()).await?.0);
+    let (mut tether, mut anchor) = (Duration::ZERO, Duration::ZERO);
+    let mut made = 0;
+    for i in 0..SLICES {
+        let k = slice(n, i);
+        let t0 = Instant::now();
+        for j in made..made + k {
+            node.spawn::<Counter>(&format!("spawn-{round}-{j}"), None)
+                .await?;
+        }
+        tether += t0.elapsed();
+        made += k;
+        let t0 = Instant::now();
+        for _ in 0..k {
+            bare.push(Actor::spawn(None, BareCounter, ()).await?.0);
+        }
+        anchor += t0.elapsed();
     }
-    let anchor = n as f64 / t0.elapsed().as_secs_f64();
     for b in bare {
         b.stop(None);
     }
-    Ok((tether, anchor))
+    Ok((
+        n as f64 / tether.as_secs_f64(),
+        n as f64 / anchor.as_secs_f64(),
+    ))
 }
 
 /// Milliseconds from a failure to the agent serving again: once the crash's failure is
