@@ -27,7 +27,7 @@ use tether_actors::host::{now_unix_ms, RunOptions};
 use tether_actors::{Activation, AgentError, AgentId, Body, Host, Placement, TraceContext};
 use tracing::{error, info, warn};
 
-use crate::policy::{AgentPolicy, Intensity, RestartType, Strategy};
+use crate::policy::{AgentPolicy, Intensity, RestartType, StoredPolicy, Strategy};
 use crate::strategy::{ChildId, ChildSpec, ChildStatus, Core, Directive, Exit};
 use crate::tree::{AgentNode, Failure, NodeTree, SupervisorNode};
 
@@ -80,10 +80,11 @@ impl ractor::Message for SupMsg {}
 enum Kind {
     Agent {
         id: AgentId,
-        policy: AgentPolicy,
+        policy: StoredPolicy,
     },
+    /// Boxed: groups are few, agents many (an agent child stays small).
     Group {
-        spec: GroupSpec,
+        spec: Box<GroupSpec>,
         actor: Option<ActorRef<SupMsg>>,
     },
 }
@@ -97,7 +98,7 @@ struct ChildInfo {
 struct Shared {
     host: Arc<Host>,
     /// Members of each group, in start order (a restarted group adopts them again).
-    members: Mutex<HashMap<String, Vec<(AgentId, AgentPolicy)>>>,
+    members: Mutex<HashMap<String, Vec<(AgentId, StoredPolicy)>>>,
     groups: Mutex<HashMap<String, ActorRef<SupMsg>>>,
 }
 
@@ -177,7 +178,7 @@ impl SupervisorActor {
             )
             .await?;
         if act.created {
-            self.adopt(st, a.id.clone(), a.policy);
+            self.adopt(st, a.id.clone(), a.policy.into());
             if self.name != "root" {
                 let mut m = self
                     .shared
@@ -186,17 +187,17 @@ impl SupervisorActor {
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
                 m.entry(self.name.clone())
                     .or_default()
-                    .push((a.id, a.policy));
+                    .push((a.id, a.policy.into()));
             }
         }
         Ok(act)
     }
 
     /// Makes a running agent a child of this supervisor.
-    fn adopt(&self, st: &mut State, id: AgentId, policy: AgentPolicy) -> ChildId {
+    fn adopt(&self, st: &mut State, id: AgentId, policy: StoredPolicy) -> ChildId {
         let child = st.next;
         st.next += 1;
-        st.core.add_child(self.child_spec(child, &policy));
+        st.core.add_child(self.child_spec(child, &policy.get()));
         if let Some(aid) = self.shared.host.actor_id(&id) {
             st.by_actor.insert(aid, child);
         }
@@ -445,7 +446,7 @@ impl SupervisorActor {
                         mailbox: hi.as_ref().map(|i| i.mailbox).unwrap_or(0),
                         epoch: hi.as_ref().map(|i| i.epoch).unwrap_or(0),
                         placement: placement_text(&p),
-                        policy: policy_text(policy),
+                        policy: policy_text(&policy.get()),
                     });
                 }
                 Kind::Group { spec, actor } => {
@@ -599,7 +600,7 @@ impl Actor for SupervisorActor {
                             child,
                             ChildInfo {
                                 kind: Kind::Group {
-                                    spec,
+                                    spec: Box::new(spec),
                                     actor: Some(a),
                                 },
                                 last_failure: None,

@@ -19,5 +19,5 @@ pub mod strategy;
 pub mod tree;
 
 pub use adapter::{AddAgent, GroupSpec, NodeSupervisor};
-pub use policy::{AgentPolicy, Backoff, Intensity, RestartType, Strategy};
+pub use policy::{AgentPolicy, Backoff, Intensity, RestartType, StoredPolicy, Strategy};
 pub use strategy::{ChildId, ChildSpec, ChildStatus, Core, Directive, Exit};

@@ -142,6 +142,29 @@ impl Default for AgentPolicy {
     }
 }
 
+/// An [`AgentPolicy`] as kept for each agent: nothing when it is the default (most agents),
+/// a box otherwise, so that a supervisor or a directory with many agents does not hold a
+/// copy of the same 136 bytes per agent.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StoredPolicy(Option<Box<AgentPolicy>>);
+
+impl From<AgentPolicy> for StoredPolicy {
+    fn from(p: AgentPolicy) -> Self {
+        if p == AgentPolicy::default() {
+            Self(None)
+        } else {
+            Self(Some(Box::new(p)))
+        }
+    }
+}
+
+impl StoredPolicy {
+    /// The policy.
+    pub fn get(&self) -> AgentPolicy {
+        self.0.as_deref().copied().unwrap_or_default()
+    }
+}
+
 /// Why a policy value could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -259,6 +282,19 @@ impl FromStr for Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_policy_keeps_what_it_was_given() {
+        let d = AgentPolicy::default();
+        assert_eq!(StoredPolicy::from(d), StoredPolicy::default());
+        assert_eq!(StoredPolicy::from(d).get(), d);
+        let custom = AgentPolicy {
+            restart: RestartType::Temporary,
+            ..d
+        };
+        assert_eq!(StoredPolicy::from(custom).get(), custom);
+        assert_ne!(StoredPolicy::from(custom), StoredPolicy::default());
+    }
 
     #[test]
     fn cli_forms_parse_and_bad_ones_say_why() {

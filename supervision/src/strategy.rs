@@ -79,11 +79,20 @@ struct Child {
     spec: ChildSpec,
     status: ChildStatus,
     restarts: u32,
+    stopping: bool,
+    /// Made at the first exit: a child that never ended (most of them) holds no history.
+    history: Option<Box<History>>,
+}
+
+/// What a child's exits left behind.
+#[derive(Debug, Clone, Default)]
+struct History {
+    /// Its restarts inside the intensity window.
     window: VecDeque<Instant>,
+    /// Restarts since the last quiet period (drives the backoff).
     consecutive: u32,
     last_restart: Option<Instant>,
     last_failure: Option<(Instant, String)>,
-    stopping: bool,
 }
 
 /// What the adapter must do.
@@ -132,6 +141,8 @@ pub struct Core {
     strategy: Strategy,
     intensity: Intensity,
     children: Vec<Child>,
+    /// The children's ids ascend in `children` (see `pos`).
+    sorted: bool,
     window: VecDeque<Instant>,
     escalated: Option<String>,
 }
@@ -143,6 +154,7 @@ impl Core {
             strategy,
             intensity,
             children: Vec::new(),
+            sorted: true,
             window: VecDeque::new(),
             escalated: None,
         }
@@ -162,21 +174,34 @@ impl Core {
     /// supervisor (the adapter numbers children from a counter); checking would cost a scan
     /// per spawn.
     pub fn add_child(&mut self, spec: ChildSpec) {
+        if self.children.last().is_some_and(|c| c.spec.id >= spec.id) {
+            self.sorted = false;
+        }
         self.children.push(Child {
             spec,
             status: ChildStatus::Running,
             restarts: 0,
-            window: VecDeque::new(),
-            consecutive: 0,
-            last_restart: None,
-            last_failure: None,
             stopping: false,
+            history: None,
         });
+    }
+
+    /// Where child `id` is: children are kept in start order, which is the order of their
+    /// ids when the adapter numbers them from a counter, so a binary search finds them; a
+    /// supervisor given ids out of order falls back to a scan.
+    fn pos(&self, id: ChildId) -> Option<usize> {
+        if self.sorted {
+            self.children.binary_search_by_key(&id, |c| c.spec.id).ok()
+        } else {
+            self.children.iter().position(|c| c.spec.id == id)
+        }
     }
 
     /// Forgets a child (stopped on request, for good).
     pub fn remove_child(&mut self, id: ChildId) {
-        self.children.retain(|c| c.spec.id != id);
+        if let Some(pos) = self.pos(id) {
+            self.children.remove(pos);
+        }
     }
 
     /// The children, in start order.
@@ -186,19 +211,17 @@ impl Core {
 
     /// A child's counters.
     pub fn view(&self, id: ChildId) -> Option<ChildView> {
-        self.children
-            .iter()
-            .find(|c| c.spec.id == id)
-            .map(|c| ChildView {
-                status: c.status.clone(),
-                restarts: c.restarts,
-                last_failure: c.last_failure.clone(),
-            })
+        self.pos(id).map(|p| &self.children[p]).map(|c| ChildView {
+            status: c.status.clone(),
+            restarts: c.restarts,
+            last_failure: c.history.as_ref().and_then(|h| h.last_failure.clone()),
+        })
     }
 
     /// The child started (again) and runs.
     pub fn started(&mut self, id: ChildId) {
-        if let Some(c) = self.children.iter_mut().find(|c| c.spec.id == id) {
+        if let Some(p) = self.pos(id) {
+            let c = &mut self.children[p];
             c.status = ChildStatus::Running;
             c.stopping = false;
         }
@@ -215,7 +238,7 @@ impl Core {
         if self.escalated.is_some() {
             return Vec::new();
         }
-        let Some(pos) = self.children.iter().position(|c| c.spec.id == id) else {
+        let Some(pos) = self.pos(id) else {
             return Vec::new();
         };
         let child = &mut self.children[pos];
@@ -226,8 +249,9 @@ impl Core {
             return Vec::new();
         }
         let failed = matches!(exit, Exit::Failed(_));
+        let history = child.history.get_or_insert_with(Box::default);
         if let Exit::Failed(reason) = &exit {
-            child.last_failure = Some((now, reason.clone()));
+            history.last_failure = Some((now, reason.clone()));
         }
         let restart = match child.spec.restart {
             RestartType::Permanent => true,
@@ -242,8 +266,8 @@ impl Core {
 
         // the child's own budget
         if let Some(limit) = child.spec.intensity {
-            prune(&mut child.window, now, limit.within);
-            if child.window.len() as u32 >= limit.max_restarts {
+            prune(&mut history.window, now, limit.within);
+            if history.window.len() as u32 >= limit.max_restarts {
                 child.status = ChildStatus::Failed;
                 let reason = format!(
                     "gave up after {} restarts in {:?}",
@@ -283,16 +307,17 @@ impl Core {
         // a restart is decided: count it and work out the delay
         self.window.push_back(now);
         let child = &mut self.children[pos];
+        let history = child.history.get_or_insert_with(Box::default);
         if child.spec.intensity.is_some() {
-            child.window.push_back(now);
+            history.window.push_back(now);
         }
-        let quiet = child
+        let quiet = history
             .last_restart
             .is_none_or(|t| now.saturating_duration_since(t) >= child.spec.backoff.reset_after);
-        child.consecutive = if quiet { 1 } else { child.consecutive + 1 };
-        child.last_restart = Some(now);
+        history.consecutive = if quiet { 1 } else { history.consecutive + 1 };
+        history.last_restart = Some(now);
         child.restarts += 1;
-        let at = now + child.spec.backoff.delay(child.consecutive, rand01);
+        let at = now + child.spec.backoff.delay(history.consecutive, rand01);
         child.status = ChildStatus::BackingOff;
 
         let mut out = Vec::new();
@@ -390,6 +415,34 @@ mod tests {
         );
         assert_eq!(c.view(1).unwrap().restarts, 1);
         assert_eq!(c.view(1).unwrap().last_failure.unwrap().1, "x");
+    }
+
+    #[test]
+    fn children_are_found_by_id_whether_ids_come_in_order_or_not() {
+        let t0 = Instant::now();
+        for ids in [vec![1u64, 2, 5, 9], vec![9, 2, 5, 1]] {
+            let budget = Intensity {
+                max_restarts: 10,
+                within: ms(1000),
+            };
+            let mut c = Core::new(Strategy::OneForOne, budget);
+            for &i in &ids {
+                c.add_child(spec(i, RestartType::Permanent));
+            }
+            assert_eq!(c.children(), ids, "start order is kept");
+            for &i in &ids {
+                assert_eq!(
+                    c.on_exit(t0, i, fail("x"), 0.5),
+                    vec![Directive::Start { child: i, at: t0 }],
+                    "{ids:?}: child {i}"
+                );
+                assert_eq!(c.view(i).unwrap().restarts, 1);
+            }
+            assert!(c.view(3).is_none());
+            c.remove_child(5);
+            assert!(c.view(5).is_none());
+            assert_eq!(c.children().len(), 3);
+        }
     }
 
     #[test]
