@@ -4,7 +4,9 @@
 //! an older epoch: fencing), the sender and its per-target sequence number (FIFO and dedupe),
 //! a W3C trace context (one trace id across nodes), and the payload's contract and encoding.
 
+use std::cell::Cell;
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -82,8 +84,24 @@ impl TraceContext {
     /// continued as a child; else a new root.
     pub fn current_or_new() -> Self {
         CURRENT_TRACE
-            .try_with(|t| t.child())
+            .try_with(|t| t.get().child())
             .unwrap_or_else(|_| Self::new_root())
+    }
+
+    /// Runs `f` in this trace: what it sends continues the trace.
+    pub fn scope<F: Future>(self, f: F) -> impl Future<Output = F::Output> {
+        CURRENT_TRACE.scope(Cell::new(self), f)
+    }
+
+    /// [`TraceContext::scope`] for synchronous code.
+    pub fn sync_scope<R>(self, f: impl FnOnce() -> R) -> R {
+        CURRENT_TRACE.sync_scope(Cell::new(self), f)
+    }
+
+    /// Makes this the current trace of the enclosing scope (an agent moving to its next
+    /// message). Returns false outside any scope.
+    pub(crate) fn make_current(self) -> bool {
+        CURRENT_TRACE.try_with(|t| t.set(self)).is_ok()
     }
 
     /// The trace id as 32 hex digits, as it appears in logs (formatted only when displayed:
@@ -129,8 +147,9 @@ fn nonzero<T: Default + PartialEq + From<u8>>(x: T) -> T {
 }
 
 tokio::task_local! {
-    /// The trace of the message the current task is handling.
-    pub static CURRENT_TRACE: TraceContext;
+    /// The trace of the message the current task is handling. A cell, so that an agent sets
+    /// the scope once per batch and only updates it per message.
+    static CURRENT_TRACE: Cell<TraceContext>;
 }
 
 /// A message on its way to an agent.
@@ -183,9 +202,7 @@ mod tests {
     #[tokio::test]
     async fn current_trace_is_inherited_inside_a_scope() {
         let root = TraceContext::new_root();
-        let inner = CURRENT_TRACE
-            .scope(root, async { TraceContext::current_or_new() })
-            .await;
+        let inner = root.scope(async { TraceContext::current_or_new() }).await;
         assert_eq!(inner.trace_id, root.trace_id);
         let outside = TraceContext::current_or_new();
         assert_ne!(outside.trace_id, root.trace_id);

@@ -37,7 +37,7 @@ use tracing::{info, warn};
 
 use crate::agent::AgentError;
 use crate::envelope::{Contract, Encoding, TraceContext};
-use crate::id::AgentId;
+use crate::id::{AgentId, IdHash};
 use crate::kind::{AgentStats, Body, Call, ErasedKind, ExitHook, Gate, ReplyTx, SpawnSpec};
 use crate::mailbox::AgentActorRef;
 use crate::placement::Placement;
@@ -185,13 +185,14 @@ pub struct Delivery {
 pub struct Host {
     node: Arc<str>,
     kinds: BTreeMap<String, Arc<dyn ErasedKind>>,
-    agents: DashMap<AgentId, Hosted>,
-    down: DashMap<AgentId, Down>,
-    failed: DashMap<AgentId, (u64, String)>,
-    activating: DashMap<AgentId, Arc<Mutex<()>>>,
+    agents: DashMap<AgentId, Hosted, IdHash>,
+    down: DashMap<AgentId, Down, IdHash>,
+    failed: DashMap<AgentId, (u64, String), IdHash>,
+    activating: DashMap<AgentId, Arc<Mutex<()>>, IdHash>,
     exit_listener: std::sync::OnceLock<ExitHook>,
     gate: std::sync::OnceLock<Gate>,
-    me: Weak<Host>,
+    /// What every instance calls when it ends (one for the host, shared by all agents).
+    on_exit: ExitHook,
 }
 
 impl std::fmt::Debug for Host {
@@ -214,19 +215,26 @@ fn unix_ms() -> u64 {
 impl Host {
     /// A host for node `node` with these kinds.
     pub fn new(node: &str, kinds: impl IntoIterator<Item = Arc<dyn ErasedKind>>) -> Arc<Self> {
-        Arc::new_cyclic(|me| Self {
+        Arc::new_cyclic(|me: &Weak<Host>| Self {
             node: node.into(),
             kinds: kinds
                 .into_iter()
                 .map(|k| (k.name().to_owned(), k))
                 .collect(),
-            agents: DashMap::new(),
-            down: DashMap::new(),
-            failed: DashMap::new(),
-            activating: DashMap::new(),
+            agents: DashMap::default(),
+            down: DashMap::default(),
+            failed: DashMap::default(),
+            activating: DashMap::default(),
             exit_listener: std::sync::OnceLock::new(),
             gate: std::sync::OnceLock::new(),
-            me: me.clone(),
+            on_exit: {
+                let me = me.clone();
+                Arc::new(move |id: &AgentId, epoch: u64, reason: Option<String>| {
+                    if let Some(host) = me.upgrade() {
+                        host.exited(id, epoch, reason);
+                    }
+                })
+            },
         })
     }
 
@@ -344,12 +352,7 @@ impl Host {
         trace: TraceContext,
         stats: Arc<AgentStats>,
     ) -> Result<AgentActorRef, AgentError> {
-        let me = self.me.clone();
-        let on_exit = Arc::new(move |id: &AgentId, epoch: u64, reason: Option<String>| {
-            if let Some(host) = me.upgrade() {
-                host.exited(id, epoch, reason);
-            }
-        });
+        let on_exit = self.on_exit.clone();
         spec.kind
             .spawn(SpawnSpec {
                 id: id.clone(),
@@ -410,8 +413,9 @@ impl Host {
 
     /// What still waits in a failed instance's mailbox dies with it: count it and say so.
     fn count_lost(id: &AgentId, stats: &AgentStats) {
-        let lost = stats.queued.swap(0, Ordering::AcqRel);
+        let lost = stats.waiting();
         if lost > 0 {
+            stats.settle(lost);
             stats.lost.fetch_add(lost, Ordering::Relaxed);
             warn!(agent = %id, lost, "messages waiting in the failed instance's mailbox were lost");
         }
@@ -476,7 +480,7 @@ impl Host {
                 for (d, body, reply) in queued {
                     let (_, call) = into_call(d, body, reply);
                     if actor.send(call).is_err() {
-                        stats.queued.fetch_sub(1, Ordering::Relaxed);
+                        stats.settle(1);
                     }
                 }
                 self.agents.insert(id.clone(), hosted);
@@ -505,7 +509,7 @@ impl Host {
             .into_inner()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
         {
-            d.stats.queued.fetch_sub(1, Ordering::Relaxed);
+            d.stats.settle(1);
             if let Some(r) = reply {
                 let _ = r.send(Err(err.clone()));
             }
@@ -597,7 +601,6 @@ impl Host {
                 return Err((e, reply));
             }
             stats.received.fetch_add(1, Ordering::Relaxed);
-            stats.queued.fetch_add(1, Ordering::Relaxed);
             queue.push_back((d, body, reply));
             return Ok(());
         }
@@ -617,6 +620,25 @@ impl Host {
         Err((e, reply))
     }
 
+    /// [`Host::try_deliver`] if `target` runs here or waits here to restart: `make` builds
+    /// the delivery only then, with one look at the running agents. None: not hosted here
+    /// (`make` was not called).
+    pub fn deliver_if_here(
+        &self,
+        target: &AgentId,
+        make: impl FnOnce() -> (Delivery, Body, Option<ReplyTx>),
+    ) -> Option<Result<(), (AgentError, Option<ReplyTx>)>> {
+        if let Some(h) = self.agents.get(target) {
+            let (d, body, reply) = make();
+            return Some(self.deliver_running(&h, d, body, reply));
+        }
+        if self.down.contains_key(target) {
+            let (d, body, reply) = make();
+            return Some(self.try_deliver(d, body, reply));
+        }
+        None
+    }
+
     fn deliver_running(
         &self,
         h: &Hosted,
@@ -628,10 +650,9 @@ impl Host {
             return Err((e, reply));
         }
         h.stats.received.fetch_add(1, Ordering::Relaxed);
-        h.stats.queued.fetch_add(1, Ordering::Relaxed);
         let (target, call) = into_call(d, body, reply);
         h.actor.send(call).map_err(|call| {
-            h.stats.queued.fetch_sub(1, Ordering::Relaxed);
+            h.stats.settle(1);
             let e = AgentError::Failed {
                 id: target.to_string(),
                 reason: "stopped".into(),
@@ -659,10 +680,11 @@ impl Host {
             }
         }
         if d.seq != 0 && !d.in_process {
-            let mut table = stats
+            let mut guard = stats
                 .last_seq
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let table = guard.get_or_insert_with(Box::default);
             let last = match table.get_mut(&*d.sender) {
                 Some(l) => l,
                 None => table.entry(d.sender.clone()).or_insert(0),
@@ -698,7 +720,7 @@ impl Host {
                     received: stats.received.load(Ordering::Relaxed),
                     gaps: stats.gaps.load(Ordering::Relaxed),
                     duplicates: stats.duplicates.load(Ordering::Relaxed),
-                    mailbox: stats.queued.load(Ordering::Relaxed),
+                    mailbox: stats.waiting(),
                     lost: stats.lost.load(Ordering::Relaxed),
                 }
             };

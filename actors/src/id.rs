@@ -41,15 +41,74 @@ pub fn validate_kind(kind: &str) -> Result<(), IdError> {
 /// An agent's identity: a registered kind and a key chosen by the user.
 ///
 /// Held as one shared `kind/key` string, so a clone (routes, mailboxes, contexts, logs) is a
-/// reference count, not two allocations. Equality, hashing and order are those of the pair
+/// reference count, not two allocations. Equality and order are those of the pair
 /// `(kind, key)`; on the wire and in JSON it is `{kind, key}`.
-#[derive(Clone, PartialEq, Eq, Hash)]
+///
+/// The id carries its hash, made once when the id is made (keyed SipHash with a per-process
+/// random key, so peers cannot choose colliding ids). Maps keyed by id use [`IdHash`], which
+/// takes that hash as it is: a message that passes through three maps hashes its target's
+/// text once, not three times.
+#[derive(Clone)]
 pub struct AgentId {
     /// `kind/key`.
     full: Arc<str>,
     /// Where the kind ends (the first `/` of a valid id).
     slash: u32,
+    /// The keyed hash of `full` (it fits in the padding: the id stays 24 bytes).
+    hash: u32,
 }
+
+impl PartialEq for AgentId {
+    fn eq(&self, other: &Self) -> bool {
+        self.hash == other.hash && self.slash == other.slash && self.full == other.full
+    }
+}
+
+impl Eq for AgentId {}
+
+impl std::hash::Hash for AgentId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u32(self.hash);
+    }
+}
+
+/// The keyed hash of an id's text (per-process random key).
+fn hash_text(full: &str) -> u32 {
+    use std::hash::BuildHasher;
+    static KEY: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+        std::sync::OnceLock::new();
+    let h = KEY
+        .get_or_init(std::collections::hash_map::RandomState::new)
+        .hash_one(full);
+    (h ^ (h >> 32)) as u32
+}
+
+/// Hasher of maps keyed by [`AgentId`]: spreads the hash the id carries (one multiply)
+/// instead of hashing again. Other keys still hash correctly, only without the shortcut.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        // FNV-1a, for keys that are not ids (not used on hot paths)
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        // Fibonacci hashing: the high bits (shard and control bytes) and the low bits
+        // (bucket) all depend on every bit of the id's hash
+        self.0 = (self.0.rotate_left(32) ^ u64::from(n)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// Builds [`IdHasher`]s: the `S` of maps keyed by [`AgentId`].
+pub type IdHash = std::hash::BuildHasherDefault<IdHasher>;
 
 impl AgentId {
     /// The id of agent `key` of kind `kind`.
@@ -71,6 +130,7 @@ impl AgentId {
         full.push('/');
         full.push_str(key);
         Self {
+            hash: hash_text(&full),
             full: full.into(),
             slash: u32::try_from(kind.len()).unwrap_or(u32::MAX),
         }
@@ -193,6 +253,29 @@ mod tests {
         let (a, b): (AgentId, AgentId) = ("a-b/x".parse().unwrap(), "a/x".parse().unwrap());
         assert!(b < a, "by kind first, as the pair (kind, key)");
         assert_eq!(a.clone(), a);
+    }
+
+    #[test]
+    fn equal_ids_hash_alike_and_maps_find_them() {
+        use std::collections::HashMap;
+        let a: AgentId = "counter/a".parse().unwrap();
+        let same = AgentId::new("counter", "a").unwrap();
+        let wire: AgentId = rmp_serde::from_slice(&rmp_serde::to_vec(&a).unwrap()).unwrap();
+        assert_eq!(a.hash, same.hash);
+        assert_eq!(a.hash, wire.hash);
+        let mut m: HashMap<AgentId, u32, IdHash> = HashMap::default();
+        m.insert(a, 1);
+        assert_eq!(m.get(&same), Some(&1));
+        assert_eq!(m.get(&wire), Some(&1));
+        for i in 0..1000 {
+            m.insert(AgentId::new("counter", &i.to_string()).unwrap(), i);
+        }
+        assert_eq!(m.len(), 1001);
+        assert_eq!(m.get(&"counter/999".parse().unwrap()), Some(&999));
+        assert_eq!(m.get(&"counter/x".parse().unwrap()), None);
+        // same text split differently is another id
+        let other = AgentId::unchecked("counter/a", "b");
+        assert_ne!(other, AgentId::unchecked("counter", "a/b"));
     }
 
     #[test]

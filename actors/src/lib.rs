@@ -31,6 +31,6 @@ pub use agent_ref::{AgentRef, Router, TellError};
 pub use codec::{decode, encode, CodecError, MAX_FRAME_LEN};
 pub use envelope::{Contract, Encoding, Envelope, TraceContext};
 pub use host::{Activation, AgentInfo, Delivery, Host};
-pub use id::AgentId;
+pub use id::{AgentId, IdHash};
 pub use kind::Body;
 pub use placement::{Compute, Placement, Prefer, Sensitivity};

@@ -57,9 +57,9 @@ use quinn::{RecvStream, SendStream};
 use tether_actors::kind::{BoxFuture, CURRENT_AGENT};
 use tether_actors::{
     Activation, AgentError, AgentId, AgentInfo, Body, Contract, Delivery, Encoding, Envelope, Host,
-    Placement, Router, TraceContext,
+    IdHash, Placement, Router, TraceContext,
 };
-use tether_supervision::{AddAgent, AgentPolicy, NodeSupervisor};
+use tether_supervision::{AddAgent, AgentPolicy, NodeSupervisor, StoredPolicy};
 use tokio::sync::{mpsc, oneshot, Mutex};
 use tracing::{debug, error, info, warn};
 
@@ -112,6 +112,9 @@ struct Outgoing {
     ask: Option<(oneshot::Sender<Result<Body, AgentError>>, Duration)>,
 }
 
+/// How to reach an agent that this node does not host (an agent hosted here needs no
+/// route: the host answers for it, see [`AgentSystem::route`]). `Local` remains for an agent
+/// found here by a lookup while messages waited for it.
 enum Route {
     Local,
     Remote(Location),
@@ -144,7 +147,7 @@ impl DirEntry {
             args_encoding: spec.encoding,
             args: spec.args.clone(),
             placement: spec.placement.clone(),
-            policy: spec.policy,
+            policy: spec.policy.get(),
             group: spec.group.clone(),
         })
     }
@@ -158,7 +161,7 @@ impl DirEntry {
                 encoding: c.args_encoding,
                 args: c.args,
                 placement: c.placement,
-                policy: c.policy,
+                policy: c.policy.into(),
                 group: c.group,
             })),
             copied_to: None,
@@ -173,7 +176,7 @@ struct DirSpec {
     encoding: Encoding,
     args: Bytes,
     placement: Placement,
-    policy: AgentPolicy,
+    policy: StoredPolicy,
     group: Option<String>,
 }
 
@@ -194,15 +197,15 @@ pub struct AgentSystem {
     myself: Weak<AgentSystem>,
     next_req: AtomicU64,
     pending: DashMap<u64, Pending>,
-    routes: DashMap<AgentId, Route>,
+    routes: DashMap<AgentId, Route, IdHash>,
     seqs: DashMap<(String, AgentId), u64>,
-    node_seqs: DashMap<AgentId, u64>,
+    node_seqs: DashMap<AgentId, u64, IdHash>,
     outs: DashMap<String, mpsc::UnboundedSender<Request>>,
-    dir: DashMap<AgentId, DirEntry>,
+    dir: DashMap<AgentId, DirEntry, IdHash>,
     /// Entries of `dir` per hosting node (placement's load), kept in step by `dir_insert` and
     /// `dir_remove`.
     load: DashMap<String, usize>,
-    claim_locks: DashMap<AgentId, Arc<Mutex<()>>>,
+    claim_locks: DashMap<AgentId, Arc<Mutex<()>>, IdHash>,
     frames_in: AtomicU64,
     tell_failures: AtomicU64,
     /// Fence and lease: whether this node may act now (shared with the host's gate).
@@ -308,13 +311,13 @@ impl AgentSystem {
             myself: myself.clone(),
             next_req: AtomicU64::new(1),
             pending: DashMap::new(),
-            routes: DashMap::new(),
+            routes: DashMap::default(),
             seqs: DashMap::new(),
-            node_seqs: DashMap::new(),
+            node_seqs: DashMap::default(),
             outs: DashMap::new(),
-            dir: DashMap::new(),
+            dir: DashMap::default(),
             load: DashMap::new(),
-            claim_locks: DashMap::new(),
+            claim_locks: DashMap::default(),
             frames_in: AtomicU64::new(0),
             tell_failures: AtomicU64::new(0),
             standing: Arc::new(Standing {
@@ -569,7 +572,7 @@ impl AgentSystem {
                     None,
                     TraceContext::new_root(),
                     &self.me,
-                    (spec.policy, spec.group.clone()),
+                    (spec.policy.get(), spec.group.clone()),
                 )
                 .await;
             attempt += 1;
@@ -713,7 +716,7 @@ impl AgentSystem {
     /// The sender of a message sent now: the current agent, or this node.
     fn sender(&self) -> (Arc<str>, bool) {
         CURRENT_AGENT
-            .try_with(|o| (format!("{}/{}", self.me, o.id).into(), o.local_only))
+            .try_with(|o| (o.sender(), o.local_only))
             .unwrap_or_else(|_| (self.me_sender.clone(), false))
     }
 
@@ -846,7 +849,7 @@ impl AgentSystem {
                 group.as_deref(),
             )
             .await?;
-        self.routes.insert(act.id.clone(), Route::Local);
+        self.forget_route(&act.id);
         Ok(act)
     }
 
@@ -978,7 +981,7 @@ impl AgentSystem {
                     encoding,
                     args: spawn_args,
                     placement: spawn_placement,
-                    policy: spawn_policy,
+                    policy: spawn_policy.into(),
                     group: spawn_group,
                 })),
                 copied_to: None,
@@ -1200,15 +1203,16 @@ impl AgentSystem {
     }
 
     fn set_route(&self, id: &AgentId, node: &str, epoch: u64) {
-        let route = if node == self.me {
-            Route::Local
-        } else {
-            Route::Remote(Location {
-                node: node.to_owned(),
-                epoch,
-            })
-        };
         // a route being resolved keeps its queue; the resolver installs the route
+        if node == self.me {
+            // hosted here: the host answers for it, no entry is kept (one less per agent)
+            self.forget_route(id);
+            return;
+        }
+        let route = Route::Remote(Location {
+            node: node.to_owned(),
+            epoch,
+        });
         if !matches!(self.routes.get(id).as_deref(), Some(Route::Resolving(_))) {
             self.routes.insert(id.clone(), route);
         }
@@ -1219,25 +1223,47 @@ impl AgentSystem {
             .remove_if(id, |_, r| !matches!(r, Route::Resolving(_)));
     }
 
-    /// Sends one message: at once if the route is known, else queued in order behind a lookup.
+    /// Sends one message: at once if the agent is hosted here or its route is known, else
+    /// queued in order behind a lookup.
+    ///
+    /// An agent hosted here has no route entry: with no entry, the host is asked first. A
+    /// route being resolved is never bypassed, so that a message cannot overtake the ones
+    /// queued before it while the agent was being found (or spawned here).
     fn route(&self, out: Outgoing) {
         use dashmap::Entry;
         // fast path: a known route, read without cloning the key
+        enum Known {
+            Local,
+            Remote(Location),
+            Resolving,
+            Absent,
+        }
         let known = match self.routes.get(&out.target).as_deref() {
-            Some(Route::Local) => Some(None),
-            Some(Route::Remote(loc)) => Some(Some(loc.clone())),
-            _ => None,
+            Some(Route::Local) => Known::Local,
+            Some(Route::Remote(loc)) => Known::Remote(loc.clone()),
+            Some(Route::Resolving(_)) => Known::Resolving,
+            None => Known::Absent,
         };
-        match known {
-            Some(None) => {
+        let out = match known {
+            Known::Local => {
                 if let Some(stale) = self.deliver_local(out) {
                     self.forget_route(&stale);
                 }
                 return;
             }
-            Some(Some(loc)) => return self.deliver_remote(&loc, out),
-            None => {}
-        }
+            Known::Remote(loc) => return self.deliver_remote(&loc, out),
+            // no entry: an agent hosted here has none
+            Known::Absent => match self.deliver_if_hosted(out) {
+                Ok(stale) => {
+                    if let Some(stale) = stale {
+                        self.forget_route(&stale);
+                    }
+                    return;
+                }
+                Err(out) => out,
+            },
+            Known::Resolving => out,
+        };
         let resolve = match self.routes.entry(out.target.clone()) {
             Entry::Occupied(mut o) => match o.get_mut() {
                 Route::Local => {
@@ -1354,42 +1380,51 @@ impl AgentSystem {
     /// Delivers to an agent of this node. Returns the target when the route turned out stale
     /// (the agent is not here any more); the caller forgets it, outside any routes lock.
     fn deliver_local(&self, out: Outgoing) -> Option<AgentId> {
-        let d = Delivery {
-            target: out.target.clone(),
-            epoch: 0,
-            sender: out.sender,
-            seq: out.seq,
-            trace: out.trace,
-            contract: match &out.body {
-                Body::Typed(_) => None,
-                Body::Encoded(..) => Some(out.contract),
-            },
-            in_process: true,
+        let (target, trace) = (out.target.clone(), out.trace);
+        let (d, body, reply) = local_parts(out);
+        self.local_outcome(target, trace, self.host.try_deliver(d, body, reply))
+    }
+
+    /// [`AgentSystem::deliver_local`] if the target runs (or restarts) here, with one look
+    /// at the host; else the message comes back untouched.
+    fn deliver_if_hosted(&self, out: Outgoing) -> Result<Option<AgentId>, Outgoing> {
+        let (target, trace) = (out.target.clone(), out.trace);
+        let mut slot = Some(out);
+        let done = self.host.deliver_if_here(&target, || {
+            local_parts(slot.take().expect("the message is taken once"))
+        });
+        match done {
+            Some(result) => Ok(self.local_outcome(target, trace, result)),
+            None => Err(slot
+                .take()
+                .expect("not hosted here: the message was not taken")),
+        }
+    }
+
+    /// After a delivery here: a failed tell is counted and logged, a failed ask is answered.
+    /// Returns the target when the agent is not (or no longer) running here.
+    fn local_outcome(
+        &self,
+        target: AgentId,
+        trace: TraceContext,
+        result: Result<(), (AgentError, Option<tether_actors::kind::ReplyTx>)>,
+    ) -> Option<AgentId> {
+        let Err((e, reply)) = result else {
+            return None;
         };
-        match out.ask {
-            None => {
-                if let Err(e) = self.host.deliver(d, out.body, None) {
-                    let stale =
-                        matches!(e, AgentError::NotFound { .. } | AgentError::Failed { .. });
-                    self.tell_failures.fetch_add(1, Ordering::Relaxed);
-                    warn!(target = %out.target, trace_id = %out.trace.trace_id_hex(), error = %e, "tell failed");
-                    return stale.then_some(out.target);
-                }
+        let stale = matches!(e, AgentError::NotFound { .. } | AgentError::Failed { .. });
+        match reply {
+            // the agent answers an asker directly; if the instance fails with the message in
+            // its mailbox, the asker sees the reply dropped (see `ask`)
+            Some(tx) => {
+                let _ = tx.send(Err(e));
             }
-            Some((tx, _)) => {
-                // the agent answers the asker directly; if the instance fails with this
-                // message in its mailbox, the asker sees the reply dropped (see `ask`)
-                if let Err((e, tx)) = self.host.try_deliver(d, out.body, Some(tx)) {
-                    let stale =
-                        matches!(e, AgentError::NotFound { .. } | AgentError::Failed { .. });
-                    if let Some(tx) = tx {
-                        let _ = tx.send(Err(e));
-                    }
-                    return stale.then_some(out.target);
-                }
+            None => {
+                self.tell_failures.fetch_add(1, Ordering::Relaxed);
+                warn!(target = %target, trace_id = %trace.trace_id_hex(), error = %e, "tell failed");
             }
         }
-        None
+        stale.then_some(target)
     }
 
     fn deliver_remote(&self, loc: &Location, out: Outgoing) {
@@ -1985,6 +2020,24 @@ impl Router for AgentSystem {
             }
         })
     }
+}
+
+/// A message for an agent of this node, as the host takes it (an asker's reply sender goes
+/// with it: the agent answers directly).
+fn local_parts(out: Outgoing) -> (Delivery, Body, Option<tether_actors::kind::ReplyTx>) {
+    let d = Delivery {
+        target: out.target,
+        epoch: 0,
+        sender: out.sender,
+        seq: out.seq,
+        trace: out.trace,
+        contract: match &out.body {
+            Body::Typed(_) => None,
+            Body::Encoded(..) => Some(out.contract),
+        },
+        in_process: true,
+    };
+    (d, out.body, out.ask.map(|(tx, _)| tx))
 }
 
 /// The error of an ask whose message was still in the mailbox of an instance that failed.

@@ -14,7 +14,6 @@ use serde::{Deserialize, Serialize};
 use tokio::time::timeout;
 use tracing::{info, warn};
 
-use tether_actors::envelope::CURRENT_TRACE;
 use tether_actors::{
     Activation, AgentError, AgentId, AgentInfo, Body, Contract, Placement, Router, TraceContext,
 };
@@ -442,8 +441,7 @@ async fn spawn(
         None => Target::Placed,
     };
     let root = TraceContext::new_root();
-    CURRENT_TRACE
-        .scope(root, shared.agents.spawn(id, args, opts, target))
+    root.scope(shared.agents.spawn(id, args, opts, target))
         .await
         .map_err(|e| e.to_string())
 }
@@ -468,7 +466,7 @@ async fn tell(shared: &Arc<Shared>, id: &str, json: &str, repeat: u64) -> Contro
         let body = serde_json::to_vec(&msg).map_err(|e| e.to_string())?;
         let body = bytes::Bytes::from(body);
         let (mut queued, mut depth) = (0u64, 0usize);
-        CURRENT_TRACE.sync_scope(root, || {
+        root.sync_scope(|| {
             for i in 0..repeat {
                 let sent = shared
                     .agents
@@ -510,8 +508,8 @@ async fn ask(shared: &Arc<Shared>, id: &str, json: &str, timeout_ms: u64) -> Con
         let root = TraceContext::new_root();
         let deadline = Duration::from_millis(timeout_ms.max(1));
         // the envelope takes its trace when the ask is made: make it inside the scope
-        let reply = CURRENT_TRACE
-            .scope(root, async {
+        let reply = root
+            .scope(async {
                 Router::ask(
                     shared.agents.as_ref(),
                     &id,
