@@ -228,6 +228,9 @@ impl std::fmt::Debug for Call {
 /// Called once when an agent's actor ends: `None` for a clean stop, else the failure.
 pub type ExitHook = Arc<dyn Fn(&AgentId, u64, Option<String>) + Send + Sync>;
 
+/// The last sequence number seen from each sender.
+pub type SeqTable = std::collections::HashMap<Arc<str>, u64>;
+
 /// Counters of one hosted agent.
 #[derive(Debug, Default)]
 pub struct AgentStats {
@@ -249,7 +252,7 @@ pub struct AgentStats {
     /// instance). Per agent, so a lookup by `&str` needs no allocation.
     /// Made at the first message from another node or the outbox (an agent only sent to
     /// in process holds no table).
-    pub last_seq: std::sync::Mutex<Option<Box<std::collections::HashMap<Arc<str>, u64>>>>,
+    pub last_seq: std::sync::Mutex<Option<Box<SeqTable>>>,
 }
 
 impl AgentStats {

@@ -1254,13 +1254,13 @@ impl AgentSystem {
             Known::Remote(loc) => return self.deliver_remote(&loc, out),
             // no entry: an agent hosted here has none
             Known::Absent => match self.deliver_if_hosted(out) {
-                Ok(stale) => {
+                HereOrNot::Delivered { stale } => {
                     if let Some(stale) = stale {
                         self.forget_route(&stale);
                     }
                     return;
                 }
-                Err(out) => out,
+                HereOrNot::NotHere(out) => out,
             },
             Known::Resolving => out,
         };
@@ -1387,17 +1387,20 @@ impl AgentSystem {
 
     /// [`AgentSystem::deliver_local`] if the target runs (or restarts) here, with one look
     /// at the host; else the message comes back untouched.
-    fn deliver_if_hosted(&self, out: Outgoing) -> Result<Option<AgentId>, Outgoing> {
+    fn deliver_if_hosted(&self, out: Outgoing) -> HereOrNot {
         let (target, trace) = (out.target.clone(), out.trace);
         let mut slot = Some(out);
         let done = self.host.deliver_if_here(&target, || {
             local_parts(slot.take().expect("the message is taken once"))
         });
         match done {
-            Some(result) => Ok(self.local_outcome(target, trace, result)),
-            None => Err(slot
-                .take()
-                .expect("not hosted here: the message was not taken")),
+            Some(result) => HereOrNot::Delivered {
+                stale: self.local_outcome(target, trace, result),
+            },
+            None => HereOrNot::NotHere(
+                slot.take()
+                    .expect("not hosted here: the message was not taken"),
+            ),
         }
     }
 
@@ -2020,6 +2023,14 @@ impl Router for AgentSystem {
             }
         })
     }
+}
+
+/// What [`AgentSystem::deliver_if_hosted`] did.
+enum HereOrNot {
+    /// Handed to the host (or refused by it); `stale` as from `deliver_local`.
+    Delivered { stale: Option<AgentId> },
+    /// Not hosted here: the message, untouched.
+    NotHere(Outgoing),
 }
 
 /// A message for an agent of this node, as the host takes it (an asker's reply sender goes

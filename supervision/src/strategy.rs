@@ -76,12 +76,37 @@ pub struct ChildSpec {
 
 #[derive(Debug, Clone)]
 struct Child {
-    spec: ChildSpec,
+    id: ChildId,
+    restart: RestartType,
+    limits: Limits,
     status: ChildStatus,
     restarts: u32,
     stopping: bool,
     /// Made at the first exit: a child that never ended (most of them) holds no history.
     history: Option<Box<History>>,
+}
+
+/// A child's budget and backoff as kept: nothing when they are the defaults (an agent with
+/// the default policy, a group), a box otherwise.
+#[derive(Debug, Clone)]
+struct Limits(Option<Box<(Option<Intensity>, Backoff)>>);
+
+impl Limits {
+    fn new(intensity: Option<Intensity>, backoff: Backoff) -> Self {
+        if intensity == Some(Intensity::default()) && backoff == Backoff::default() {
+            Self(None)
+        } else {
+            Self(Some(Box::new((intensity, backoff))))
+        }
+    }
+
+    fn intensity(&self) -> Option<Intensity> {
+        self.0.as_ref().map_or(Some(Intensity::default()), |l| l.0)
+    }
+
+    fn backoff(&self) -> Backoff {
+        self.0.as_ref().map_or_else(Backoff::default, |l| l.1)
+    }
 }
 
 /// What a child's exits left behind.
@@ -174,11 +199,13 @@ impl Core {
     /// supervisor (the adapter numbers children from a counter); checking would cost a scan
     /// per spawn.
     pub fn add_child(&mut self, spec: ChildSpec) {
-        if self.children.last().is_some_and(|c| c.spec.id >= spec.id) {
+        if self.children.last().is_some_and(|c| c.id >= spec.id) {
             self.sorted = false;
         }
         self.children.push(Child {
-            spec,
+            id: spec.id,
+            restart: spec.restart,
+            limits: Limits::new(spec.intensity, spec.backoff),
             status: ChildStatus::Running,
             restarts: 0,
             stopping: false,
@@ -191,9 +218,9 @@ impl Core {
     /// supervisor given ids out of order falls back to a scan.
     fn pos(&self, id: ChildId) -> Option<usize> {
         if self.sorted {
-            self.children.binary_search_by_key(&id, |c| c.spec.id).ok()
+            self.children.binary_search_by_key(&id, |c| c.id).ok()
         } else {
-            self.children.iter().position(|c| c.spec.id == id)
+            self.children.iter().position(|c| c.id == id)
         }
     }
 
@@ -206,7 +233,7 @@ impl Core {
 
     /// The children, in start order.
     pub fn children(&self) -> Vec<ChildId> {
-        self.children.iter().map(|c| c.spec.id).collect()
+        self.children.iter().map(|c| c.id).collect()
     }
 
     /// A child's counters.
@@ -253,7 +280,7 @@ impl Core {
         if let Exit::Failed(reason) = &exit {
             history.last_failure = Some((now, reason.clone()));
         }
-        let restart = match child.spec.restart {
+        let restart = match child.restart {
             RestartType::Permanent => true,
             RestartType::Transient => failed,
             RestartType::Temporary => false,
@@ -265,7 +292,7 @@ impl Core {
         }
 
         // the child's own budget
-        if let Some(limit) = child.spec.intensity {
+        if let Some(limit) = child.limits.intensity() {
             prune(&mut history.window, now, limit.within);
             if history.window.len() as u32 >= limit.max_restarts {
                 child.status = ChildStatus::Failed;
@@ -291,11 +318,11 @@ impl Core {
             self.escalated = Some(reason.clone());
             let mut out = Vec::new();
             for c in self.children.iter_mut().rev() {
-                if c.spec.id == id {
+                if c.id == id {
                     c.status = ChildStatus::Failed;
                 } else if c.status == ChildStatus::Running {
                     c.status = ChildStatus::Stopped;
-                    out.push(Directive::Stop(c.spec.id));
+                    out.push(Directive::Stop(c.id));
                 } else {
                     c.status = ChildStatus::Stopped;
                 }
@@ -308,16 +335,16 @@ impl Core {
         self.window.push_back(now);
         let child = &mut self.children[pos];
         let history = child.history.get_or_insert_with(Box::default);
-        if child.spec.intensity.is_some() {
+        if child.limits.intensity().is_some() {
             history.window.push_back(now);
         }
         let quiet = history
             .last_restart
-            .is_none_or(|t| now.saturating_duration_since(t) >= child.spec.backoff.reset_after);
+            .is_none_or(|t| now.saturating_duration_since(t) >= child.limits.backoff().reset_after);
         history.consecutive = if quiet { 1 } else { history.consecutive + 1 };
         history.last_restart = Some(now);
         child.restarts += 1;
-        let at = now + child.spec.backoff.delay(history.consecutive, rand01);
+        let at = now + child.limits.backoff().delay(history.consecutive, rand01);
         child.status = ChildStatus::BackingOff;
 
         let mut out = Vec::new();
@@ -335,15 +362,15 @@ impl Core {
             if c.status == ChildStatus::Running {
                 c.stopping = true;
                 c.status = ChildStatus::Restarting;
-                out.push(Directive::Stop(c.spec.id));
+                out.push(Directive::Stop(c.id));
             }
         }
         // then start them all, in start order; temporary siblings are not restarted
         let mut removed = Vec::new();
         for &i in &to_restart {
             let c = &mut self.children[i];
-            if i != pos && c.spec.restart == RestartType::Temporary {
-                removed.push(c.spec.id);
+            if i != pos && c.restart == RestartType::Temporary {
+                removed.push(c.id);
                 continue;
             }
             if i != pos {
@@ -351,13 +378,10 @@ impl Core {
                 // a sibling restarted by the strategy counts as restarted too
                 c.restarts += 1;
             }
-            out.push(Directive::Start {
-                child: c.spec.id,
-                at,
-            });
+            out.push(Directive::Start { child: c.id, at });
         }
         for r in removed {
-            self.children.retain(|c| c.spec.id != r);
+            self.children.retain(|c| c.id != r);
             out.push(Directive::Remove(r));
         }
         out
