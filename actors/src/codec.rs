@@ -45,6 +45,34 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
     Ok(out)
 }
 
+/// Encodes `value` as MessagePack with named fields into a buffer of exactly its size:
+/// written first to a per-thread scratch buffer, so a small message costs one allocation
+/// instead of one per doubling of a growing vector.
+///
+/// # Errors
+/// As [`encode`].
+pub fn encode_bytes<T: Serialize + ?Sized>(value: &T) -> Result<bytes::Bytes, CodecError> {
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    /// A scratch buffer that grew past this is given back rather than kept.
+    const KEEP: usize = 64 * 1024;
+    SCRATCH.with(|cell| {
+        // a serializer that encodes a message while encoding another (a Serialize impl
+        // that sends) finds the buffer taken, and uses its own
+        let Ok(mut buf) = cell.try_borrow_mut() else {
+            return encode(value).map(bytes::Bytes::from);
+        };
+        buf.clear();
+        encode_into(&mut buf, value, Layout::Named)?;
+        let out = bytes::Bytes::copy_from_slice(&buf);
+        if buf.capacity() > KEEP {
+            *buf = Vec::new();
+        }
+        Ok(out)
+    })
+}
+
 /// Field names on the wire, or positions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Layout {
@@ -164,6 +192,19 @@ mod tests {
         assert!(compact.len() < named.len());
         assert_eq!(decode::<Hello>(&named).unwrap(), v);
         assert_eq!(decode::<Hello>(&compact).unwrap(), v);
+    }
+
+    #[test]
+    fn encode_bytes_is_encode() {
+        for n in [0u64, 7, u64::MAX] {
+            let v = Hello {
+                name: "x".repeat(n as usize % 100),
+                n,
+            };
+            assert_eq!(&encode_bytes(&v).unwrap()[..], &encode(&v).unwrap()[..]);
+        }
+        let big = vec![1u8; 100_000];
+        assert_eq!(&encode_bytes(&big).unwrap()[..], &encode(&big).unwrap()[..]);
     }
 
     #[test]

@@ -173,6 +173,118 @@ pub struct Envelope {
     pub body: Bytes,
 }
 
+/// Consecutive tells from one sender to one agent, sent as one frame: what their envelopes
+/// share (target, epoch, sender, contract, encoding) travels once, then each message's own
+/// parts. Receiving a run is receiving its envelopes one by one, in order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TellRun {
+    /// The target agent.
+    pub target: AgentId,
+    /// The target's epoch as the sender knows it (0: any).
+    pub epoch: u64,
+    /// The sender.
+    pub sender: Arc<str>,
+    /// The payloads' contract.
+    pub contract: Contract,
+    /// The payloads' encoding.
+    pub encoding: Encoding,
+    /// The messages, in the order sent.
+    pub msgs: Vec<RunMsg>,
+    /// Payload bytes in `msgs`, kept by [`TellRun::push`] (not on the wire).
+    #[serde(skip)]
+    pub bytes: usize,
+}
+
+impl PartialEq for TellRun {
+    /// The same messages with the same head (`bytes` is bookkeeping).
+    fn eq(&self, other: &Self) -> bool {
+        self.target == other.target
+            && self.epoch == other.epoch
+            && self.sender == other.sender
+            && self.contract == other.contract
+            && self.encoding == other.encoding
+            && self.msgs == other.msgs
+    }
+}
+
+/// One message of a [`TellRun`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunMsg {
+    /// The sender's sequence number.
+    pub seq: u64,
+    /// Trace context.
+    pub trace: TraceContext,
+    /// The payload.
+    pub body: Bytes,
+}
+
+/// Most bytes of payload in one [`TellRun`]; a message that would pass it starts a new run.
+pub const MAX_RUN_BYTES: usize = 64 * 1024;
+
+impl TellRun {
+    /// A run of one message.
+    pub fn of(env: Envelope) -> Self {
+        Self {
+            target: env.target,
+            epoch: env.epoch,
+            sender: env.sender,
+            contract: env.contract,
+            encoding: env.encoding,
+            bytes: env.body.len(),
+            msgs: vec![RunMsg {
+                seq: env.seq,
+                trace: env.trace,
+                body: env.body,
+            }],
+        }
+    }
+
+    /// Whether `env` belongs to this run: the same target, epoch, sender, contract and
+    /// encoding, and the run stays within [`MAX_RUN_BYTES`].
+    pub fn admits(&self, env: &Envelope) -> bool {
+        self.target == env.target
+            && self.epoch == env.epoch
+            && self.sender == env.sender
+            && self.contract == env.contract
+            && self.encoding == env.encoding
+            && self.bytes + env.body.len() <= MAX_RUN_BYTES
+    }
+
+    /// Appends `env`, which the run [`admits`](Self::admits).
+    pub fn push(&mut self, env: Envelope) {
+        debug_assert!(self.admits(&env), "a run holds envelopes of one head");
+        self.bytes += env.body.len();
+        self.msgs.push(RunMsg {
+            seq: env.seq,
+            trace: env.trace,
+            body: env.body,
+        });
+    }
+
+    /// The run's envelopes, one per message.
+    pub fn into_envelopes(self) -> impl Iterator<Item = Envelope> {
+        let TellRun {
+            target,
+            epoch,
+            sender,
+            contract,
+            encoding,
+            msgs,
+            bytes: _,
+        } = self;
+        msgs.into_iter().map(move |m| Envelope {
+            target: target.clone(),
+            epoch,
+            sender: sender.clone(),
+            seq: m.seq,
+            trace: m.trace,
+            contract: contract.clone(),
+            encoding,
+            body: m.body,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -36,7 +36,7 @@ use tokio::sync::Mutex;
 use tracing::{info, warn};
 
 use crate::agent::AgentError;
-use crate::envelope::{Contract, Encoding, TraceContext};
+use crate::envelope::{Contract, Encoding, Envelope, TellRun, TraceContext};
 use crate::id::{AgentId, IdHash};
 use crate::kind::{AgentStats, Body, Call, ErasedKind, ExitHook, Gate, ReplyTx, SpawnSpec};
 use crate::mailbox::AgentActorRef;
@@ -179,6 +179,22 @@ pub struct Delivery {
     /// Sent from this process and handed over once: no duplicate or gap check (see the
     /// module doc).
     pub in_process: bool,
+}
+
+impl Delivery {
+    /// A message from another node: its envelope's parts, and its body.
+    pub fn from_envelope(env: Envelope) -> (Self, Body) {
+        let d = Self {
+            target: env.target,
+            epoch: env.epoch,
+            sender: env.sender,
+            seq: env.seq,
+            trace: env.trace,
+            contract: Some(env.contract),
+            in_process: false,
+        };
+        (d, Body::Encoded(env.encoding, env.body))
+    }
 }
 
 /// The kinds a node can host and the agents it hosts.
@@ -662,47 +678,83 @@ impl Host {
     }
 
     fn check(&self, d: &Delivery, spec: &Spec, stats: &AgentStats) -> Result<(), AgentError> {
-        if d.epoch != 0 && d.epoch < spec.epoch {
-            return Err(AgentError::StaleEpoch {
-                id: d.target.to_string(),
-                sent: d.epoch,
-                current: spec.epoch,
-            });
-        }
-        if let Some(c) = &d.contract {
-            let mine = spec.kind.contract();
-            if *c != mine {
-                return Err(AgentError::Contract {
-                    id: d.target.to_string(),
-                    expected: mine.to_string(),
-                    got: c.to_string(),
-                });
-            }
-        }
+        check_head(&d.target, d.epoch, d.contract.as_ref(), spec)?;
         if d.seq != 0 && !d.in_process {
-            let mut guard = stats
-                .last_seq
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let table = guard.get_or_insert_with(Box::default);
-            let last = match table.get_mut(&*d.sender) {
-                Some(l) => l,
-                None => table.entry(d.sender.clone()).or_insert(0),
-            };
-            if d.seq <= *last {
-                stats.duplicates.fetch_add(1, Ordering::Relaxed);
-                return Err(AgentError::Duplicate {
+            with_last_seq(stats, &d.sender, |last| {
+                admit_seq(last, d.seq, stats).map_err(|()| AgentError::Duplicate {
                     id: d.target.to_string(),
                     sender: d.sender.to_string(),
                     seq: d.seq,
-                });
-            }
-            if d.seq != *last + 1 && !starts_session(d.seq, *last) {
-                stats.gaps.fetch_add(1, Ordering::Relaxed);
-            }
-            *last = d.seq;
+                })
+            })?;
         }
         Ok(())
+    }
+
+    /// Delivers a run of tells from a peer (see [`TellRun`]) as its envelopes one by one
+    /// would be, in order: to a running agent with one look at it, one epoch and contract
+    /// check, one lock on its sequence table and one on its mailbox. Returns the messages
+    /// refused, with why.
+    pub fn deliver_run(&self, run: TellRun) -> Vec<(u64, AgentError)> {
+        let Some(h) = self.agents.get(&run.target) else {
+            // not running here: queued while it restarts, or refused, one by one
+            return run
+                .into_envelopes()
+                .filter_map(|env| {
+                    let seq = env.seq;
+                    let (d, body) = Delivery::from_envelope(env);
+                    self.deliver(d, body, None).err().map(|e| (seq, e))
+                })
+                .collect();
+        };
+        let TellRun {
+            target,
+            epoch,
+            sender,
+            contract,
+            encoding,
+            msgs,
+            bytes: _,
+        } = run;
+        if let Err(e) = check_head(&target, epoch, Some(&contract), &h.spec) {
+            return msgs.iter().map(|m| (m.seq, e.clone())).collect();
+        }
+        let mut refused = Vec::new();
+        let mut calls = Vec::with_capacity(msgs.len());
+        with_last_seq(&h.stats, &sender, |last| {
+            for m in msgs {
+                if m.seq != 0 && admit_seq(last, m.seq, &h.stats).is_err() {
+                    let e = AgentError::Duplicate {
+                        id: target.to_string(),
+                        sender: sender.to_string(),
+                        seq: m.seq,
+                    };
+                    refused.push((m.seq, e));
+                    continue;
+                }
+                calls.push(Call {
+                    body: Body::Encoded(encoding, m.body),
+                    trace: m.trace,
+                    sender: Some(sender.clone()),
+                    seq: m.seq,
+                    reply: None,
+                });
+            }
+        });
+        h.stats
+            .received
+            .fetch_add(calls.len() as u64, Ordering::Relaxed);
+        if let Err(back) = h.actor.send_all(calls) {
+            h.stats.settle(back.len() as u64);
+            refused.extend(back.into_iter().map(|c| {
+                let e = AgentError::Failed {
+                    id: target.to_string(),
+                    reason: "stopped".into(),
+                };
+                (c.seq, e)
+            }));
+        }
+        refused
     }
 
     /// One agent's report.
@@ -815,6 +867,62 @@ fn into_call(d: Delivery, body: Body, reply: Option<ReplyTx>) -> (AgentId, Call)
     (d.target, call)
 }
 
+/// The epoch and contract checks of a delivery.
+fn check_head(
+    target: &AgentId,
+    epoch: u64,
+    contract: Option<&Contract>,
+    spec: &Spec,
+) -> Result<(), AgentError> {
+    if epoch != 0 && epoch < spec.epoch {
+        return Err(AgentError::StaleEpoch {
+            id: target.to_string(),
+            sent: epoch,
+            current: spec.epoch,
+        });
+    }
+    if let Some(c) = contract {
+        let mine = spec.kind.contract();
+        if *c != mine {
+            return Err(AgentError::Contract {
+                id: target.to_string(),
+                expected: mine.to_string(),
+                got: c.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Runs `f` on the last sequence number accepted from `sender` (0: none yet), under the
+/// agent's sequence lock.
+fn with_last_seq<R>(stats: &AgentStats, sender: &Arc<str>, f: impl FnOnce(&mut u64) -> R) -> R {
+    let mut guard = stats
+        .last_seq
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let table = guard.get_or_insert_with(Box::default);
+    let last = match table.get_mut(&**sender) {
+        Some(l) => l,
+        None => table.entry(sender.clone()).or_insert(0),
+    };
+    f(last)
+}
+
+/// The duplicate and gap check of one sequenced message: `Err` for a duplicate (counted);
+/// a gap is counted and the message accepted.
+fn admit_seq(last: &mut u64, seq: u64, stats: &AgentStats) -> Result<(), ()> {
+    if seq <= *last {
+        stats.duplicates.fetch_add(1, Ordering::Relaxed);
+        return Err(());
+    }
+    if seq != *last + 1 && !starts_session(seq, *last) {
+        stats.gaps.fetch_add(1, Ordering::Relaxed);
+    }
+    *last = seq;
+    Ok(())
+}
+
 /// Milliseconds since the Unix epoch, for failure times in reports.
 pub fn now_unix_ms() -> u64 {
     unix_ms()
@@ -850,7 +958,7 @@ mod tests {
 
     async fn ask(h: &Host, dl: Delivery, body: Body) -> Result<Body, AgentError> {
         let (tx, rx) = oneshot::channel();
-        h.deliver(dl, body, Some(tx))?;
+        h.deliver(dl, body, Some(tx.into()))?;
         rx.await
             .map_err(|_| AgentError::Internal("no reply".into()))?
     }
@@ -946,6 +1054,73 @@ mod tests {
         );
         let listed = h.list();
         assert_eq!(listed[0].status, "failed");
+    }
+
+    fn run(target: &str, seqs: &[u64], contract: &str) -> TellRun {
+        let inc = Bytes::from(serde_json::to_vec(&serde_json::json!("inc")).unwrap());
+        TellRun {
+            target: id(target),
+            epoch: 1,
+            sender: "peer".into(),
+            contract: Contract {
+                name: contract.to_owned().into(),
+                version: 1,
+            },
+            encoding: Encoding::Json,
+            msgs: seqs
+                .iter()
+                .map(|&seq| crate::envelope::RunMsg {
+                    seq,
+                    trace: TraceContext::new_root(),
+                    body: inc.clone(),
+                })
+                .collect(),
+            bytes: inc.len() * seqs.len(),
+        }
+    }
+
+    async fn count(h: &Host, target: &str) -> i64 {
+        ask(h, d(target, 0), Body::typed(CounterMsg::Get))
+            .await
+            .unwrap()
+            .decode()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_run_is_delivered_in_order_with_duplicates_refused_one_by_one() {
+        let h = host();
+        start(&h, "counter/r", 1).await.unwrap();
+        assert!(h
+            .deliver_run(run("counter/r", &[1, 2, 3], "counter"))
+            .is_empty());
+        // 3 again is a duplicate; 4 and 5 go in
+        let refused = h.deliver_run(run("counter/r", &[3, 4, 5], "counter"));
+        assert_eq!(refused.len(), 1);
+        assert!(matches!(refused[0], (3, AgentError::Duplicate { .. })));
+        assert_eq!(count(&h, "counter/r").await, 5);
+    }
+
+    #[tokio::test]
+    async fn a_run_of_a_wrong_contract_or_to_no_agent_is_refused_per_message() {
+        let h = host();
+        start(&h, "counter/w", 1).await.unwrap();
+        let refused = h.deliver_run(run("counter/w", &[1, 2], "echo"));
+        assert_eq!(refused.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [1, 2]);
+        assert!(refused
+            .iter()
+            .all(|(_, e)| matches!(e, AgentError::Contract { .. })));
+        let refused = h.deliver_run(run("counter/none", &[1, 2], "counter"));
+        assert!(refused
+            .iter()
+            .all(|(_, e)| matches!(e, AgentError::NotFound { .. })));
+        assert_eq!(refused.len(), 2);
+        // nothing reached the counter, and the refused numbers were not taken
+        assert_eq!(count(&h, "counter/w").await, 0);
+        assert!(h
+            .deliver_run(run("counter/w", &[1, 2], "counter"))
+            .is_empty());
+        assert_eq!(count(&h, "counter/w").await, 2);
     }
 
     #[tokio::test]

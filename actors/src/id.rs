@@ -38,6 +38,15 @@ pub fn validate_kind(kind: &str) -> Result<(), IdError> {
     }
 }
 
+/// The rules of [`AgentId::new`], without making the id.
+fn validate_parts(kind: &str, key: &str) -> Result<(), IdError> {
+    validate_kind(kind)?;
+    if key.is_empty() || key.len() > 256 || key.chars().any(char::is_control) {
+        return Err(IdError::BadKey(key.to_owned()));
+    }
+    Ok(())
+}
+
 /// An agent's identity: a registered kind and a key chosen by the user.
 ///
 /// Held as one shared `kind/key` string, so a clone (routes, mailboxes, contexts, logs) is a
@@ -116,10 +125,7 @@ impl AgentId {
     /// # Errors
     /// [`IdError`] for a bad kind or key.
     pub fn new(kind: &str, key: &str) -> Result<Self, IdError> {
-        validate_kind(kind)?;
-        if key.is_empty() || key.len() > 256 || key.chars().any(char::is_control) {
-            return Err(IdError::BadKey(key.to_owned()));
-        }
+        validate_parts(kind, key)?;
         Ok(Self::unchecked(kind, key))
     }
 
@@ -156,7 +162,7 @@ impl AgentId {
     /// # Errors
     /// [`IdError`] as for [`AgentId::new`].
     pub fn validate(&self) -> Result<(), IdError> {
-        Self::new(self.kind(), self.key()).map(|_| ())
+        validate_parts(self.kind(), self.key())
     }
 }
 

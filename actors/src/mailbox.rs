@@ -85,6 +85,23 @@ impl Mailbox {
         })
     }
 
+    /// Queues `calls` in order under one lock; gives them back if the mailbox is closed.
+    ///
+    /// # Errors
+    /// The calls, unqueued.
+    pub fn post_all(&self, calls: Vec<Call>) -> Result<Posted, Vec<Call>> {
+        let mut m = self.lock();
+        if m.closed {
+            return Err(calls);
+        }
+        m.queue.extend(calls);
+        Ok(if std::mem::replace(&mut m.armed, true) {
+            Posted::Queued
+        } else {
+            Posted::WakeActor
+        })
+    }
+
     /// Moves every waiting call to the back of `into` and says whether there were any; when
     /// there were none the mailbox goes idle (the next post wakes the actor).
     pub fn take(&self, into: &mut VecDeque<Call>) -> bool {
@@ -150,6 +167,21 @@ impl AgentActorRef {
         Ok(())
     }
 
+    /// Queues `calls` for the agent in order, waking its actor if it was idle.
+    ///
+    /// # Errors
+    /// The calls, when the actor is gone.
+    pub fn send_all(&self, calls: Vec<Call>) -> Result<(), Vec<Call>> {
+        if calls.is_empty() {
+            return Ok(());
+        }
+        if self.mailbox.post_all(calls)? == Posted::WakeActor {
+            // as in `send`
+            let _ = self.actor.send_message(Wake);
+        }
+        Ok(())
+    }
+
     /// The ractor actor (stop, kill, supervision).
     pub fn actor(&self) -> &ActorRef<Wake> {
         &self.actor
@@ -191,6 +223,22 @@ mod tests {
     }
 
     #[test]
+    fn post_all_queues_in_order_and_wakes_once() {
+        let m = Mailbox::default();
+        assert_eq!(
+            m.post_all(vec![call(1), call(2)]).ok(),
+            Some(Posted::WakeActor)
+        );
+        assert_eq!(m.post_all(vec![call(3)]).ok(), Some(Posted::Queued));
+        let mut batch = VecDeque::new();
+        assert!(m.take(&mut batch));
+        assert_eq!(batch.iter().map(|c| c.seq).collect::<Vec<_>>(), [1, 2, 3]);
+        m.close();
+        let back = m.post_all(vec![call(4), call(5)]).unwrap_err();
+        assert_eq!(back.iter().map(|c| c.seq).collect::<Vec<_>>(), [4, 5]);
+    }
+
+    #[test]
     fn take_keeps_order_when_the_batch_is_not_empty() {
         let m = Mailbox::default();
         let mut batch: VecDeque<Call> = [call(1)].into();
@@ -206,7 +254,7 @@ mod tests {
         let m = Mailbox::default();
         let (tx, mut rx) = tokio::sync::oneshot::channel();
         let mut asked = call(1);
-        asked.reply = Some(tx);
+        asked.reply = Some(tx.into());
         m.post(asked).unwrap();
         m.post(call(2)).unwrap();
         assert_eq!(m.close(), 2);

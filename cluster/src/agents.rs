@@ -43,9 +43,11 @@
 pub mod directory;
 pub mod drain;
 pub mod outbox;
+pub mod peer_queue;
 pub mod protocol;
 
 pub use drain::{OutboxCounters, Sent};
+use peer_queue::PeerQueue;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
@@ -54,10 +56,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use dashmap::DashMap;
 use quinn::{RecvStream, SendStream};
-use tether_actors::kind::{BoxFuture, CURRENT_AGENT};
+use tether_actors::kind::{BoxFuture, ReplyTx, CURRENT_AGENT};
 use tether_actors::{
     Activation, AgentError, AgentId, AgentInfo, Body, Contract, Delivery, Encoding, Envelope, Host,
-    IdHash, Placement, Router, TraceContext,
+    IdHash, Placement, Router, TellRun, TraceContext,
 };
 use tether_supervision::{AddAgent, AgentPolicy, NodeSupervisor, StoredPolicy};
 use tokio::sync::{mpsc, oneshot, Mutex};
@@ -117,7 +119,8 @@ struct Outgoing {
 /// found here by a lookup while messages waited for it.
 enum Route {
     Local,
-    Remote(Location),
+    /// Shared, so that a send takes a reference rather than copying the node's name.
+    Remote(Arc<Location>),
     /// Messages queued in order while the route is looked up. (A typed body is `Send` but not
     /// `Sync`; the mutex makes the queue shareable, and is only taken on this path.)
     Resolving(std::sync::Mutex<Vec<Outgoing>>),
@@ -182,8 +185,33 @@ struct DirSpec {
 
 struct Pending {
     peer: String,
-    tx: oneshot::Sender<Result<Answer, AgentError>>,
+    waiter: Waiter,
 }
+
+/// Who waits for a request's answer.
+enum Waiter {
+    /// [`AgentSystem::request`], which takes the answer as it is.
+    Request(oneshot::Sender<Result<Answer, AgentError>>),
+    /// An asker: the reply goes to it straight from the stream's reader, with no task in
+    /// between. Its own deadline covers the wait; an entry whose asker gave up is swept.
+    Ask {
+        tx: oneshot::Sender<Result<Body, AgentError>>,
+        target: AgentId,
+    },
+}
+
+impl Waiter {
+    /// Whether no one waits any more (an asker past its deadline).
+    fn is_closed(&self) -> bool {
+        match self {
+            Waiter::Request(tx) => tx.is_closed(),
+            Waiter::Ask { tx, .. } => tx.is_closed(),
+        }
+    }
+}
+
+/// Every this many asks to other nodes, entries of askers that gave up are swept.
+const SWEEP_EVERY: u64 = 1024;
 
 /// The agent runtime of one node.
 pub struct AgentSystem {
@@ -200,7 +228,7 @@ pub struct AgentSystem {
     routes: DashMap<AgentId, Route, IdHash>,
     seqs: DashMap<(String, AgentId), u64>,
     node_seqs: DashMap<AgentId, u64, IdHash>,
-    outs: DashMap<String, mpsc::UnboundedSender<Request>>,
+    outs: DashMap<String, Arc<PeerQueue<Request>>>,
     dir: DashMap<AgentId, DirEntry, IdHash>,
     /// Entries of `dir` per hosting node (placement's load), kept in step by `dir_insert` and
     /// `dir_remove`.
@@ -250,9 +278,34 @@ struct Standing {
     me: String,
     /// Set while the node is fenced (losing side of a split): no activation here.
     fenced: std::sync::atomic::AtomicBool,
-    /// Until when (ms after `born`) this node may act.
+    /// Until when (on [`coarse_now_ms`]'s clock) this node may act.
     lease_until_ms: AtomicU64,
-    born: std::time::Instant,
+}
+
+/// Milliseconds on the monotonic clock, read coarsely: the kernel's last tick (a few ms
+/// old), several times cheaper than a precise read. The gate reads it before every message a
+/// remote node's agent handles; a lease lasts seconds.
+#[cfg(target_os = "linux")]
+fn coarse_now_ms() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime(2) only writes the timespec it is given, which lives on this
+    // stack frame; CLOCK_MONOTONIC_COARSE exists on every Linux tokio supports
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    debug_assert_eq!(rc, 0, "CLOCK_MONOTONIC_COARSE is readable");
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}
+
+/// Milliseconds on the monotonic clock (since the first read).
+#[cfg(not(target_os = "linux"))]
+fn coarse_now_ms() -> u64 {
+    static START: OnceLock<std::time::Instant> = OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
 }
 
 impl Standing {
@@ -264,7 +317,7 @@ impl Standing {
             ));
         }
         let until = self.lease_until_ms.load(Ordering::Relaxed);
-        if until != u64::MAX && self.born.elapsed().as_millis() as u64 > until {
+        if until != u64::MAX && coarse_now_ms() > until {
             return Some(format!(
                 "node {} was paused past its lease; it refuses work until it has fenced",
                 self.me
@@ -324,7 +377,6 @@ impl AgentSystem {
                 me: me.to_owned(),
                 fenced: std::sync::atomic::AtomicBool::new(false),
                 lease_until_ms: AtomicU64::new(u64::MAX),
-                born: std::time::Instant::now(),
             }),
             failovers: AtomicU64::new(0),
             unavailable: AtomicU64::new(0),
@@ -433,10 +485,8 @@ impl AgentSystem {
 
     /// Renews the lease: requests from peers are served for `lease` from now.
     pub(crate) fn renew_lease(&self, lease: Duration) {
-        let until = self.standing.born.elapsed() + lease;
-        self.standing
-            .lease_until_ms
-            .store(until.as_millis() as u64, Ordering::Relaxed);
+        let until = coarse_now_ms() + lease.as_millis() as u64;
+        self.standing.lease_until_ms.store(until, Ordering::Relaxed);
     }
 
     /// Why requests that act (deliveries, activations, claims) are refused now, if they are.
@@ -800,7 +850,7 @@ impl AgentSystem {
                 placement,
                 target,
                 trace,
-                policy,
+                policy: Box::new(policy),
                 group,
             };
             self.request(&owner, req, SPAWN_TIMEOUT)
@@ -964,7 +1014,7 @@ impl AgentSystem {
                 args,
                 placement,
                 trace,
-                policy,
+                policy: Box::new(policy),
                 group,
             };
             self.request(&node, req, SPAWN_TIMEOUT)
@@ -1209,10 +1259,10 @@ impl AgentSystem {
             self.forget_route(id);
             return;
         }
-        let route = Route::Remote(Location {
+        let route = Route::Remote(Arc::new(Location {
             node: node.to_owned(),
             epoch,
-        });
+        }));
         if !matches!(self.routes.get(id).as_deref(), Some(Route::Resolving(_))) {
             self.routes.insert(id.clone(), route);
         }
@@ -1234,7 +1284,7 @@ impl AgentSystem {
         // fast path: a known route, read without cloning the key
         enum Known {
             Local,
-            Remote(Location),
+            Remote(Arc<Location>),
             Resolving,
             Absent,
         }
@@ -1317,7 +1367,7 @@ impl AgentSystem {
             };
             match &found {
                 Ok(loc) if loc.node == self.me => *entry = Route::Local,
-                Ok(loc) => *entry = Route::Remote(loc.clone()),
+                Ok(loc) => *entry = Route::Remote(Arc::new(loc.clone())),
                 Err(_) => {}
             }
             if found.is_ok() {
@@ -1410,7 +1460,7 @@ impl AgentSystem {
         &self,
         target: AgentId,
         trace: TraceContext,
-        result: Result<(), (AgentError, Option<tether_actors::kind::ReplyTx>)>,
+        result: Result<(), (AgentError, Option<ReplyTx>)>,
     ) -> Option<AgentId> {
         let Err((e, reply)) = result else {
             return None;
@@ -1449,21 +1499,25 @@ impl AgentSystem {
         match out.ask {
             None => {
                 debug!(target = %env.target, node = %loc.node, trace_id = %env.trace.trace_id_hex(), "tell");
-                self.send(&loc.node, Request::Tell { env });
+                self.send_tell(&loc.node, env);
             }
             Some((tx, deadline)) => {
                 debug!(target = %env.target, node = %loc.node, trace_id = %env.trace.trace_id_hex(), "ask");
                 let req = self.next_req.fetch_add(1, Ordering::Relaxed);
-                let (atx, arx) = oneshot::channel();
+                if req.is_multiple_of(SWEEP_EVERY) {
+                    self.pending.retain(|_, p| !p.waiter.is_closed());
+                }
+                let waiter = Waiter::Ask {
+                    tx,
+                    target: env.target.clone(),
+                };
                 self.pending.insert(
                     req,
                     Pending {
                         peer: loc.node.clone(),
-                        tx: atx,
+                        waiter,
                     },
                 );
-                let sys = self.arc();
-                let id = env.target.clone();
                 self.send(
                     &loc.node,
                     Request::Ask {
@@ -1472,34 +1526,6 @@ impl AgentSystem {
                         deadline_ms: deadline.as_millis() as u64,
                     },
                 );
-                tokio::spawn(async move {
-                    let r = match tokio::time::timeout(deadline, arx).await {
-                        Ok(Ok(Ok(Answer::Reply { encoding, body }))) => {
-                            Ok(Body::Encoded(encoding, body))
-                        }
-                        Ok(Ok(Ok(other))) => Err(AgentError::Internal(format!(
-                            "unexpected answer to an ask: {other:?}"
-                        ))),
-                        Ok(Ok(Err(e))) => Err(e),
-                        Ok(Err(_)) => Err(AgentError::Internal("request abandoned".into())),
-                        Err(_) => {
-                            sys.pending.remove(&req);
-                            Err(AgentError::Timeout {
-                                ms: deadline.as_millis() as u64,
-                            })
-                        }
-                    };
-                    if matches!(
-                        r,
-                        Err(AgentError::NotFound { .. }
-                            | AgentError::StaleEpoch { .. }
-                            | AgentError::Timeout { .. }
-                            | AgentError::NodeUnreachable { .. })
-                    ) {
-                        sys.forget_route(&id);
-                    }
-                    let _ = tx.send(r);
-                });
             }
         }
     }
@@ -1581,6 +1607,7 @@ impl AgentSystem {
             | Request::Activate { req, .. }
             | Request::Probe { req, .. } => *req = id,
             Request::Tell { .. }
+            | Request::Tells { .. }
             | Request::Exited { .. }
             | Request::Backup { .. }
             | Request::Handoff { .. }
@@ -1602,7 +1629,7 @@ impl AgentSystem {
             id,
             Pending {
                 peer: peer.to_owned(),
-                tx,
+                waiter: Waiter::Request(tx),
             },
         );
         self.send(peer, req);
@@ -1620,17 +1647,38 @@ impl AgentSystem {
 
     /// Queues `req` for `peer`, starting the peer's writer if needed.
     fn send(&self, peer: &str, req: Request) {
-        let tx = self
+        self.with_queue(peer, |q| q.push(req));
+    }
+
+    /// Queues a tell for `peer`: it joins the run of tells at the back of the queue when it
+    /// shares that run's head (see [`TellRun`]), else starts a run. The peer receives one
+    /// frame per run.
+    fn send_tell(&self, peer: &str, env: Envelope) {
+        self.with_queue(peer, |q| {
+            q.push_with(|items| match items.last_mut() {
+                Some(Request::Tells { run }) if run.admits(&env) => run.push(env),
+                _ => items.push(Request::Tells {
+                    run: TellRun::of(env),
+                }),
+            });
+        });
+    }
+
+    /// Runs `f` on `peer`'s queue, starting the peer's writer if needed.
+    fn with_queue(&self, peer: &str, f: impl FnOnce(&PeerQueue<Request>)) {
+        if let Some(q) = self.outs.get(peer) {
+            return f(&q);
+        }
+        let q = self
             .outs
             .entry(peer.to_owned())
             .or_insert_with(|| {
-                let (tx, rx) = mpsc::unbounded_channel();
-                tokio::spawn(peer_writer(self.arc(), peer.to_owned(), rx));
-                tx
+                let q = Arc::new(PeerQueue::default());
+                tokio::spawn(peer_writer(self.arc(), peer.to_owned(), q.clone()));
+                q
             })
             .clone();
-        // the writer lives as long as the system; a send error means shutdown
-        let _ = tx.send(req);
+        f(&q);
     }
 
     /// Fails every request waiting on `peer` (its node became unreachable or left).
@@ -1643,20 +1691,49 @@ impl AgentSystem {
             .collect();
         for req in lost {
             if let Some((_, p)) = self.pending.remove(&req) {
-                let _ = p.tx.send(Err(AgentError::NodeUnreachable {
+                let e = AgentError::NodeUnreachable {
                     node: peer.to_owned(),
-                }));
+                };
+                self.finish(p, Err(e));
             }
         }
         self.routes
             .retain(|_, r| !matches!(r, Route::Remote(l) if l.node == peer));
     }
 
+    /// Hands a request's answer to whoever waits for it.
+    fn finish(&self, p: Pending, result: Result<Answer, AgentError>) {
+        match p.waiter {
+            Waiter::Request(tx) => {
+                let _ = tx.send(result);
+            }
+            Waiter::Ask { tx, target } => {
+                let r = match result {
+                    Ok(Answer::Reply { encoding, body }) => Ok(Body::Encoded(encoding, body)),
+                    Ok(other) => Err(AgentError::Internal(format!(
+                        "unexpected answer to an ask: {other:?}"
+                    ))),
+                    Err(e) => Err(e),
+                };
+                if matches!(
+                    r,
+                    Err(AgentError::NotFound { .. }
+                        | AgentError::StaleEpoch { .. }
+                        | AgentError::Timeout { .. }
+                        | AgentError::NodeUnreachable { .. })
+                ) {
+                    self.forget_route(&target);
+                }
+                let _ = tx.send(r);
+            }
+        }
+    }
+
     fn answer(&self, resp: Response) {
         match resp {
             Response::Done { req, result } => {
                 if let Some((_, p)) = self.pending.remove(&req) {
-                    let _ = p.tx.send(result);
+                    self.finish(p, result);
                 }
             }
             Response::TellFailed { target, seq, error } => {
@@ -1725,6 +1802,7 @@ impl AgentSystem {
         if matches!(
             req,
             Request::Tell { .. }
+                | Request::Tells { .. }
                 | Request::Deliver { .. }
                 | Request::Ask { .. }
                 | Request::Claim { .. }
@@ -1738,45 +1816,64 @@ impl AgentSystem {
         match req {
             Request::Tell { env } => {
                 let (target, seq) = (env.target.clone(), env.seq);
-                if let Err(error) = self.deliver_envelope(env, None) {
+                if let Err((error, _)) = self.deliver_envelope(env, None) {
                     debug!(%peer, %target, %error, "tell refused");
                     let _ = tx.send(Response::TellFailed { target, seq, error });
                 }
             }
+            Request::Tells { run } => {
+                let target = run.target.clone();
+                for (seq, error) in self.deliver_run(run) {
+                    debug!(%peer, %target, seq, %error, "tell refused");
+                    let _ = tx.send(Response::TellFailed {
+                        target: target.clone(),
+                        seq,
+                        error,
+                    });
+                }
+            }
             Request::Deliver { req, env } => {
-                let result = self.deliver_envelope(env, None).map(|()| Answer::Delivered);
+                let result = self
+                    .deliver_envelope(env, None)
+                    .map(|()| Answer::Delivered)
+                    .map_err(|(e, _)| e);
                 let _ = tx.send(Response::Done { req, result });
             }
             Request::Ask {
                 req,
                 env,
-                deadline_ms,
+                // the asker's own deadline bounds its wait; this side does not wait at all:
+                // the agent's task hands the reply to the stream's writer
+                deadline_ms: _,
             } => {
-                let target = env.target.to_string();
-                let (rtx, rrx) = oneshot::channel();
-                if let Err(e) = self.deliver_envelope(env, Some(rtx)) {
-                    let _ = tx.send(Response::Done {
-                        req,
-                        result: Err(e),
-                    });
-                    return;
-                }
-                let tx = tx.clone();
-                let deadline = Duration::from_millis(deadline_ms.clamp(1, 3_600_000));
-                tokio::spawn(async move {
-                    let result = match tokio::time::timeout(deadline, rrx).await {
-                        Ok(Ok(Ok(body))) => match body.into_wire() {
-                            Ok((encoding, body)) => Ok(Answer::Reply { encoding, body }),
-                            Err(reason) => Err(AgentError::Internal(format!(
-                                "reply does not encode: {reason}"
-                            ))),
-                        },
-                        Ok(Ok(Err(e))) => Err(e),
-                        Ok(Err(_)) => Err(lost_with_failed_instance(target)),
-                        Err(_) => Err(AgentError::Timeout { ms: deadline_ms }),
+                let target = env.target.clone();
+                let answers = tx.clone();
+                let reply = ReplyTx::callback(move |reply| {
+                    let result = match reply {
+                        Some(Ok(body)) => body
+                            .into_wire()
+                            .map(|(encoding, body)| Answer::Reply { encoding, body })
+                            .map_err(|reason| {
+                                AgentError::Internal(format!("reply does not encode: {reason}"))
+                            }),
+                        Some(Err(e)) => Err(e),
+                        None => Err(lost_with_failed_instance(target.to_string())),
                     };
-                    let _ = tx.send(Response::Done { req, result });
+                    let _ = answers.send(Response::Done { req, result });
                 });
+                if let Err((e, reply)) = self.deliver_envelope(env, Some(reply)) {
+                    match reply {
+                        Some(reply) => {
+                            let _ = reply.send(Err(e));
+                        }
+                        None => {
+                            let _ = tx.send(Response::Done {
+                                req,
+                                result: Err(e),
+                            });
+                        }
+                    }
+                }
             }
             Request::Claim {
                 req,
@@ -1807,7 +1904,7 @@ impl AgentSystem {
                                 target,
                                 trace,
                                 &requester,
-                                (policy, group),
+                                (*policy, group),
                             )
                             .await
                             .map(Answer::Activation),
@@ -1847,7 +1944,7 @@ impl AgentSystem {
                             epoch,
                             args: Body::Encoded(args_encoding, args),
                             placement: Some(placement),
-                            policy,
+                            policy: *policy,
                             trace,
                         };
                         sys.activate_here(a, group.as_deref())
@@ -1905,6 +2002,16 @@ impl AgentSystem {
                 seq: env.seq,
                 error,
             }),
+            Request::Tells { run } => {
+                for m in run.msgs {
+                    let _ = tx.send(Response::TellFailed {
+                        target: run.target.clone(),
+                        seq: m.seq,
+                        error: error.clone(),
+                    });
+                }
+                Ok(())
+            }
             Request::Ask { req, .. }
             | Request::Deliver { req, .. }
             | Request::Claim { req, .. }
@@ -1921,14 +2028,16 @@ impl AgentSystem {
         };
     }
 
+    /// Delivers a message from a peer; on failure the error, and the reply sender (if the
+    /// message was an ask) to answer with it.
     fn deliver_envelope(
         &self,
         env: Envelope,
-        reply: Option<tether_actors::kind::ReplyTx>,
-    ) -> Result<(), AgentError> {
+        reply: Option<ReplyTx>,
+    ) -> Result<(), (AgentError, Option<ReplyTx>)> {
         let (target, sender, trace) = (env.target.clone(), env.sender.clone(), env.trace);
         let r = self.deliver_envelope_checked(env, reply);
-        if let Err(e) = &r {
+        if let Err((e, _)) = &r {
             info!(%target, %sender, trace_id = %trace.trace_id_hex(), error = %e, "delivery refused");
         }
         r
@@ -1937,32 +2046,51 @@ impl AgentSystem {
     fn deliver_envelope_checked(
         &self,
         env: Envelope,
-        reply: Option<tether_actors::kind::ReplyTx>,
-    ) -> Result<(), AgentError> {
-        env.target
-            .validate()
-            .map_err(|e| AgentError::Refused(e.to_string()))?;
+        reply: Option<ReplyTx>,
+    ) -> Result<(), (AgentError, Option<ReplyTx>)> {
+        if let Err(e) = env.target.validate() {
+            return Err((AgentError::Refused(e.to_string()), reply));
+        }
         if self
             .host
             .placement_of(&env.target)
             .is_some_and(|p| p.is_local_only())
         {
             // never reached from another node: answer as if it did not exist
-            return Err(AgentError::NotFound {
+            let e = AgentError::NotFound {
                 id: env.target.to_string(),
-            });
+            };
+            return Err((e, reply));
         }
-        let d = Delivery {
-            target: env.target,
-            epoch: env.epoch,
-            sender: env.sender,
-            seq: env.seq,
-            trace: env.trace,
-            contract: Some(env.contract),
-            in_process: false,
+        let (d, body) = Delivery::from_envelope(env);
+        self.host.try_deliver(d, body, reply)
+    }
+
+    /// A run of tells from a peer, checked as [`Self::deliver_envelope`] checks one; returns
+    /// the messages refused, with why.
+    fn deliver_run(&self, run: TellRun) -> Vec<(u64, AgentError)> {
+        let refused = if let Err(e) = run.target.validate() {
+            Some(AgentError::Refused(e.to_string()))
+        } else if self
+            .host
+            .placement_of(&run.target)
+            .is_some_and(|p| p.is_local_only())
+        {
+            Some(AgentError::NotFound {
+                id: run.target.to_string(),
+            })
+        } else {
+            None
         };
-        self.host
-            .deliver(d, Body::Encoded(env.encoding, env.body), reply)
+        let (target, sender) = (run.target.clone(), run.sender.clone());
+        let failed = match refused {
+            Some(e) => run.msgs.iter().map(|m| (m.seq, e.clone())).collect(),
+            None => self.host.deliver_run(run),
+        };
+        for (seq, e) in &failed {
+            info!(%target, %sender, seq, error = %e, "delivery refused");
+        }
+        failed
     }
 }
 
@@ -2017,9 +2145,14 @@ impl Router for AgentSystem {
                 // every path answers an ask it gives up on, except the mailbox of a local
                 // instance that failed with the message still in it
                 Ok(Err(_)) => Err(lost_with_failed_instance(id.to_string())),
-                Err(_) => Err(AgentError::Timeout {
-                    ms: deadline.as_millis() as u64,
-                }),
+                Err(_) => {
+                    // a remote host may have moved or gone: look it up again next time
+                    // (an agent hosted here has no route entry; this forgets nothing)
+                    sys.forget_route(&id);
+                    Err(AgentError::Timeout {
+                        ms: deadline.as_millis() as u64,
+                    })
+                }
             }
         })
     }
@@ -2035,7 +2168,7 @@ enum HereOrNot {
 
 /// A message for an agent of this node, as the host takes it (an asker's reply sender goes
 /// with it: the agent answers directly).
-fn local_parts(out: Outgoing) -> (Delivery, Body, Option<tether_actors::kind::ReplyTx>) {
+fn local_parts(out: Outgoing) -> (Delivery, Body, Option<ReplyTx>) {
     let d = Delivery {
         target: out.target,
         epoch: 0,
@@ -2048,7 +2181,7 @@ fn local_parts(out: Outgoing) -> (Delivery, Body, Option<tether_actors::kind::Re
         },
         in_process: true,
     };
-    (d, out.body, out.ask.map(|(tx, _)| tx))
+    (d, out.body, out.ask.map(|(tx, _)| tx.into()))
 }
 
 /// The error of an ask whose message was still in the mailbox of an instance that failed.
@@ -2065,6 +2198,9 @@ fn encode_for_wire(body: Body) -> Result<(Encoding, Bytes), AgentError> {
         .map_err(|reason| AgentError::Internal(format!("message does not encode: {reason}")))
 }
 
+/// Requests a peer writer's buffer keeps room for between bursts.
+const WRITE_BATCH: usize = 4096;
+
 async fn write_batch<T: serde::Serialize>(
     send: &mut SendStream,
     batch: &[T],
@@ -2080,26 +2216,18 @@ async fn write_batch<T: serde::Serialize>(
 /// in order (batched), and reads the answers from the same stream. When the link breaks it
 /// waits for the next one; requests caught in the break are lost (asks among them fail when
 /// the peer is declared unreachable or at their deadline).
-async fn peer_writer(
-    sys: Arc<AgentSystem>,
-    peer: String,
-    mut rx: mpsc::UnboundedReceiver<Request>,
-) {
-    let mut carry: Vec<Request> = Vec::new();
+async fn peer_writer(sys: Arc<AgentSystem>, peer: String, queue: Arc<PeerQueue<Request>>) {
+    // one buffer for every batch: no growth while a steady stream is taken
+    let mut batch: Vec<Request> = Vec::with_capacity(WRITE_BATCH);
     loop {
         let Ok(net) = sys.net() else { return };
         let Some(conn) = net.link_of(&peer).await else {
             // no link and none coming: fail what waits, keep serving later sends
-            for r in carry.drain(..) {
+            for r in batch.drain(..) {
                 fail_request(&sys, &peer, r);
             }
-            match rx.recv().await {
-                Some(r) => {
-                    carry.push(r);
-                    continue;
-                }
-                None => return,
-            }
+            queue.take(&mut batch).await;
+            continue;
         };
         let (mut send, recv) = match conn.open_bi().await {
             Ok(s) => s,
@@ -2129,43 +2257,91 @@ async fn peer_writer(
                 }
             })
         };
-        let mut broken = false;
-        if !carry.is_empty() {
-            let batch = std::mem::take(&mut carry);
-            broken = write_batch(&mut send, &batch).await.is_err();
-        }
-        while !broken {
-            let Some(first) = rx.recv().await else {
-                reader.abort();
-                return;
-            };
-            let mut batch = vec![first];
-            while batch.len() < 4096 {
-                match rx.try_recv() {
-                    Ok(more) => batch.push(more),
-                    Err(_) => break,
-                }
+        // what waited for this stream (taken while there was no link) goes first
+        loop {
+            if batch.is_empty() {
+                queue.take(&mut batch).await;
             }
-            if write_batch(&mut send, &batch).await.is_err() {
-                info!(%peer, lost = batch.len(), "agent stream broke; requests in it are lost");
-                for r in batch {
+            let (written, unencodable) = write_requests(&mut send, &batch).await;
+            let broken = written < batch.len();
+            if broken {
+                let lost = batch.len() - written;
+                info!(%peer, lost, "agent stream broke; requests in it are lost");
+            }
+            let mut unencodable = unencodable.into_iter().peekable();
+            for (i, r) in batch.drain(..).enumerate() {
+                if unencodable.peek().is_some_and(|(at, _)| *at == i) {
+                    let (_, e) = unencodable.next().expect("peeked");
+                    fail_request_with(&sys, r, AgentError::Internal(e.to_string()));
+                } else if i >= written {
                     fail_request(&sys, &peer, r);
                 }
-                broken = true;
+            }
+            if broken {
+                break;
+            }
+            if batch.capacity() > 4 * WRITE_BATCH {
+                // a burst grew it: give the memory back
+                batch = Vec::with_capacity(WRITE_BATCH);
             }
         }
         reader.abort();
     }
 }
 
+/// Writes `batch` in order, in writes of about [`WRITE_BYTES`]. Returns how many requests
+/// were written (all of them unless the stream broke: the rest, and those of the write that
+/// failed, were not) and those that could not be encoded (index and error; skipped).
+async fn write_requests(
+    send: &mut SendStream,
+    batch: &[Request],
+) -> (usize, Vec<(usize, WireError)>) {
+    let mut unencodable = Vec::new();
+    let mut buf = Vec::new();
+    // requests before this index are written
+    let mut flushed = 0;
+    for (i, r) in batch.iter().enumerate() {
+        if let Err(e) = wire::encode_frame_as(&mut buf, r, wire::Layout::Compact) {
+            unencodable.push((i, e));
+        }
+        let due = buf.len() >= WRITE_BYTES || (i + 1 == batch.len() && !buf.is_empty());
+        if due
+            && wire::write_frames(send, std::mem::take(&mut buf))
+                .await
+                .is_err()
+        {
+            return (flushed, unencodable);
+        }
+        if buf.is_empty() {
+            flushed = i + 1;
+        }
+    }
+    (flushed, unencodable)
+}
+
+/// Bytes of frames a peer writer gathers before it writes them to its stream.
+const WRITE_BYTES: usize = 256 * 1024;
+
 fn fail_request(sys: &AgentSystem, peer: &str, r: Request) {
     let e = AgentError::NodeUnreachable {
         node: peer.to_owned(),
     };
+    fail_request_with(sys, r, e);
+}
+
+/// Fails a request that will not reach its peer with `e`: an asker learns it, a tell is
+/// counted and logged.
+fn fail_request_with(sys: &AgentSystem, r: Request, e: AgentError) {
     match r {
         Request::Tell { env } => {
             sys.tell_failures.fetch_add(1, Ordering::Relaxed);
             warn!(target = %env.target, seq = env.seq, trace_id = %env.trace.trace_id_hex(), error = %e, "tell failed");
+        }
+        Request::Tells { run } => {
+            for env in run.into_envelopes() {
+                sys.tell_failures.fetch_add(1, Ordering::Relaxed);
+                warn!(target = %env.target, seq = env.seq, trace_id = %env.trace.trace_id_hex(), error = %e, "tell failed");
+            }
         }
         Request::Ask { req, .. }
         | Request::Deliver { req, .. }
@@ -2174,7 +2350,7 @@ fn fail_request(sys: &AgentSystem, peer: &str, r: Request) {
         | Request::Activate { req, .. }
         | Request::Probe { req, .. } => {
             if let Some((_, p)) = sys.pending.remove(&req) {
-                let _ = p.tx.send(Err(e));
+                sys.finish(p, Err(e));
             }
         }
         Request::Exited { .. }

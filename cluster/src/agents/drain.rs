@@ -268,7 +268,7 @@ impl AgentSystem {
         let mut env = env.clone();
         env.epoch = loc.epoch;
         let result = if loc.node == self.me {
-            self.deliver_envelope(env, None)
+            self.deliver_envelope(env, None).map_err(|(e, _)| e)
         } else {
             let req = Request::Deliver { req: 0, env };
             match self.request(&loc.node, req, DELIVER_TIMEOUT).await {

@@ -7,6 +7,7 @@
 //! ```text
 //! requester                                   peer
 //!   Tell{env}                 ──▶  deliver; on failure ◀── TellFailed{target, seq, error}
+//!   Tells{run}                ──▶  the same, per message of the run
 //!   Ask{req, env, deadline}   ──▶  deliver, await reply ◀── Response{req, Reply}
 //!   Claim{req, id, ...}       ──▶  (directory owner) get-or-spawn ◀── Response{req, Activation}
 //!   Lookup{req, id}           ──▶  (directory owner) ◀── Response{req, Location}
@@ -24,7 +25,9 @@
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use tether_actors::{Activation, AgentError, AgentId, Encoding, Envelope, Placement, TraceContext};
+use tether_actors::{
+    Activation, AgentError, AgentId, Encoding, Envelope, Placement, TellRun, TraceContext,
+};
 use tether_supervision::AgentPolicy;
 
 /// Largest agent frame accepted from a peer (the codec's bound).
@@ -81,9 +84,10 @@ pub enum Request {
         target: Option<String>,
         /// Trace of the spawn.
         trace: TraceContext,
-        /// How it is supervised.
+        /// How it is supervised (boxed: it is most of the request's size, and every request
+        /// is moved through the peer's queue).
         #[serde(default)]
-        policy: AgentPolicy,
+        policy: Box<AgentPolicy>,
         /// The supervisor group on the target node, if any.
         #[serde(default)]
         group: Option<String>,
@@ -111,9 +115,10 @@ pub enum Request {
         placement: Placement,
         /// Trace of the spawn.
         trace: TraceContext,
-        /// How it is supervised.
+        /// How it is supervised (boxed: it is most of the request's size, and every request
+        /// is moved through the peer's queue).
         #[serde(default)]
-        policy: AgentPolicy,
+        policy: Box<AgentPolicy>,
         /// The supervisor group, if any.
         #[serde(default)]
         group: Option<String>,
@@ -142,6 +147,12 @@ pub enum Request {
         id: AgentId,
         /// The activation the fence stopped.
         epoch: u64,
+    },
+    /// Consecutive tells from one sender to one agent in one frame (see [`TellRun`]); the
+    /// peer handles it as the tells one by one, failures answered per message.
+    Tells {
+        /// The messages and what they share.
+        run: TellRun,
     },
     /// An agent ended on its host (to its directory owner).
     Exited {
@@ -243,4 +254,106 @@ pub enum Response {
         /// Why.
         error: AgentError,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use tether_actors::codec::{self, Layout};
+    use tether_actors::{Contract, MAX_RUN_BYTES};
+
+    fn env(target: &str, sender: &str, seq: u64, len: usize) -> Envelope {
+        Envelope {
+            target: target.parse().unwrap(),
+            epoch: 1,
+            sender: Arc::from(sender),
+            seq,
+            trace: TraceContext::new_root(),
+            contract: Contract {
+                name: "sink".into(),
+                version: 1,
+            },
+            encoding: Encoding::MsgPack,
+            body: Bytes::from(vec![seq as u8; len]),
+        }
+    }
+
+    /// Envelopes pushed in order, runs made as a peer's queue makes them.
+    fn runs(envs: Vec<Envelope>) -> Vec<TellRun> {
+        let mut out: Vec<TellRun> = Vec::new();
+        for e in envs {
+            match out.last_mut() {
+                Some(run) if run.admits(&e) => run.push(e),
+                _ => out.push(TellRun::of(e)),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_run_holds_consecutive_tells_of_one_head_and_decodes_to_the_same_envelopes() {
+        let mut envs = vec![
+            env("sink/a", "n1", 1, 64),
+            env("sink/a", "n1", 2, 64),
+            env("sink/a", "n1", 3, 64),
+            env("sink/b", "n1", 1, 64),
+            env("sink/a", "n1/agent", 1, 64),
+            env("sink/a", "n1", 4, 64),
+            env("sink/a", "n1", 5, 64),
+            env("sink/a", "n1", 6, 64),
+            env("sink/a", "n1", 7, 64),
+        ];
+        envs[6].epoch = 2;
+        envs[8].encoding = Encoding::Json;
+        let made = runs(envs.clone());
+        // [a1 a2 a3] [b1] [a'1] [a4] [a5 (epoch 2)] [a6] [a7 (json)]
+        assert_eq!(
+            made.iter().map(|r| r.msgs.len()).collect::<Vec<_>>(),
+            [3, 1, 1, 1, 1, 1, 1]
+        );
+        for layout in [Layout::Compact, Layout::Named] {
+            let mut back = Vec::new();
+            for run in &made {
+                let mut buf = Vec::new();
+                let req = Request::Tells { run: run.clone() };
+                codec::encode_into(&mut buf, &req, layout).unwrap();
+                match codec::decode::<Request>(&buf).unwrap() {
+                    Request::Tells { run } => back.extend(run.into_envelopes()),
+                    other => panic!("decoded {other:?}"),
+                }
+            }
+            assert_eq!(back, envs, "{layout:?}: order and content kept");
+        }
+    }
+
+    #[test]
+    fn a_run_is_bounded_in_payload_bytes() {
+        let per = MAX_RUN_BYTES / 4;
+        let made = runs((1..=10).map(|s| env("sink/a", "n1", s, per)).collect());
+        assert_eq!(
+            made.iter().map(|r| r.msgs.len()).collect::<Vec<_>>(),
+            [4, 4, 2]
+        );
+        // a message larger than the bound goes alone
+        let made = runs(vec![
+            env("sink/a", "n1", 1, 8),
+            env("sink/a", "n1", 2, MAX_RUN_BYTES + 1),
+            env("sink/a", "n1", 3, 8),
+        ]);
+        assert_eq!(made.len(), 3);
+    }
+
+    #[test]
+    fn a_malformed_run_is_refused() {
+        let run = runs(vec![env("sink/a", "n1", 1, 64), env("sink/a", "n1", 2, 64)]).remove(0);
+        let mut buf = Vec::new();
+        codec::encode_into(&mut buf, &Request::Tells { run }, Layout::Compact).unwrap();
+        for cut in [1, buf.len() / 2, buf.len() - 1] {
+            assert!(
+                codec::decode::<Request>(&buf[..cut]).is_err(),
+                "cut at {cut}"
+            );
+        }
+    }
 }
