@@ -68,11 +68,12 @@ pub struct RunOptions {
 
 impl Default for RunOptions {
     fn default() -> Self {
+        let t = StoredRun::DEFAULT;
         Self {
             supervisor: None,
-            handler_timeout: None,
-            start_timeout: Duration::from_secs(5),
-            shutdown_timeout: Duration::from_secs(5),
+            handler_timeout: t.handler,
+            start_timeout: t.start,
+            shutdown_timeout: t.shutdown,
         }
     }
 }
@@ -84,7 +85,47 @@ struct Spec {
     args: (Encoding, Bytes),
     epoch: u64,
     placement: Placement,
-    run: RunOptions,
+    run: StoredRun,
+}
+
+/// [`RunOptions`] as a hosted agent keeps them: the supervisor, and the timeouts only when
+/// they differ from the defaults (most agents run with the defaults; every agent pays for
+/// what is stored inline).
+#[derive(Clone)]
+struct StoredRun {
+    supervisor: Option<ActorCell>,
+    timeouts: Option<Box<Timeouts>>,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+struct Timeouts {
+    handler: Option<Duration>,
+    start: Duration,
+    shutdown: Duration,
+}
+
+impl StoredRun {
+    const DEFAULT: Timeouts = Timeouts {
+        handler: None,
+        start: Duration::from_secs(5),
+        shutdown: Duration::from_secs(5),
+    };
+
+    fn new(run: RunOptions) -> Self {
+        let t = Timeouts {
+            handler: run.handler_timeout,
+            start: run.start_timeout,
+            shutdown: run.shutdown_timeout,
+        };
+        Self {
+            supervisor: run.supervisor,
+            timeouts: (t != Self::DEFAULT).then(|| Box::new(t)),
+        }
+    }
+
+    fn timeouts(&self) -> Timeouts {
+        self.timeouts.as_deref().copied().unwrap_or(Self::DEFAULT)
+    }
 }
 
 /// A running agent.
@@ -336,7 +377,7 @@ impl Host {
             args,
             epoch,
             placement,
-            run,
+            run: StoredRun::new(run),
         };
         let stats = Arc::<AgentStats>::default();
         let actor = self.start(&id, &spec, trace, stats.clone()).await?;
@@ -380,8 +421,8 @@ impl Host {
                 stats,
                 local_only: spec.placement.is_local_only(),
                 supervisor: spec.run.supervisor.clone(),
-                handler_timeout: spec.run.handler_timeout,
-                start_timeout: spec.run.start_timeout,
+                handler_timeout: spec.run.timeouts().handler,
+                start_timeout: spec.run.timeouts().start,
                 gate: self.gate.get().cloned(),
             })
             .await
@@ -561,7 +602,7 @@ impl Host {
                 });
             }
         }
-        let timeout = h.spec.run.shutdown_timeout;
+        let timeout = h.spec.run.timeouts().shutdown;
         if h.actor
             .actor()
             .stop_and_wait(Some("stopped by its supervisor".into()), Some(timeout))
@@ -1054,6 +1095,25 @@ mod tests {
         );
         let listed = h.list();
         assert_eq!(listed[0].status, "failed");
+    }
+
+    #[test]
+    fn run_options_are_stored_only_when_they_differ_from_the_defaults() {
+        let d = StoredRun::new(RunOptions::default());
+        assert!(d.timeouts.is_none());
+        let t = d.timeouts();
+        let def = RunOptions::default();
+        assert_eq!(
+            (t.handler, t.start, t.shutdown),
+            (def.handler_timeout, def.start_timeout, def.shutdown_timeout)
+        );
+        let custom = StoredRun::new(RunOptions {
+            handler_timeout: Some(Duration::from_millis(250)),
+            ..RunOptions::default()
+        });
+        assert!(custom.timeouts.is_some());
+        assert_eq!(custom.timeouts().handler, Some(Duration::from_millis(250)));
+        assert_eq!(custom.timeouts().start, def.start_timeout);
     }
 
     fn run(target: &str, seqs: &[u64], contract: &str) -> TellRun {

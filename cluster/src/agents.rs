@@ -131,13 +131,14 @@ enum Route {
 struct DirEntry {
     node: String,
     epoch: u64,
-    failed: Option<String>,
+    /// Boxed strings (16 bytes, not 24): every entry pays for the inline size, few use it.
+    failed: Option<Box<str>>,
     /// How it was spawned, kept by the owner that placed it (and its backup) so it can be
     /// activated again elsewhere when its node is decided down. `None` for entries rebuilt by
     /// probing hosts.
     spec: Option<Arc<DirSpec>>,
     /// The node the owner last sent a copy of this entry to.
-    copied_to: Option<String>,
+    copied_to: Option<Box<str>>,
 }
 
 impl DirEntry {
@@ -580,7 +581,7 @@ impl AgentSystem {
             if owner == self.me {
                 if dead {
                     again.push(id);
-                } else if e.copied_to != backup {
+                } else if e.copied_to.as_deref() != backup.as_deref() {
                     self.copy_to_backup(&id);
                 }
                 continue;
@@ -654,7 +655,7 @@ impl AgentSystem {
     async fn evicted(&self, id: AgentId, epoch: u64, from: &str) {
         let matches = match self.dir.get_mut(&id) {
             Some(mut e) if e.node == from && e.epoch == epoch => {
-                e.failed = Some(format!("stopped by a fence on {from}"));
+                e.failed = Some(format!("stopped by a fence on {from}").into());
                 true
             }
             _ => false,
@@ -717,7 +718,7 @@ impl AgentSystem {
         let Some(to) = to else { return };
         let copy = match self.dir.get_mut(id) {
             Some(mut e) => {
-                e.copied_to = Some(to.clone());
+                e.copied_to = Some(to.as_str().into());
                 e.copy(id)
             }
             None => None,
@@ -1183,7 +1184,7 @@ impl AgentSystem {
         if let Some(mut e) = self.dir.get_mut(id) {
             if e.epoch == epoch {
                 match reason {
-                    Some(r) => e.failed = Some(r),
+                    Some(r) => e.failed = Some(r.into()),
                     None => {
                         drop(e);
                         self.dir_remove(id);

@@ -91,7 +91,8 @@ enum Kind {
 
 struct ChildInfo {
     kind: Kind,
-    last_failure: Option<Failure>,
+    /// Boxed: most children never fail, and every child pays for the inline size.
+    last_failure: Option<Box<Failure>>,
 }
 
 /// Shared between the node handle and every supervisor actor: what outlives one actor.
@@ -283,10 +284,10 @@ impl SupervisorActor {
     async fn on_exit(&self, me: &ActorRef<SupMsg>, st: &mut State, child: ChildId, exit: Exit) {
         if let Exit::Failed(reason) = &exit {
             if let Some(c) = st.children.get_mut(&child) {
-                c.last_failure = Some(Failure {
+                c.last_failure = Some(Box::new(Failure {
                     at_unix_ms: now_unix_ms(),
                     reason: reason.clone(),
-                });
+                }));
             }
         }
         let directives = st
@@ -328,10 +329,10 @@ impl SupervisorActor {
                 }
                 Directive::GiveUp { child, reason } => {
                     if let Some(info) = st.children.get_mut(&child) {
-                        info.last_failure = Some(Failure {
+                        info.last_failure = Some(Box::new(Failure {
                             at_unix_ms: now_unix_ms(),
                             reason: reason.clone(),
-                        });
+                        }));
                         match &info.kind {
                             Kind::Agent { id, .. } => host.give_up(id, &reason),
                             Kind::Group { spec, .. } => self.give_up_group(&spec.name, &reason),
@@ -441,7 +442,7 @@ impl SupervisorActor {
                         id: id.to_string(),
                         status,
                         restarts: view.as_ref().map(|v| v.restarts).unwrap_or(0),
-                        last_failure: info.last_failure.clone(),
+                        last_failure: info.last_failure.as_deref().cloned(),
                         uptime_ms: hi.as_ref().map(|i| i.uptime_ms).unwrap_or(0),
                         mailbox: hi.as_ref().map(|i| i.mailbox).unwrap_or(0),
                         epoch: hi.as_ref().map(|i| i.epoch).unwrap_or(0),
@@ -479,7 +480,7 @@ impl SupervisorActor {
                         }
                         node.restarts = v.restarts;
                     }
-                    node.last_failure = info.last_failure.clone();
+                    node.last_failure = info.last_failure.as_deref().cloned();
                     supervisors.push(node);
                 }
             }
