@@ -144,8 +144,12 @@ mod tests {
                 out
             })
         };
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // a current-thread runtime: yielding lets the taker run until it parks
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
         assert!(!taker.is_finished(), "nothing to take yet");
+        assert!(q.lock().parked, "the taker parked on the empty queue");
         q.push(7);
         let out = tokio::time::timeout(Duration::from_secs(5), taker)
             .await
