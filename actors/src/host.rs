@@ -82,10 +82,23 @@ impl Default for RunOptions {
 #[derive(Clone)]
 struct Spec {
     kind: Arc<dyn ErasedKind>,
-    args: (Encoding, Bytes),
+    record: Arc<SpawnRecord>,
     epoch: u64,
-    placement: Placement,
     run: StoredRun,
+}
+
+/// How an agent was spawned: its arguments, encoded, and its placement labels. One record is
+/// shared by the host that runs the agent (a restart starts it again from it) and the
+/// directory entry that placed it (a failover activates it elsewhere from it): every agent
+/// pays for one copy, not two.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpawnRecord {
+    /// How `args` are encoded.
+    pub encoding: Encoding,
+    /// The spawn arguments.
+    pub args: Bytes,
+    /// The labels it was placed by.
+    pub placement: Placement,
 }
 
 /// [`RunOptions`] as a hosted agent keeps them: the supervisor, and the timeouts only when
@@ -349,8 +362,7 @@ impl Host {
         &self,
         id: AgentId,
         epoch: u64,
-        args: Body,
-        placement: Option<Placement>,
+        record: Arc<SpawnRecord>,
         trace: TraceContext,
         run: RunOptions,
     ) -> Result<Activation, AgentError> {
@@ -365,18 +377,10 @@ impl Host {
                 created: false,
             });
         }
-        let (kind_placement, args) = kind.placement(args)?;
-        let placement = placement.unwrap_or(kind_placement);
-        // kept encoded, so that a restart can start the agent again from the same arguments
-        let args = args.into_wire().map_err(|reason| AgentError::BadPayload {
-            id: format!("{id} args"),
-            reason,
-        })?;
         let spec = Spec {
             kind,
-            args,
+            record,
             epoch,
-            placement,
             run: StoredRun::new(run),
         };
         let stats = Arc::<AgentStats>::default();
@@ -415,11 +419,11 @@ impl Host {
                 id: id.clone(),
                 epoch: spec.epoch,
                 node: self.node.clone(),
-                args: Body::Encoded(spec.args.0, spec.args.1.clone()),
+                record: spec.record.clone(),
                 trace,
                 on_exit,
                 stats,
-                local_only: spec.placement.is_local_only(),
+                local_only: spec.record.placement.is_local_only(),
                 supervisor: spec.run.supervisor.clone(),
                 handler_timeout: spec.run.timeouts().handler,
                 start_timeout: spec.run.timeouts().start,
@@ -820,7 +824,7 @@ impl Host {
         if let Some(h) = self.agents.get(id) {
             return Some(base(
                 h.spec.epoch,
-                h.spec.placement.clone(),
+                h.spec.record.placement.clone(),
                 "running",
                 None,
                 h.started.elapsed().as_millis() as u64,
@@ -834,7 +838,7 @@ impl Host {
             };
             return Some(base(
                 d.spec.epoch,
-                d.spec.placement.clone(),
+                d.spec.record.placement.clone(),
                 status,
                 Some(d.reason.clone()),
                 0,
@@ -876,8 +880,8 @@ impl Host {
     pub fn placement_of(&self, id: &AgentId) -> Option<Placement> {
         self.agents
             .get(id)
-            .map(|h| h.spec.placement.clone())
-            .or_else(|| self.down.get(id).map(|d| d.spec.placement.clone()))
+            .map(|h| h.spec.record.placement.clone())
+            .or_else(|| self.down.get(id).map(|d| d.spec.record.placement.clone()))
     }
 
     /// The last failure of an agent, as (unix ms, reason), if it is down or failed.
@@ -1009,8 +1013,11 @@ mod tests {
         h.activate(
             id(id_text),
             epoch,
-            json(serde_json::Value::Null),
-            None,
+            Arc::new(SpawnRecord {
+                encoding: Encoding::Json,
+                args: Bytes::from_static(b"null"),
+                placement: Placement::default(),
+            }),
             TraceContext::new_root(),
             RunOptions::default(),
         )

@@ -61,6 +61,14 @@ fn encode_boxed<T: Serialize + 'static>(v: Box<dyn Any + Send>) -> Result<Bytes,
     crate::codec::encode_bytes(&*v).map_err(|e| e.to_string())
 }
 
+/// Decodes `bytes`, encoded as `encoding`, into `T`.
+fn decode_slice<T: DeserializeOwned>(encoding: Encoding, bytes: &[u8]) -> Result<T, String> {
+    match encoding {
+        Encoding::MsgPack => crate::codec::decode(bytes).map_err(|e| e.to_string()),
+        Encoding::Json => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
+    }
+}
+
 impl std::fmt::Debug for Body {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -91,12 +99,7 @@ impl Body {
                 .downcast::<T>()
                 .map(|b| *b)
                 .map_err(|_| format!("expected a {}", std::any::type_name::<T>())),
-            Body::Encoded(Encoding::MsgPack, b) => {
-                crate::codec::decode(&b).map_err(|e| e.to_string())
-            }
-            Body::Encoded(Encoding::Json, b) => {
-                serde_json::from_slice(&b).map_err(|e| e.to_string())
-            }
+            Body::Encoded(e, b) => decode_slice(e, &b),
         }
     }
 
@@ -337,8 +340,8 @@ pub struct SpawnSpec {
     pub epoch: u64,
     /// The hosting node's name.
     pub node: Arc<str>,
-    /// Spawn arguments.
-    pub args: Body,
+    /// Spawn arguments (read from the record, not copied: it outlives the instance).
+    pub record: Arc<crate::host::SpawnRecord>,
     /// Trace of the spawn.
     pub trace: TraceContext,
     /// Called when the agent ends.
@@ -402,11 +405,16 @@ impl<A: Agent> ErasedKind for KindImpl<A> {
     }
 
     fn placement(&self, args: Body) -> Result<(Placement, Body), AgentError> {
-        let like = args.encoding();
         let bad = |reason| AgentError::BadPayload {
             id: format!("{} args", A::KIND),
             reason,
         };
+        if let Body::Encoded(e, b) = &args {
+            // read, not consumed: the arguments travel on as they came
+            let typed: A::Args = decode_slice(*e, b).map_err(bad)?;
+            return Ok((self.behaviour.placement(&typed), args));
+        }
+        let like = args.encoding();
         let typed: A::Args = args.decode().map_err(bad)?;
         let p = self.behaviour.placement(&typed);
         Ok((p, Body::encode(typed, like).map_err(bad)?))
@@ -416,12 +424,12 @@ impl<A: Agent> ErasedKind for KindImpl<A> {
         let behaviour = self.behaviour.clone();
         Box::pin(async move {
             let id = spec.id.clone();
-            let args: A::Args = spec
-                .args
-                .decode()
-                .map_err(|reason| AgentError::BadPayload {
-                    id: format!("{id} args"),
-                    reason,
+            let args: A::Args =
+                decode_slice(spec.record.encoding, &spec.record.args).map_err(|reason| {
+                    AgentError::BadPayload {
+                        id: format!("{id} args"),
+                        reason,
+                    }
                 })?;
             let ctx = Ctx {
                 id: spec.id,

@@ -59,7 +59,7 @@ use quinn::{RecvStream, SendStream};
 use tether_actors::kind::{BoxFuture, ReplyTx, CURRENT_AGENT};
 use tether_actors::{
     Activation, AgentError, AgentId, AgentInfo, Body, Contract, Delivery, Encoding, Envelope, Host,
-    IdHash, Placement, Router, TellRun, TraceContext,
+    IdHash, Placement, Router, SpawnRecord, TellRun, TraceContext,
 };
 use tether_supervision::{AddAgent, AgentPolicy, NodeSupervisor, StoredPolicy};
 use tokio::sync::{mpsc, oneshot, Mutex};
@@ -129,7 +129,8 @@ enum Route {
 /// A directory entry, kept by the owner and copied to the backup.
 #[derive(Debug, Clone)]
 struct DirEntry {
-    node: String,
+    /// Interned (see [`AgentSystem::node_name`]): every entry of a node shares its name.
+    node: Arc<str>,
     epoch: u64,
     /// Boxed strings (16 bytes, not 24): every entry pays for the inline size, few use it.
     failed: Option<Box<str>>,
@@ -146,25 +147,27 @@ impl DirEntry {
         let spec = self.spec.as_ref()?;
         Some(EntryCopy {
             id: id.clone(),
-            node: self.node.clone(),
+            node: self.node.to_string(),
             epoch: self.epoch,
-            args_encoding: spec.encoding,
-            args: spec.args.clone(),
-            placement: spec.placement.clone(),
+            args_encoding: spec.record.encoding,
+            args: spec.record.args.clone(),
+            placement: spec.record.placement.clone(),
             policy: spec.policy.get(),
             group: spec.group.clone(),
         })
     }
 
-    fn from_copy(c: EntryCopy) -> (AgentId, Self) {
+    fn from_copy(c: EntryCopy, node: Arc<str>) -> (AgentId, Self) {
         let e = DirEntry {
-            node: c.node,
+            node,
             epoch: c.epoch,
             failed: None,
             spec: Some(Arc::new(DirSpec {
-                encoding: c.args_encoding,
-                args: c.args,
-                placement: c.placement,
+                record: Arc::new(SpawnRecord {
+                    encoding: c.args_encoding,
+                    args: c.args,
+                    placement: c.placement,
+                }),
                 policy: c.policy.into(),
                 group: c.group,
             })),
@@ -177,9 +180,8 @@ impl DirEntry {
 /// What a failover needs to activate an agent again.
 #[derive(Debug)]
 struct DirSpec {
-    encoding: Encoding,
-    args: Bytes,
-    placement: Placement,
+    /// Shared with the host, when the agent runs on this node.
+    record: Arc<SpawnRecord>,
     policy: StoredPolicy,
     group: Option<String>,
 }
@@ -219,6 +221,8 @@ pub struct AgentSystem {
     me: String,
     /// `me` as the sender of this node's own messages (shared, not copied per message).
     me_sender: Arc<str>,
+    /// Other nodes' names as directory entries share them (see [`AgentSystem::node_name`]).
+    names: std::sync::Mutex<Vec<Arc<str>>>,
     role: Role,
     host: Arc<Host>,
     sup: NodeSupervisor,
@@ -358,6 +362,7 @@ impl AgentSystem {
         let sys = Arc::new_cyclic(|myself| Self {
             me: me.to_owned(),
             me_sender: me.into(),
+            names: std::sync::Mutex::default(),
             role,
             host,
             sup,
@@ -577,7 +582,7 @@ impl AgentSystem {
         for (id, e) in snapshot {
             let (owner, backup) = self.owner_and_backup(&id, Some(&view));
             let Some(owner) = owner else { return };
-            let dead = e.node != self.me && net.peer_state(&e.node) == Some(PeerState::Down);
+            let dead = *e.node != *self.me && net.peer_state(&e.node) == Some(PeerState::Down);
             if owner == self.me {
                 if dead {
                     again.push(id);
@@ -617,9 +622,7 @@ impl AgentSystem {
             let r = self
                 .claim(
                     id.clone(),
-                    spec.encoding,
-                    spec.args.clone(),
-                    spec.placement.clone(),
+                    spec.record.clone(),
                     None,
                     TraceContext::new_root(),
                     &self.me,
@@ -654,7 +657,7 @@ impl AgentSystem {
     /// Owner side of [`Request::Evicted`]: a fence on `from` stopped activation `epoch` of `id`.
     async fn evicted(&self, id: AgentId, epoch: u64, from: &str) {
         let matches = match self.dir.get_mut(&id) {
-            Some(mut e) if e.node == from && e.epoch == epoch => {
+            Some(mut e) if &*e.node == from && e.epoch == epoch => {
                 e.failed = Some(format!("stopped by a fence on {from}").into());
                 true
             }
@@ -670,7 +673,8 @@ impl AgentSystem {
     /// Merges an entry copy from another remote node; the newer epoch wins, and a copy of the
     /// same activation adds the spawn record if the entry lacked it.
     fn merge_entry(&self, copy: EntryCopy) {
-        let (id, new) = DirEntry::from_copy(copy);
+        let node = self.node_name(&copy.node);
+        let (id, new) = DirEntry::from_copy(copy, node);
         let keep_old = self.dir.get(&id).is_some_and(|old| {
             old.epoch > new.epoch || (old.epoch == new.epoch && old.spec.is_some())
         });
@@ -831,17 +835,13 @@ impl AgentSystem {
         let act = if owner == self.me {
             let me = self.me.clone();
             let how = (policy, group);
-            self.claim(
-                id.clone(),
+            let record = Arc::new(SpawnRecord {
                 encoding,
-                bytes,
+                args: bytes,
                 placement,
-                target,
-                trace,
-                &me,
-                how,
-            )
-            .await?
+            });
+            self.claim(id.clone(), record, target, trace, &me, how)
+                .await?
         } else {
             let req = Request::Claim {
                 req: 0,
@@ -887,13 +887,17 @@ impl AgentSystem {
             }
         }
         let epoch = self.host.epoch_of(&id).unwrap_or(0).max(1);
+        let (encoding, args) = encode_for_wire(args)?;
         let act = self
             .activate_here(
                 AddAgent {
                     id,
                     epoch,
-                    args,
-                    placement: Some(placement),
+                    record: Arc::new(SpawnRecord {
+                        encoding,
+                        args,
+                        placement,
+                    }),
                     policy,
                     trace,
                 },
@@ -921,9 +925,7 @@ impl AgentSystem {
     async fn claim(
         &self,
         id: AgentId,
-        encoding: Encoding,
-        args: Bytes,
-        placement: Placement,
+        record: Arc<SpawnRecord>,
         target: Option<String>,
         trace: TraceContext,
         requester: &str,
@@ -959,7 +961,7 @@ impl AgentSystem {
                 self.dir_insert(id.clone(), e.clone());
                 return Ok(Activation {
                     id,
-                    node: e.node,
+                    node: e.node.to_string(),
                     epoch: e.epoch,
                     created: false,
                 });
@@ -980,11 +982,11 @@ impl AgentSystem {
                         registered: net.kinds_of(&c.name).join(", "),
                     });
                 }
-                directory::role_allows(&placement, c.role)
+                directory::role_allows(&record.placement, c.role)
                     .map_err(|why| AgentError::Refused(format!("{id} cannot run on {t}: {why}")))?;
                 t
             }
-            None => directory::choose(id.kind(), &placement, &candidates)
+            None => directory::choose(id.kind(), &record.placement, &candidates)
                 .map_err(|e| match e {
                     PlacementError::NoKind(_) | PlacementError::NoFit { .. } => {
                         AgentError::Refused(e.to_string())
@@ -994,14 +996,12 @@ impl AgentSystem {
                 .clone(),
         };
         let epoch = prev_epoch + 1;
-        let (spawn_args, spawn_placement, spawn_policy, spawn_group) =
-            (args.clone(), placement.clone(), policy, group.clone());
+        let spawn_group = group.clone();
         let act = if node == self.me {
             let a = AddAgent {
                 id: id.clone(),
                 epoch,
-                args: Body::Encoded(encoding, args),
-                placement: Some(placement),
+                record: record.clone(),
                 policy,
                 trace,
             };
@@ -1011,9 +1011,9 @@ impl AgentSystem {
                 req: 0,
                 id: id.clone(),
                 epoch,
-                args_encoding: encoding,
-                args,
-                placement,
+                args_encoding: record.encoding,
+                args: record.args.clone(),
+                placement: record.placement.clone(),
                 trace,
                 policy: Box::new(policy),
                 group,
@@ -1025,14 +1025,12 @@ impl AgentSystem {
         self.dir_insert(
             id.clone(),
             DirEntry {
-                node: act.node.clone(),
+                node: self.node_name(&act.node),
                 epoch: act.epoch,
                 failed: None,
                 spec: Some(Arc::new(DirSpec {
-                    encoding,
-                    args: spawn_args,
-                    placement: spawn_placement,
-                    policy: spawn_policy.into(),
+                    record,
+                    policy: policy.into(),
                     group: spawn_group,
                 })),
                 copied_to: None,
@@ -1047,7 +1045,7 @@ impl AgentSystem {
     /// Whether the activation an entry names can still be running: here, it is hosted; on a
     /// peer, the peer is up.
     fn entry_alive(&self, net: &Shared, id: &AgentId, e: &DirEntry) -> bool {
-        if e.node == self.me {
+        if *e.node == *self.me {
             self.host.epoch_of(id) == Some(e.epoch)
         } else {
             net.peer_state(&e.node) == Some(PeerState::Up)
@@ -1086,7 +1084,7 @@ impl AgentSystem {
     async fn probe_hosts(&self, id: &AgentId) -> Result<Option<DirEntry>, AgentError> {
         if let Some(epoch) = self.host.epoch_of(id) {
             return Ok(Some(DirEntry {
-                node: self.me.clone(),
+                node: self.me_sender.clone(),
                 epoch,
                 failed: None,
                 spec: None,
@@ -1124,7 +1122,7 @@ impl AgentSystem {
             )));
         }
         Ok(best.map(|l| DirEntry {
-            node: l.node,
+            node: self.node_name(&l.node),
             epoch: l.epoch,
             failed: None,
             spec: None,
@@ -1165,7 +1163,28 @@ impl AgentSystem {
         if let Some(old) = self.dir.insert(id, e) {
             self.dir_unload(&old.node);
         }
-        *self.load.entry(node).or_insert(0) += 1;
+        match self.load.get_mut(&*node) {
+            Some(mut n) => *n += 1,
+            None => *self.load.entry(node.to_string()).or_insert(0) += 1,
+        }
+    }
+
+    /// `node`'s name, shared: a directory entry holds a reference, not a copy (nodes are
+    /// few, agents many).
+    fn node_name(&self, node: &str) -> Arc<str> {
+        if node == self.me {
+            return self.me_sender.clone();
+        }
+        let mut names = self
+            .names
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = names.iter().find(|n| &***n == node) {
+            return n.clone();
+        }
+        let n: Arc<str> = node.into();
+        names.push(n.clone());
+        n
     }
 
     fn dir_remove(&self, id: &AgentId) {
@@ -1248,7 +1267,7 @@ impl AgentSystem {
             debug!(agent = %id, %reason, "lookup of a failed agent");
         }
         Ok(Some(Location {
-            node: entry.node,
+            node: entry.node.to_string(),
             epoch: entry.epoch,
         }))
     }
@@ -1899,9 +1918,11 @@ impl AgentSystem {
                         Ok(()) => sys
                             .claim(
                                 id,
-                                args_encoding,
-                                args,
-                                placement,
+                                Arc::new(SpawnRecord {
+                                    encoding: args_encoding,
+                                    args,
+                                    placement,
+                                }),
                                 target,
                                 trace,
                                 &requester,
@@ -1943,8 +1964,11 @@ impl AgentSystem {
                         let a = AddAgent {
                             id,
                             epoch,
-                            args: Body::Encoded(args_encoding, args),
-                            placement: Some(placement),
+                            record: Arc::new(SpawnRecord {
+                                encoding: args_encoding,
+                                args,
+                                placement,
+                            }),
                             policy: *policy,
                             trace,
                         };
@@ -1977,7 +2001,7 @@ impl AgentSystem {
                 let id = entry.id.clone();
                 self.merge_entry(entry);
                 let dead = self.dir.get(&id).is_some_and(|e| {
-                    e.node != self.me
+                    *e.node != *self.me
                         && self
                             .net()
                             .is_ok_and(|n| n.peer_state(&e.node) == Some(PeerState::Down))

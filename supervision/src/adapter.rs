@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tether_actors::host::{now_unix_ms, RunOptions};
-use tether_actors::{Activation, AgentError, AgentId, Body, Host, Placement, TraceContext};
+use tether_actors::{Activation, AgentError, AgentId, Host, Placement, SpawnRecord, TraceContext};
 use tracing::{error, info, warn};
 
 use crate::policy::{AgentPolicy, Intensity, RestartType, StoredPolicy, Strategy};
@@ -51,10 +51,8 @@ pub struct AddAgent {
     pub id: AgentId,
     /// Its epoch.
     pub epoch: u64,
-    /// Spawn arguments.
-    pub args: Body,
-    /// Labels (None: the kind's).
-    pub placement: Option<Placement>,
+    /// Its arguments and labels (shared with the directory entry that placed it).
+    pub record: Arc<SpawnRecord>,
     /// Its policy.
     pub policy: AgentPolicy,
     /// Trace of the spawn.
@@ -172,8 +170,7 @@ impl SupervisorActor {
             .activate(
                 a.id.clone(),
                 a.epoch,
-                a.args,
-                a.placement,
+                a.record,
                 a.trace,
                 run_options(&a.policy, me),
             )
