@@ -30,7 +30,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use dashmap::DashMap;
-use ractor::ActorCell;
+use ractor::{ActorCell, ActorId};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 use tracing::{info, warn};
@@ -353,7 +353,9 @@ impl Host {
             .or_else(|| self.down.get(id).map(|d| d.spec.epoch))
     }
 
-    /// Starts `id` here with `epoch`, or returns the running activation.
+    /// Starts `id` here with `epoch`, or returns the running activation. With the activation
+    /// comes the id of the actor it started (`None`: it was running already), for the
+    /// supervisor that adopts it.
     ///
     /// # Errors
     /// [`AgentError::UnknownKind`], [`AgentError::BadPayload`] for args that do not decode,
@@ -365,17 +367,20 @@ impl Host {
         record: Arc<SpawnRecord>,
         trace: TraceContext,
         run: RunOptions,
-    ) -> Result<Activation, AgentError> {
+    ) -> Result<(Activation, Option<ActorId>), AgentError> {
         let kind = self.kind(id.kind())?;
         let lock = self.activating.entry(id.clone()).or_default().clone();
         let _guard = lock.lock().await;
         if let Some(epoch) = self.epoch_of(&id) {
-            return Ok(Activation {
-                id: id.clone(),
-                node: self.node.to_string(),
-                epoch,
-                created: false,
-            });
+            return Ok((
+                Activation {
+                    id: id.clone(),
+                    node: self.node.to_string(),
+                    epoch,
+                    created: false,
+                },
+                None,
+            ));
         }
         let spec = Spec {
             kind,
@@ -385,6 +390,7 @@ impl Host {
         };
         let stats = Arc::<AgentStats>::default();
         let actor = self.start(&id, &spec, trace, stats.clone()).await?;
+        let actor_id = actor.actor().get_id();
         self.failed.remove(&id);
         self.agents.insert(
             id.clone(),
@@ -398,12 +404,15 @@ impl Host {
         drop(_guard);
         self.activating.remove(&id);
         info!(agent = %id, epoch, trace_id = %trace.trace_id_hex(), "agent activated");
-        Ok(Activation {
-            id,
-            node: self.node.to_string(),
-            epoch,
-            created: true,
-        })
+        Ok((
+            Activation {
+                id,
+                node: self.node.to_string(),
+                epoch,
+                created: true,
+            },
+            Some(actor_id),
+        ))
     }
 
     async fn start(
@@ -1022,6 +1031,7 @@ mod tests {
             RunOptions::default(),
         )
         .await
+        .map(|(a, _)| a)
     }
 
     fn json(v: serde_json::Value) -> Body {

@@ -705,8 +705,7 @@ impl AgentSystem {
                 &current
             }
         };
-        let key = id.to_string();
-        let (o, b) = directory::owner_and_backup(&key, view.iter().map(String::as_str));
+        let (o, b) = directory::owner_and_backup(id.as_str(), view.iter().map(String::as_str));
         (o.map(str::to_owned), b.map(str::to_owned))
     }
 
@@ -912,7 +911,7 @@ impl AgentSystem {
     fn owner_of(&self, id: &AgentId) -> Result<String, AgentError> {
         let net = self.net()?;
         let remotes = net.up_remotes();
-        directory::owner(&id.to_string(), remotes.iter().map(String::as_str))
+        directory::owner(id.as_str(), remotes.iter().map(String::as_str))
             .map(str::to_owned)
             .ok_or_else(|| {
                 AgentError::NoDirectory("no remote node is reachable from this node".into())
@@ -1055,18 +1054,19 @@ impl AgentSystem {
     /// Up nodes (this one included) as placement candidates for `kind`; the load is the number
     /// of agents this owner placed there.
     fn candidates(&self, net: &Shared, kind: &str, requester: &str) -> Vec<Candidate> {
-        let mut members = net.up_members();
+        let mut members = net.up_members(kind);
         if !members.iter().any(|(n, _, _)| n == requester) {
             if let Some(role) = net.peer_role(requester) {
-                members.push((requester.to_owned(), role, net.kinds_of(requester)));
+                let has = net.kinds_of(requester).iter().any(|k| k == kind);
+                members.push((requester.to_owned(), role, has));
             }
         }
         members
             .into_iter()
-            .map(|(name, role, kinds)| {
+            .map(|(name, role, has_kind)| {
                 let load = self.load.get(&name).map(|n| *n).unwrap_or(0);
                 Candidate {
-                    has_kind: kinds.iter().any(|k| k == kind),
+                    has_kind,
                     name,
                     role,
                     load,

@@ -397,7 +397,9 @@ impl Node {
             endpoint,
             client_cfg,
             faults,
-            peers: DashMap::new(),
+            // a cluster has few nodes, and the spawn path walks this map several times (up
+            // members, owners, probes): each shard walked costs a lock and an allocation
+            peers: DashMap::with_shard_amount(2),
             seeds: Mutex::new(seeds),
             version,
             shutdown,
@@ -782,15 +784,16 @@ impl Shared {
         v
     }
 
-    /// Up nodes (this one included): name, role, kinds.
-    pub(crate) fn up_members(&self) -> Vec<(String, Role, Vec<String>)> {
-        let mut v: Vec<(String, Role, Vec<String>)> = self
+    /// Up nodes (this one included): name, role, whether it registered `kind`.
+    pub(crate) fn up_members(&self, kind: &str) -> Vec<(String, Role, bool)> {
+        let has = |kinds: &[String]| kinds.iter().any(|k| k == kind);
+        let mut v: Vec<(String, Role, bool)> = self
             .peers
             .iter()
             .filter(|p| p.detector.state() == PeerState::Up && !p.left)
-            .map(|p| (p.info.name.clone(), p.info.role, p.info.kinds.clone()))
+            .map(|p| (p.info.name.clone(), p.info.role, has(&p.info.kinds)))
             .collect();
-        v.push((self.me.name.clone(), self.me.role, self.me.kinds.clone()));
+        v.push((self.me.name.clone(), self.me.role, has(&self.me.kinds)));
         v
     }
 

@@ -17,6 +17,30 @@
 //!
 //! Restarted agents keep their id, epoch and arguments (the host keeps them), and messages
 //! sent meanwhile wait in the host and reach the new instance: refs keep working.
+//!
+//! ## Spawning under the root: no round trip through the root actor
+//!
+//! A spawn under the root (the default) activates the agent in the caller's own task, linked
+//! to the root, as a bare ractor spawn would; the root takes the child in afterwards, through
+//! its [`Intake`]. A spawn into a group asks the group's actor, which activates and adopts in
+//! one step (a group can be restarted by its parent, and its adoptions go in order with that).
+//!
+//! ```text
+//! caller:  lock: refuse if the root failed; in_flight += 1
+//!          host.activate(.., linked to root)          (init runs here, in the caller's task)
+//!          lock: in_flight -= 1; push (agent, policy, actor);
+//!                an exit of that actor already in `early` -> remove it, cast Exited to the root;
+//!                in_flight == 0 -> clear `early`
+//! root:    every message and supervision event starts with: lock; adopt every pushed child
+//!          an exit of an actor still unknown then -> `early` if in_flight > 0, else dropped
+//!          (it is the exit of a child that left the root, e.g. fenced)
+//! ```
+//!
+//! The exit of a new child can overtake the caller's push: ractor hands a supervisor its
+//! supervision events before its messages, and the child runs as soon as it is linked. Both
+//! sides take the intake's lock for their whole step, so such an exit is either seen by the
+//! root after the adoption, or found by the caller in `early` and replayed: never neither.
+//! `early` only holds exits while an activation is in flight, so it stays small.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -71,6 +95,9 @@ pub enum SupMsg {
     Snapshot(RpcReplyPort<SupervisorNode>),
     /// Stop every agent of the subtree for good (the node is fenced); reply how many.
     Fence(RpcReplyPort<usize>),
+    /// An exit the root saw before the child's adoption, handed back by the caller that
+    /// adopted it (see "Spawning under the root").
+    Exited(ActorId, Exit),
 }
 
 impl ractor::Message for SupMsg {}
@@ -93,9 +120,76 @@ struct ChildInfo {
     last_failure: Option<Box<Failure>>,
 }
 
+/// The root's intake (see "Spawning under the root" above).
+#[derive(Default)]
+struct Intake {
+    /// Activated by callers, not yet taken into the root's state.
+    adopted: Vec<(AgentId, StoredPolicy, ActorId)>,
+    /// Exits of actors the root did not know yet, while activations were in flight.
+    early: HashMap<ActorId, Exit>,
+    /// Activations under way in callers' tasks.
+    in_flight: usize,
+    /// The root gave up (escalated): it takes no new child.
+    failed: Option<String>,
+}
+
+/// An activation under way in a caller's task; dropping it (done, failed or cancelled)
+/// takes it off the count.
+struct InFlight<'a> {
+    intake: &'a Mutex<Intake>,
+}
+
+impl InFlight<'_> {
+    fn enter<'a>(intake: &'a Mutex<Intake>, node: &str) -> Result<InFlight<'a>, AgentError> {
+        let mut i = lock(intake);
+        if let Some(reason) = &i.failed {
+            return Err(AgentError::Refused(format!(
+                "the root supervisor of {node} has failed: {reason}"
+            )));
+        }
+        i.in_flight += 1;
+        Ok(InFlight { intake })
+    }
+
+    /// Hands the started child to the root; returns an exit of it that the root saw first.
+    fn adopt(self, id: AgentId, policy: StoredPolicy, actor: ActorId) -> Option<Exit> {
+        let mut i = lock(self.intake);
+        i.adopted.push((id, policy, actor));
+        i.early.remove(&actor)
+        // `self` drops here, after the push, still counted while the exit was looked for
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut i = lock(self.intake);
+        i.in_flight -= 1;
+        if i.in_flight == 0 {
+            // no activation is under way: what is left are exits of children gone for good
+            i.early.clear();
+        }
+    }
+}
+
+impl Intake {
+    /// The root saw `actor` end without knowing it: kept while an activation is in flight
+    /// (it may be that activation's child), dropped otherwise (a child that left the root).
+    fn unknown_exit(&mut self, actor: ActorId, exit: Exit) {
+        if self.in_flight > 0 {
+            self.early.insert(actor, exit);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Shared between the node handle and every supervisor actor: what outlives one actor.
 struct Shared {
     host: Arc<Host>,
+    /// The root's intake.
+    intake: Mutex<Intake>,
     /// Members of each group, in start order (a restarted group adopts them again).
     members: Mutex<HashMap<String, Vec<(AgentId, StoredPolicy)>>>,
     groups: Mutex<HashMap<String, ActorRef<SupMsg>>>,
@@ -164,7 +258,7 @@ impl SupervisorActor {
                 self.name
             )));
         }
-        let act = self
+        let (act, actor) = self
             .shared
             .host
             .activate(
@@ -176,7 +270,7 @@ impl SupervisorActor {
             )
             .await?;
         if act.created {
-            self.adopt(st, a.id.clone(), a.policy.into());
+            self.adopt(st, a.id.clone(), a.policy.into(), actor);
             if self.name != "root" {
                 let mut m = self
                     .shared
@@ -191,12 +285,38 @@ impl SupervisorActor {
         Ok(act)
     }
 
-    /// Makes a running agent a child of this supervisor.
-    fn adopt(&self, st: &mut State, id: AgentId, policy: StoredPolicy) -> ChildId {
+    /// The root takes in the children that callers activated under it (see "Spawning under
+    /// the root"); the intake's lock is returned, still held, so that an exit of an actor
+    /// that is still unknown can be kept under it. Other supervisors have no intake.
+    fn take_in(&self, st: &mut State) -> Option<std::sync::MutexGuard<'_, Intake>> {
+        if self.name != "root" {
+            return None;
+        }
+        let mut intake = lock(&self.shared.intake);
+        for (id, policy, actor) in intake.adopted.drain(..) {
+            if let Some(reason) = &st.failed {
+                // it started while the root gave up: it goes the way of the others
+                self.shared
+                    .host
+                    .give_up(&id, &format!("root supervisor gave up: {reason}"));
+            }
+            self.adopt(st, id, policy, Some(actor));
+        }
+        Some(intake)
+    }
+
+    /// Makes a running agent (its instance `actor`) a child of this supervisor.
+    fn adopt(
+        &self,
+        st: &mut State,
+        id: AgentId,
+        policy: StoredPolicy,
+        actor: Option<ActorId>,
+    ) -> ChildId {
         let child = st.next;
         st.next += 1;
         st.core.add_child(self.child_spec(child, &policy.get()));
-        if let Some(aid) = self.shared.host.actor_id(&id) {
+        if let Some(aid) = actor {
             st.by_actor.insert(aid, child);
         }
         st.children.insert(
@@ -339,6 +459,7 @@ impl SupervisorActor {
                 Directive::Escalate { reason } => {
                     st.failed = Some(reason.clone());
                     if self.name == "root" {
+                        lock(&self.shared.intake).failed = Some(reason.clone());
                         error!(%reason, "root supervisor gave up: every agent of this node stops");
                         for info in st.children.values() {
                             if let Kind::Agent { id, .. } = &info.kind {
@@ -549,7 +670,8 @@ impl Actor for SupervisorActor {
         for (id, policy) in members {
             match self.shared.host.restart(&id, Some(me.get_cell())).await {
                 Ok(()) => {
-                    self.adopt(&mut st, id, policy);
+                    let actor = self.shared.host.actor_id(&id);
+                    self.adopt(&mut st, id, policy, actor);
                 }
                 Err(e) => {
                     warn!(group = %self.name, agent = %id, error = %e, "could not restart a member")
@@ -568,7 +690,13 @@ impl Actor for SupervisorActor {
         msg: SupMsg,
         st: &mut State,
     ) -> Result<(), ActorProcessingErr> {
+        drop(self.take_in(st));
         match msg {
+            SupMsg::Exited(actor, exit) => {
+                if let Some(child) = st.by_actor.remove(&actor) {
+                    self.on_exit(&me, st, child, exit).await;
+                }
+            }
             SupMsg::Add(a, reply) => {
                 let r = self.add_agent(&me, st, *a).await;
                 let _ = reply.send(r);
@@ -641,9 +769,16 @@ impl Actor for SupervisorActor {
             }
             _ => return Ok(()),
         };
-        let Some(child) = st.by_actor.remove(&cell.get_id()) else {
+        let actor = cell.get_id();
+        let intake = self.take_in(st);
+        let Some(child) = st.by_actor.remove(&actor) else {
+            // not (yet) a child: a caller may still be about to hand it over
+            if let Some(mut intake) = intake {
+                intake.unknown_exit(actor, exit);
+            }
             return Ok(());
         };
+        drop(intake);
         self.on_exit(&me, st, child, exit).await;
         Ok(())
     }
@@ -673,6 +808,7 @@ impl NodeSupervisor {
         let node = host.node().to_owned();
         let shared = Arc::new(Shared {
             host,
+            intake: Mutex::default(),
             members: Mutex::new(HashMap::new()),
             groups: Mutex::new(HashMap::new()),
         });
@@ -698,7 +834,7 @@ impl NodeSupervisor {
         group: Option<&str>,
     ) -> Result<Activation, AgentError> {
         let target = match group {
-            None => self.root.clone(),
+            None => return self.activate_under_root(a).await,
             Some(g) => self
                 .shared
                 .groups
@@ -721,6 +857,30 @@ impl NodeSupervisor {
             }),
             Err(e) => Err(AgentError::Internal(format!("supervisor unavailable: {e}"))),
         }
+    }
+
+    /// Activates an agent under the root in this task, and hands it to the root (see
+    /// "Spawning under the root").
+    async fn activate_under_root(&self, a: AddAgent) -> Result<Activation, AgentError> {
+        let flight = InFlight::enter(&self.shared.intake, &self.node)?;
+        let (act, actor) = self
+            .shared
+            .host
+            .activate(
+                a.id.clone(),
+                a.epoch,
+                a.record,
+                a.trace,
+                run_options(&a.policy, &self.root),
+            )
+            .await?;
+        if let Some(actor) = actor {
+            if let Some(exit) = flight.adopt(a.id, a.policy.into(), actor) {
+                // it ended before the root knew it: the root hears of it now
+                let _ = self.root.cast(SupMsg::Exited(actor, exit));
+            }
+        }
+        Ok(act)
     }
 
     /// Creates a group supervisor under the root.
@@ -779,5 +939,135 @@ impl NodeSupervisor {
     /// Stops the root supervisor (node shutdown).
     pub fn stop(&self) {
         self.root.stop(Some("node shutting down".into()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tether_actors::builtin::{self, FlakyMsg};
+    use tether_actors::{Body, Delivery, Encoding};
+
+    fn id(s: &str) -> AgentId {
+        s.parse().unwrap()
+    }
+
+    fn actor(n: u64) -> ActorId {
+        ActorId::Local(n)
+    }
+
+    #[test]
+    fn an_unknown_exit_is_kept_only_while_an_activation_is_in_flight() {
+        let intake = Mutex::new(Intake::default());
+        // nothing in flight: the exit is of a child that left (fenced), not kept
+        lock(&intake).unknown_exit(actor(1), Exit::Normal);
+        assert!(lock(&intake).early.is_empty());
+
+        let a = InFlight::enter(&intake, "n1").unwrap();
+        let b = InFlight::enter(&intake, "n1").unwrap();
+        lock(&intake).unknown_exit(actor(2), Exit::Failed("boom".into()));
+        lock(&intake).unknown_exit(actor(3), Exit::Normal);
+        // the caller that started actor 2 finds its exit, and only its own
+        assert_eq!(
+            a.adopt(id("flaky/a"), StoredPolicy::default(), actor(2)),
+            Some(Exit::Failed("boom".into()))
+        );
+        assert_eq!(lock(&intake).in_flight, 1);
+        assert!(lock(&intake).early.contains_key(&actor(3)));
+        assert_eq!(lock(&intake).adopted.len(), 1);
+        // the last activation ends without a child: what is left can be no one's
+        drop(b);
+        assert_eq!(lock(&intake).in_flight, 0);
+        assert!(lock(&intake).early.is_empty());
+    }
+
+    #[test]
+    fn a_failed_root_takes_no_new_child() {
+        let intake = Mutex::new(Intake::default());
+        lock(&intake).failed = Some("too many restarts".into());
+        let err = InFlight::enter(&intake, "n1").err().unwrap();
+        assert!(
+            matches!(&err, AgentError::Refused(m) if m.contains("too many restarts")),
+            "{err}"
+        );
+        assert_eq!(lock(&intake).in_flight, 0);
+    }
+
+    async fn until(what: &str, mut ok: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !ok() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// The race that the intake closes, made to happen: the child fails and the root sees
+    /// its exit before the caller hands the child over; the caller finds the exit and
+    /// replays it, and the root restarts the child.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_exit_that_overtakes_the_adoption_is_replayed_and_the_child_restarted() {
+        let host = Host::new("n1", builtin::all());
+        let sup = NodeSupervisor::start(host.clone(), Intensity::default())
+            .await
+            .unwrap();
+        let flaky = id("flaky/early");
+        let policy = AgentPolicy::default();
+        let (encoding, args) = Body::encode((), Some(Encoding::Json))
+            .unwrap()
+            .into_wire()
+            .unwrap();
+        let flight = InFlight::enter(&sup.shared.intake, "n1").unwrap();
+        let (act, started) = host
+            .activate(
+                flaky.clone(),
+                1,
+                Arc::new(SpawnRecord {
+                    encoding,
+                    args,
+                    placement: Placement::default(),
+                }),
+                TraceContext::new_root(),
+                run_options(&policy, &sup.root),
+            )
+            .await
+            .unwrap();
+        assert!(act.created);
+        let started = started.unwrap();
+        let crash = Delivery {
+            target: flaky.clone(),
+            epoch: 1,
+            sender: "tester".into(),
+            seq: 0,
+            trace: TraceContext::new_root(),
+            contract: None,
+            in_process: true,
+        };
+        host.deliver(crash, Body::typed(FlakyMsg::Crash), None)
+            .unwrap();
+        until("the root to keep the early exit", || {
+            lock(&sup.shared.intake).early.contains_key(&started)
+        })
+        .await;
+        let exit = flight.adopt(flaky.clone(), policy.into(), started);
+        assert!(
+            matches!(&exit, Some(Exit::Failed(r)) if r.contains("crash")),
+            "{exit:?}"
+        );
+        let _ = sup.root.cast(SupMsg::Exited(started, exit.unwrap()));
+        until("the restart", || {
+            host.actor_id(&flaky).is_some_and(|a| a != started)
+        })
+        .await;
+        let tree = sup.snapshot().await.unwrap();
+        let node = tree
+            .root
+            .agents
+            .iter()
+            .find(|a| a.id == "flaky/early")
+            .unwrap();
+        assert_eq!(node.restarts, 1, "{node:?}");
+        assert_eq!(node.status, ChildStatus::Running, "{node:?}");
+        assert!(lock(&sup.shared.intake).early.is_empty());
+        sup.stop();
     }
 }
