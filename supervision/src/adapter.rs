@@ -219,6 +219,22 @@ fn run_options(policy: &AgentPolicy, me: &ActorRef<SupMsg>) -> RunOptions {
     }
 }
 
+/// Activates `a` on the host, linked to supervisor `sup`; with the id of the actor it started.
+async fn activate_linked(
+    host: &Host,
+    a: &AddAgent,
+    sup: &ActorRef<SupMsg>,
+) -> Result<(Activation, Option<ActorId>), AgentError> {
+    host.activate(
+        a.id.clone(),
+        a.epoch,
+        a.record.clone(),
+        a.trace,
+        run_options(&a.policy, sup),
+    )
+    .await
+}
+
 fn policy_text(p: &AgentPolicy) -> String {
     let restart = match p.restart {
         RestartType::Permanent => "permanent",
@@ -258,17 +274,7 @@ impl SupervisorActor {
                 self.name
             )));
         }
-        let (act, actor) = self
-            .shared
-            .host
-            .activate(
-                a.id.clone(),
-                a.epoch,
-                a.record,
-                a.trace,
-                run_options(&a.policy, me),
-            )
-            .await?;
+        let (act, actor) = activate_linked(&self.shared.host, &a, me).await?;
         if act.created {
             self.adopt(st, a.id.clone(), a.policy.into(), actor);
             if self.name != "root" {
@@ -863,17 +869,7 @@ impl NodeSupervisor {
     /// "Spawning under the root").
     async fn activate_under_root(&self, a: AddAgent) -> Result<Activation, AgentError> {
         let flight = InFlight::enter(&self.shared.intake, &self.node)?;
-        let (act, actor) = self
-            .shared
-            .host
-            .activate(
-                a.id.clone(),
-                a.epoch,
-                a.record,
-                a.trace,
-                run_options(&a.policy, &self.root),
-            )
-            .await?;
+        let (act, actor) = activate_linked(&self.shared.host, &a, &self.root).await?;
         if let Some(actor) = actor {
             if let Some(exit) = flight.adopt(a.id, a.policy.into(), actor) {
                 // it ended before the root knew it: the root hears of it now
