@@ -47,7 +47,7 @@ pub mod peer_queue;
 pub mod protocol;
 
 pub use drain::{OutboxCounters, Sent};
-use peer_queue::PeerQueue;
+use peer_queue::{FrameSink, PeerQueue};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
@@ -62,7 +62,7 @@ use tether_actors::{
     IdHash, Placement, Router, SpawnRecord, TellRun, TraceContext,
 };
 use tether_supervision::{AddAgent, AgentPolicy, NodeSupervisor, StoredPolicy};
-use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio::sync::{oneshot, Mutex};
 use tracing::{debug, error, info, warn};
 
 use crate::detector::PeerState;
@@ -186,6 +186,21 @@ struct DirSpec {
     group: Option<String>,
 }
 
+/// The requests for one peer, and the agent stream they are written to.
+type Requests = PeerQueue<Request, FrameSink>;
+
+/// The answers to the requests of one agent stream a peer opened.
+#[derive(Clone)]
+struct Answers(Arc<PeerQueue<Response, FrameSink>>);
+
+impl Answers {
+    /// Writes `resp` at once when the stream's writer is idle, else queues it; dropped once
+    /// the stream is gone.
+    fn send(&self, resp: Response) {
+        self.0.push_or_write(resp, FrameSink::try_write);
+    }
+}
+
 struct Pending {
     peer: String,
     waiter: Waiter,
@@ -233,7 +248,7 @@ pub struct AgentSystem {
     routes: DashMap<AgentId, Route, IdHash>,
     seqs: DashMap<(String, AgentId), u64>,
     node_seqs: DashMap<AgentId, u64, IdHash>,
-    outs: DashMap<String, Arc<PeerQueue<Request>>>,
+    outs: DashMap<String, Arc<Requests>>,
     dir: DashMap<AgentId, DirEntry, IdHash>,
     /// Entries of `dir` per hosting node (placement's load), kept in step by `dir_insert` and
     /// `dir_remove`.
@@ -1665,9 +1680,10 @@ impl AgentSystem {
         }
     }
 
-    /// Queues `req` for `peer`, starting the peer's writer if needed.
+    /// Sends `req` to `peer`: written at once, in this task, when the peer's writer is idle
+    /// (see [`peer_queue`]), else queued behind what waits. Starts the writer if needed.
     fn send(&self, peer: &str, req: Request) {
-        self.with_queue(peer, |q| q.push(req));
+        self.with_queue(peer, |q| q.push_or_write(req, FrameSink::try_write));
     }
 
     /// Queues a tell for `peer`: it joins the run of tells at the back of the queue when it
@@ -1685,7 +1701,7 @@ impl AgentSystem {
     }
 
     /// Runs `f` on `peer`'s queue, starting the peer's writer if needed.
-    fn with_queue(&self, peer: &str, f: impl FnOnce(&PeerQueue<Request>)) {
+    fn with_queue(&self, peer: &str, f: impl FnOnce(&Requests)) {
         if let Some(q) = self.outs.get(peer) {
             return f(&q);
         }
@@ -1780,19 +1796,27 @@ impl AgentSystem {
         send: SendStream,
         recv: RecvStream,
     ) -> Result<(), WireError> {
-        let (tx, mut rx) = mpsc::unbounded_channel::<Response>();
-        let writer = tokio::spawn(async move {
-            let mut send = send;
-            while let Some(first) = rx.recv().await {
-                let mut batch = vec![first];
-                while let Ok(more) = rx.try_recv() {
-                    batch.push(more);
+        // answers are written by the task that has them (an agent's reply is written by the
+        // agent's task) when the writer is idle, else queued for it: see `peer_queue`
+        let tx = Answers(Arc::new(PeerQueue::default()));
+        let writer = {
+            let queue = tx.0.clone();
+            tokio::spawn(async move {
+                let mut sink = Some(FrameSink::new(send));
+                let mut batch = Vec::new();
+                while queue.take_lending(&mut batch, &mut sink).await {
+                    let Some(stream) = sink.as_mut() else { break };
+                    if stream.write_rest().await.is_err()
+                        || write_batch(&mut stream.send, &batch).await.is_err()
+                    {
+                        break;
+                    }
+                    batch.clear();
                 }
-                if write_batch(&mut send, &batch).await.is_err() {
-                    return;
-                }
-            }
-        });
+                // a broken stream takes no more answers
+                queue.close();
+            })
+        };
         let mut frames = wire::FrameReader::new(recv, MAX_AGENT_FRAME);
         let result = loop {
             let req = match frames.next::<Request>().await {
@@ -1804,12 +1828,14 @@ impl AgentSystem {
             self.frames_in.fetch_add(1, Ordering::Relaxed);
             self.handle_request(&peer, req, &tx);
         };
-        drop(tx);
+        // the peer's reader is gone with the stream: what is queued is written if it can be,
+        // later answers are dropped
+        tx.0.close();
         let _ = writer.await;
         result
     }
 
-    fn handle_request(&self, peer: &str, req: Request, tx: &mpsc::UnboundedSender<Response>) {
+    fn handle_request(&self, peer: &str, req: Request, tx: &Answers) {
         if self.is_quarantined(peer) {
             let error = AgentError::Refused(format!(
                 "node {peer} was decided down and has not fenced since; its requests are \
@@ -1838,14 +1864,14 @@ impl AgentSystem {
                 let (target, seq) = (env.target.clone(), env.seq);
                 if let Err((error, _)) = self.deliver_envelope(env, None) {
                     debug!(%peer, %target, %error, "tell refused");
-                    let _ = tx.send(Response::TellFailed { target, seq, error });
+                    tx.send(Response::TellFailed { target, seq, error });
                 }
             }
             Request::Tells { run } => {
                 let target = run.target.clone();
                 for (seq, error) in self.deliver_run(run) {
                     debug!(%peer, %target, seq, %error, "tell refused");
-                    let _ = tx.send(Response::TellFailed {
+                    tx.send(Response::TellFailed {
                         target: target.clone(),
                         seq,
                         error,
@@ -1857,7 +1883,7 @@ impl AgentSystem {
                     .deliver_envelope(env, None)
                     .map(|()| Answer::Delivered)
                     .map_err(|(e, _)| e);
-                let _ = tx.send(Response::Done { req, result });
+                tx.send(Response::Done { req, result });
             }
             Request::Ask {
                 req,
@@ -1879,7 +1905,7 @@ impl AgentSystem {
                         Some(Err(e)) => Err(e),
                         None => Err(lost_with_failed_instance(target.to_string())),
                     };
-                    let _ = answers.send(Response::Done { req, result });
+                    answers.send(Response::Done { req, result });
                 });
                 if let Err((e, reply)) = self.deliver_envelope(env, Some(reply)) {
                     match reply {
@@ -1887,7 +1913,7 @@ impl AgentSystem {
                             let _ = reply.send(Err(e));
                         }
                         None => {
-                            let _ = tx.send(Response::Done {
+                            tx.send(Response::Done {
                                 req,
                                 result: Err(e),
                             });
@@ -1931,7 +1957,7 @@ impl AgentSystem {
                             .await
                             .map(Answer::Activation),
                     };
-                    let _ = tx.send(Response::Done { req, result });
+                    tx.send(Response::Done { req, result });
                 });
             }
             Request::Lookup { req, id } => {
@@ -1939,7 +1965,7 @@ impl AgentSystem {
                 let tx = tx.clone();
                 tokio::spawn(async move {
                     let result = sys.lookup_owned(&id).await.map(Answer::Location);
-                    let _ = tx.send(Response::Done { req, result });
+                    tx.send(Response::Done { req, result });
                 });
             }
             Request::Activate {
@@ -1976,7 +2002,7 @@ impl AgentSystem {
                             .await
                             .map(Answer::Activation)
                     };
-                    let _ = tx.send(Response::Done { req, result });
+                    tx.send(Response::Done { req, result });
                 });
             }
             Request::Probe { req, id } => {
@@ -1987,7 +2013,7 @@ impl AgentSystem {
                         .placement_of(&id)
                         .is_some_and(|p| p.is_local_only())
                 });
-                let _ = tx.send(Response::Done {
+                tx.send(Response::Done {
                     req,
                     result: Ok(Answer::Location(loc.map(|epoch| Location {
                         node: self.me.clone(),
@@ -2020,8 +2046,8 @@ impl AgentSystem {
     }
 
     /// Answers a request with `error` (a tell with `TellFailed`), and drops notices.
-    fn refuse(&self, req: Request, error: AgentError, tx: &mpsc::UnboundedSender<Response>) {
-        let _ = match req {
+    fn refuse(&self, req: Request, error: AgentError, tx: &Answers) {
+        match req {
             Request::Tell { env } => tx.send(Response::TellFailed {
                 target: env.target,
                 seq: env.seq,
@@ -2029,13 +2055,12 @@ impl AgentSystem {
             }),
             Request::Tells { run } => {
                 for m in run.msgs {
-                    let _ = tx.send(Response::TellFailed {
+                    tx.send(Response::TellFailed {
                         target: run.target.clone(),
                         seq: m.seq,
                         error: error.clone(),
                     });
                 }
-                Ok(())
             }
             Request::Ask { req, .. }
             | Request::Deliver { req, .. }
@@ -2049,8 +2074,8 @@ impl AgentSystem {
             Request::Exited { .. }
             | Request::Backup { .. }
             | Request::Handoff { .. }
-            | Request::Evicted { .. } => Ok(()),
-        };
+            | Request::Evicted { .. } => {}
+        }
     }
 
     /// Delivers a message from a peer; on failure the error, and the reply sender (if the
@@ -2241,7 +2266,7 @@ async fn write_batch<T: serde::Serialize>(
 /// in order (batched), and reads the answers from the same stream. When the link breaks it
 /// waits for the next one; requests caught in the break are lost (asks among them fail when
 /// the peer is declared unreachable or at their deadline).
-async fn peer_writer(sys: Arc<AgentSystem>, peer: String, queue: Arc<PeerQueue<Request>>) {
+async fn peer_writer(sys: Arc<AgentSystem>, peer: String, queue: Arc<Requests>) {
     // one buffer for every batch: no growth while a steady stream is taken
     let mut batch: Vec<Request> = Vec::with_capacity(WRITE_BATCH);
     loop {
@@ -2282,13 +2307,26 @@ async fn peer_writer(sys: Arc<AgentSystem>, peer: String, queue: Arc<PeerQueue<R
                 }
             })
         };
-        // what waited for this stream (taken while there was no link) goes first
+        // what waited for this stream (taken while there was no link) goes first; then the
+        // stream is lent to senders whenever this task waits
+        let mut taken = !batch.is_empty();
+        let mut sink = Some(FrameSink::new(send));
         loop {
-            if batch.is_empty() {
-                queue.take(&mut batch).await;
+            if !taken {
+                queue.take_lending(&mut batch, &mut sink).await;
             }
-            let (written, unencodable) = write_requests(&mut send, &batch).await;
-            let broken = written < batch.len();
+            taken = false;
+            let Some(stream) = sink.as_mut() else {
+                // only a closed queue keeps the sink, and this one is never closed
+                break;
+            };
+            let rest_lost = stream.write_rest().await.is_err();
+            let (written, unencodable) = if rest_lost {
+                (0, Vec::new())
+            } else {
+                write_requests(&mut stream.send, &batch).await
+            };
+            let broken = rest_lost || written < batch.len();
             if broken {
                 let lost = batch.len() - written;
                 info!(%peer, lost, "agent stream broke; requests in it are lost");
