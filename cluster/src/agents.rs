@@ -709,19 +709,21 @@ impl AgentSystem {
         id: &AgentId,
         view: Option<&[String]>,
     ) -> (Option<String>, Option<String>) {
-        let current;
-        let view = match view {
-            Some(v) => v,
+        let owned =
+            |(o, b): (Option<&str>, Option<&str>)| (o.map(str::to_owned), b.map(str::to_owned));
+        match view {
+            Some(v) => owned(directory::owner_and_backup(
+                id.as_str(),
+                v.iter().map(String::as_str),
+            )),
             None => {
                 let Ok(net) = self.net() else {
                     return (None, None);
                 };
-                current = net.up_remotes();
-                &current
+                let up = net.up_view();
+                owned(directory::owner_and_backup(id.as_str(), up.remotes()))
             }
-        };
-        let (o, b) = directory::owner_and_backup(id.as_str(), view.iter().map(String::as_str));
-        (o.map(str::to_owned), b.map(str::to_owned))
+        }
     }
 
     /// Sends a copy of `id`'s entry to the id's backup (or to its owner, when this node holds
@@ -925,8 +927,8 @@ impl AgentSystem {
     /// The directory owner of `id`.
     fn owner_of(&self, id: &AgentId) -> Result<String, AgentError> {
         let net = self.net()?;
-        let remotes = net.up_remotes();
-        directory::owner(id.as_str(), remotes.iter().map(String::as_str))
+        let up = net.up_view();
+        directory::owner(id.as_str(), up.remotes())
             .map(str::to_owned)
             .ok_or_else(|| {
                 AgentError::NoDirectory("no remote node is reachable from this node".into())
@@ -1069,7 +1071,11 @@ impl AgentSystem {
     /// Up nodes (this one included) as placement candidates for `kind`; the load is the number
     /// of agents this owner placed there.
     fn candidates(&self, net: &Shared, kind: &str, requester: &str) -> Vec<Candidate> {
-        let mut members = net.up_members(kind);
+        let mut members: Vec<(String, Role, bool)> = net
+            .up_view()
+            .members(kind)
+            .map(|(name, role, has)| (name.to_owned(), role, has))
+            .collect();
         if !members.iter().any(|(n, _, _)| n == requester) {
             if let Some(role) = net.peer_role(requester) {
                 let has = net.kinds_of(requester).iter().any(|k| k == kind);
@@ -1107,7 +1113,15 @@ impl AgentSystem {
             }));
         }
         let net = self.net()?;
-        let asks = net.up_peers_with_kind(id.kind()).into_iter().map(|peer| {
+        let peers: Vec<String> = net
+            .up_view()
+            .peers_with_kind(id.kind())
+            .map(str::to_owned)
+            .collect();
+        if peers.is_empty() {
+            return Ok(None);
+        }
+        let asks = peers.into_iter().map(|peer| {
             let sys = self.arc();
             let id = id.clone();
             async move {

@@ -269,6 +269,64 @@ struct Seed {
     failures: u32,
 }
 
+/// The up members of the cluster as of one version of the membership table.
+#[derive(Debug)]
+pub(crate) struct UpView {
+    /// The table's version it was built from (`None`: never built).
+    version: Option<u64>,
+    /// Up nodes, this one last: name, role, the kinds it registered.
+    members: Vec<(String, Role, Vec<String>)>,
+}
+
+impl UpView {
+    fn stale() -> Self {
+        Self {
+            version: None,
+            members: Vec::new(),
+        }
+    }
+
+    fn build(version: u64, me: &NodeInfo, peers: &DashMap<String, Peer>) -> Self {
+        let mut members: Vec<(String, Role, Vec<String>)> = peers
+            .iter()
+            .filter(|p| p.detector.state() == PeerState::Up && !p.left)
+            .map(|p| (p.info.name.clone(), p.info.role, p.info.kinds.clone()))
+            .collect();
+        members.push((me.name.clone(), me.role, me.kinds.clone()));
+        Self {
+            version: Some(version),
+            members,
+        }
+    }
+
+    /// Up remote nodes, this one included if remote: the directory owners.
+    pub(crate) fn remotes(&self) -> impl Iterator<Item = &str> {
+        self.members
+            .iter()
+            .filter(|(_, role, _)| *role == Role::Remote)
+            .map(|(name, _, _)| name.as_str())
+    }
+
+    /// Up nodes (this one included): name, role, whether it registered `kind`.
+    pub(crate) fn members<'a>(
+        &'a self,
+        kind: &'a str,
+    ) -> impl Iterator<Item = (&'a str, Role, bool)> {
+        self.members
+            .iter()
+            .map(move |(name, role, kinds)| (name.as_str(), *role, kinds.iter().any(|k| k == kind)))
+    }
+
+    /// Up peers (this node excluded) that registered `kind`.
+    pub(crate) fn peers_with_kind<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a str> {
+        let peers = &self.members[..self.members.len().saturating_sub(1)];
+        peers
+            .iter()
+            .filter(move |(_, _, kinds)| kinds.iter().any(|k| k == kind))
+            .map(|(name, _, _)| name.as_str())
+    }
+}
+
 pub(crate) struct Shared {
     me: NodeInfo,
     timing: Timing,
@@ -278,6 +336,8 @@ pub(crate) struct Shared {
     peers: DashMap<String, Peer>,
     seeds: Mutex<Vec<Seed>>,
     version: watch::Sender<u64>,
+    /// The up members as of a version of the table, rebuilt on the first read after a change.
+    view: Mutex<Arc<UpView>>,
     shutdown: watch::Sender<bool>,
     ractor: ractor::ActorRef<ractor_cluster::NodeServerMessage>,
     started: Instant,
@@ -402,6 +462,7 @@ impl Node {
             peers: DashMap::with_shard_amount(2),
             seeds: Mutex::new(seeds),
             version,
+            view: Mutex::new(Arc::new(UpView::stale())),
             shutdown,
             ractor,
             started: Instant::now(),
@@ -768,44 +829,32 @@ impl Shared {
         changed
     }
 
+    /// The up members now. Every spawn reads them several times (owner, candidates, probes,
+    /// backup), so they are built once per change of the membership table, not walked on
+    /// every read. Every change of the table bumps its version (see the module doc); the
+    /// version is read before the table, so a view built while a change lands is rebuilt at
+    /// the next read.
+    pub(crate) fn up_view(&self) -> Arc<UpView> {
+        let version = *self.version.borrow();
+        let lock = || {
+            self.view
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        {
+            let v = lock();
+            if v.version == Some(version) {
+                return v.clone();
+            }
+        }
+        let fresh = Arc::new(UpView::build(version, &self.me, &self.peers));
+        *lock() = fresh.clone();
+        fresh
+    }
+
     /// Up remote nodes, this one included if remote: the directory owners.
     pub(crate) fn up_remotes(&self) -> Vec<String> {
-        let mut v: Vec<String> = self
-            .peers
-            .iter()
-            .filter(|p| {
-                p.info.role == Role::Remote && p.detector.state() == PeerState::Up && !p.left
-            })
-            .map(|p| p.info.name.clone())
-            .collect();
-        if self.me.role == Role::Remote {
-            v.push(self.me.name.clone());
-        }
-        v
-    }
-
-    /// Up nodes (this one included): name, role, whether it registered `kind`.
-    pub(crate) fn up_members(&self, kind: &str) -> Vec<(String, Role, bool)> {
-        let has = |kinds: &[String]| kinds.iter().any(|k| k == kind);
-        let mut v: Vec<(String, Role, bool)> = self
-            .peers
-            .iter()
-            .filter(|p| p.detector.state() == PeerState::Up && !p.left)
-            .map(|p| (p.info.name.clone(), p.info.role, has(&p.info.kinds)))
-            .collect();
-        v.push((self.me.name.clone(), self.me.role, has(&self.me.kinds)));
-        v
-    }
-
-    /// Up peers that registered `kind`.
-    pub(crate) fn up_peers_with_kind(&self, kind: &str) -> Vec<String> {
-        self.peers
-            .iter()
-            .filter(|p| {
-                p.detector.state() == PeerState::Up && p.info.kinds.iter().any(|k| k == kind)
-            })
-            .map(|p| p.info.name.clone())
-            .collect()
+        self.up_view().remotes().map(str::to_owned).collect()
     }
 
     /// A peer's role.
@@ -1207,5 +1256,62 @@ fn dial_seeds(shared: &Arc<Shared>, now: Instant) {
             s.pending = true;
             tokio::spawn(links::dial_seed(shared.clone(), s.addr));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(name: &str, role: Role, kinds: &[&str]) -> NodeInfo {
+        NodeInfo {
+            name: name.into(),
+            role,
+            addr: "127.0.0.1:1".parse().unwrap(),
+            incarnation: 1,
+            kinds: kinds.iter().map(|k| (*k).to_owned()).collect(),
+        }
+    }
+
+    fn sorted<'a>(it: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+        let mut v: Vec<&str> = it.collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// The view holds the up members only (not joining, not left), this node included.
+    #[test]
+    fn the_up_view_holds_up_members_and_this_node() {
+        let me = info("r0", Role::Remote, &["b"]);
+        let now = Instant::now();
+        let peers = DashMap::new();
+        for (i, up, left) in [
+            (info("r1", Role::Remote, &["a"]), true, false),
+            (info("l1", Role::Local, &["a", "b"]), true, false),
+            (info("r2", Role::Remote, &["a", "b"]), true, true),
+            (info("r3", Role::Remote, &["b"]), false, false),
+        ] {
+            let mut p = Peer::new(&me, i, DetectorConfig::default(), now);
+            if up {
+                assert!(p.detector.heartbeat(1, now).is_some(), "joining -> up");
+            }
+            p.left = left;
+            peers.insert(p.info.name.clone(), p);
+        }
+        let view = UpView::build(7, &me, &peers);
+        assert_eq!(view.version, Some(7));
+        assert_eq!(sorted(view.remotes()), ["r0", "r1"]);
+        let with_a: Vec<(&str, bool)> = {
+            let mut v: Vec<_> = view.members("a").map(|(n, _, has)| (n, has)).collect();
+            v.sort_unstable();
+            v
+        };
+        assert_eq!(with_a, [("l1", true), ("r0", false), ("r1", true)]);
+        assert_eq!(
+            sorted(view.peers_with_kind("b")),
+            ["l1"],
+            "this node is not a peer"
+        );
+        assert_eq!(sorted(view.peers_with_kind("a")), ["l1", "r1"]);
     }
 }
