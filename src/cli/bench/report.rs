@@ -52,7 +52,12 @@ pub(super) fn percentile(v: &[f64], p: f64) -> f64 {
     s[lo] + (s[hi] - s[lo]) * (pos - lo as f64)
 }
 
+/// The machine, and the async runtime's worker threads per process (every process of a run
+/// has as many: the children inherit `TOKIO_WORKER_THREADS`).
 pub(super) fn machine() -> String {
+    let workers = tokio::runtime::Handle::try_current()
+        .map(|h| h.metrics().num_workers().to_string())
+        .unwrap_or_else(|_| "?".into());
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(0);
@@ -75,7 +80,7 @@ pub(super) fn machine() -> String {
         })
         .unwrap_or_else(|| "unknown cpu".into());
     format!(
-        "{cores} cores, {mem}, {cpu}, {} {}",
+        "{cores} cores, {mem}, {cpu}, {} {}, {workers} runtime workers per process",
         std::env::consts::OS,
         std::env::consts::ARCH
     )
