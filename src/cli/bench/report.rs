@@ -80,7 +80,7 @@ pub(super) fn machine() -> String {
         })
         .unwrap_or_else(|| "unknown cpu".into());
     format!(
-        "{cores} cores, {mem}, {cpu}, {} {}, {workers} runtime workers per process",
+        "{cores} cores, {mem}, {cpu}, {} {}, runtime workers per process: {workers}",
         std::env::consts::OS,
         std::env::consts::ARCH
     )
