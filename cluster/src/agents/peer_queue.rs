@@ -316,12 +316,8 @@ mod tests {
                 out
             })
         };
-        // a current-thread runtime: yielding lets the taker run until it parks
-        for _ in 0..10 {
-            tokio::task::yield_now().await;
-        }
+        until_parked(&q).await;
         assert!(!taker.is_finished(), "nothing to take yet");
-        assert!(q.lock().parked, "the taker parked on the empty queue");
         q.push(7);
         let out = tokio::time::timeout(Duration::from_secs(5), taker)
             .await
@@ -396,7 +392,8 @@ mod tests {
         }
     }
 
-    /// Yields until the taker parked (a current-thread runtime runs it meanwhile).
+    /// Yields until the taker parked on the empty queue (a current-thread runtime runs it
+    /// meanwhile); panics if it does not.
     async fn until_parked<T, S>(q: &PeerQueue<T, S>) {
         for _ in 0..100 {
             if q.lock().parked {
