@@ -30,6 +30,7 @@ use report::Metric;
   tether bench --json > bench.json
   tether bench --faults           # adds failure detection on a real 3-node cluster
   tether bench --only remote      # just the remote rows
+  TOKIO_WORKER_THREADS=1 tether bench --only remote   # one runtime worker in every process
 
 Ratios are tether / anchor, both measured in this run; the GOAL column says which way is good.")]
 pub(crate) struct BenchArgs {

@@ -13,6 +13,10 @@ use tracing::info;
 use super::StateDirArg;
 
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Environment: TOKIO_WORKER_THREADS sets the node's async worker threads \
+(default: one per core). Several nodes on one small machine may answer faster with fewer."
+)]
 pub(crate) struct NodeArgs {
     /// Node name: its certificate's DNS name (lowercase letters, digits, '-').
     #[arg(long, env = "TETHER_NAME")]
