@@ -2331,7 +2331,7 @@ async fn peer_writer(sys: Arc<AgentSystem>, peer: String, queue: Arc<Requests>) 
             }
             taken = false;
             let Some(stream) = sink.as_mut() else {
-                // only a closed queue keeps the sink, and this one is never closed
+                // not reached: `take_lending` always hands the sink back with what it took
                 break;
             };
             let rest_lost = stream.write_rest().await.is_err();

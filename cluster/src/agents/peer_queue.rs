@@ -204,9 +204,9 @@ impl<T, S> PeerQueue<T, S> {
 }
 
 /// A stream's sending half as a frame writer that can also write without waiting: what a
-/// [`PeerQueue`] lends to senders for direct writes
-/// (see its module doc). A direct write that was only partly taken keeps the rest here; the
-/// stream's writer task writes it ([`write_rest`](Self::write_rest)) before anything else.
+/// [`PeerQueue`] lends to senders for direct writes (see the module doc). A direct write that
+/// was only partly taken keeps the rest here; the stream's writer task writes it
+/// ([`write_rest`](Self::write_rest)) before anything else.
 #[derive(Debug)]
 pub struct FrameSink {
     /// The stream; the writer task writes its batches to it directly.
