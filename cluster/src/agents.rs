@@ -2285,7 +2285,7 @@ async fn peer_writer(sys: Arc<AgentSystem>, peer: String, queue: Arc<Requests>) 
     let mut batch: Vec<Request> = Vec::with_capacity(WRITE_BATCH);
     loop {
         let Ok(net) = sys.net() else { return };
-        let Some(conn) = net.link_of(&peer).await else {
+        let Some((conn, tasks)) = net.link_of(&peer).await else {
             // no link and none coming: fail what waits, keep serving later sends
             for r in batch.drain(..) {
                 fail_request(&sys, &peer, r);
@@ -2304,10 +2304,11 @@ async fn peer_writer(sys: Arc<AgentSystem>, peer: String, queue: Arc<Requests>) 
         if wire::write_tag(&mut send, StreamTag::Agents).await.is_err() {
             continue;
         }
+        // the answers' reader runs in the connection's task: see `transport::conn_task`
         let reader = {
             let sys = sys.clone();
             let peer = peer.clone();
-            tokio::spawn(async move {
+            tasks.spawn(async move {
                 let mut frames = wire::FrameReader::new(recv, MAX_AGENT_FRAME);
                 loop {
                     match frames.next::<Response>().await {

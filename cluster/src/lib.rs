@@ -7,7 +7,8 @@
 //! - [`identity`]: node names, roles, [`NodeInfo`], who dials whom.
 //! - [`certs`]: the cluster CA and node/operator certificates (rcgen), on disk.
 //! - [`tls`]: rustls configurations for mutual TLS; the peer's name comes from its certificate.
-//! - [`transport`]: quinn endpoints (keep-alive, idle timeout, keys from the node secret).
+//! - [`transport`]: quinn endpoints (keep-alive, idle timeout, keys from the node secret);
+//!   [`transport::conn_task`]: a connection's driver and its agent streams' readers in one task.
 //! - [`fault`]: the fault layer: ordered drop/loss/delay rules on every datagram.
 //! - [`wire`]: framing of tether's own streams and heartbeat datagrams.
 //! - [`link`]: the link protocol: one connection per pair, agreed by both sides (sans-IO).

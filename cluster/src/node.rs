@@ -48,7 +48,7 @@ use crate::identity::{designated_dialer, validate_name, NameError, NodeInfo, Rol
 use crate::link::{self, DialConfig};
 use crate::sbr::{Action, Resolver, SbrConfig};
 use crate::statedir::{NodeDir, NodeRecord};
-use crate::transport::{self, QuicTiming, TransportError};
+use crate::transport::{self, ConnTasks, QuicTiming, TransportError};
 use crate::wire::{self, close, PeerMsg};
 
 /// All of a node's timers.
@@ -197,6 +197,8 @@ pub enum NodeError {
 #[derive(Debug, Clone)]
 struct Link {
     conn: Connection,
+    /// The task that drives `conn`, where its agent streams' readers run.
+    tasks: ConnTasks,
     tx: mpsc::Sender<PeerMsg>,
 }
 
@@ -887,15 +889,16 @@ impl Shared {
             .unwrap_or_default()
     }
 
-    /// The current link to `peer`, waiting for one while the peer is not decided down.
-    pub(crate) async fn link_of(&self, peer: &str) -> Option<Connection> {
+    /// The current link to `peer` (its connection, and the task that drives it), waiting for
+    /// one while the peer is not decided down.
+    pub(crate) async fn link_of(&self, peer: &str) -> Option<(Connection, ConnTasks)> {
         let mut changes = self.version.subscribe();
         loop {
             changes.borrow_and_update();
             {
                 let p = self.peers.get(peer)?;
                 if let Some(l) = &p.link {
-                    return Some(l.conn.clone());
+                    return Some((l.conn.clone(), l.tasks.clone()));
                 }
                 if p.left || p.detector.state() == PeerState::Down {
                     return None;

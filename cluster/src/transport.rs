@@ -5,6 +5,9 @@
 //! call, not the idle timeout's. The stateless-reset key and the connection-id key come from
 //! the node's secret (see [`statedir`](crate::statedir)), so a restarted node resets its old
 //! connections at the first packet a peer sends.
+//!
+//! A node endpoint runs on [`NodeRuntime`]: each connection's driver and the readers of its
+//! agent streams share one task ([`conn_task`]).
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
@@ -12,6 +15,10 @@ use std::time::Duration;
 
 use quinn::{Endpoint, EndpointConfig, IdleTimeout, TransportConfig, VarInt};
 use rustls_pki_types::CertificateDer;
+
+pub mod conn_task;
+
+pub use conn_task::{capture, ConnTasks, NodeRuntime, SubTask};
 
 use crate::certs::Identity;
 use crate::fault::{FaultLayer, FaultSocket};
@@ -87,7 +94,8 @@ pub fn node_endpoint(
         addr: listen,
         source,
     })?;
-    let runtime = quinn::default_runtime().ok_or(TransportError::NoRuntime)?;
+    tokio::runtime::Handle::try_current().map_err(|_| TransportError::NoRuntime)?;
+    let runtime: Arc<dyn quinn::Runtime> = Arc::new(NodeRuntime::default());
     let inner = runtime
         .wrap_udp_socket(sock)
         .map_err(|source| TransportError::Bind {
@@ -137,4 +145,83 @@ pub fn control_endpoint(
     client.transport_config(transport_config(QuicTiming::default())?);
     ep.set_default_client_config(client);
     Ok(ep)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::certs::CertDir;
+    use std::time::Duration;
+    use tokio::time::timeout;
+
+    fn endpoint(dir: &CertDir, name: &str) -> (Endpoint, quinn::ClientConfig) {
+        node_endpoint(
+            "127.0.0.1:0".parse().unwrap(),
+            &dir.load_ca().unwrap(),
+            &dir.load_node(name).unwrap(),
+            &[7; 32],
+            FaultLayer::new(1),
+            QuicTiming::default(),
+        )
+        .unwrap()
+    }
+
+    /// The node endpoint's connections get a connection task on both sides, a stream's
+    /// reader runs in it, and the task ends with the connection.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_and_its_stream_reader_share_a_task_that_ends_with_it() {
+        let root = std::env::temp_dir().join(format!("tether-transport-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let dir = CertDir::new(&root);
+        dir.ensure_ca().unwrap();
+        dir.ensure_node("a").unwrap();
+        dir.ensure_node("b").unwrap();
+        let (a, a_client) = endpoint(&dir, "a");
+        let (b, _) = endpoint(&dir, "b");
+        let b_addr = b.local_addr().unwrap();
+
+        let server = tokio::spawn(async move {
+            let incoming = b.accept().await.expect("an incoming connection");
+            let (connecting, tasks) = capture(|| incoming.accept());
+            let conn = connecting.unwrap().await.unwrap();
+            let (mut send, mut recv) = conn.accept_bi().await.unwrap();
+            // an echo reader, in the connection's task
+            tasks.spawn(async move {
+                let mut buf = [0u8; 5];
+                recv.read_exact(&mut buf).await.unwrap();
+                send.write_all(&buf).await.unwrap();
+                send.finish().unwrap();
+            });
+            conn.closed().await;
+            (tasks, b)
+        });
+
+        let (connecting, tasks) = capture(|| a.connect_with(a_client, b_addr, "b"));
+        assert!(!tasks.is_detached(), "connect made a connection task");
+        let conn = connecting.unwrap().await.unwrap();
+        let (mut send, recv) = conn.open_bi().await.unwrap();
+        send.write_all(b"hello").await.unwrap();
+        let (echo_tx, echo) = tokio::sync::oneshot::channel();
+        tasks.spawn(async move {
+            let mut recv = recv;
+            let _ = echo_tx.send(recv.read_to_end(64).await);
+        });
+        let deadline = Duration::from_secs(10);
+        let echo = timeout(deadline, echo).await.expect("the echo came back");
+        assert_eq!(echo.unwrap().unwrap(), b"hello");
+        assert!(!tasks.is_ended(), "the driver still runs");
+
+        conn.close(0u32.into(), b"done");
+        let (b_tasks, _b) = timeout(deadline, server).await.unwrap().unwrap();
+        assert!(!b_tasks.is_detached(), "accept made a connection task");
+        drop(conn);
+        timeout(deadline, async {
+            while !(tasks.is_ended() && b_tasks.is_ended()) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("both connection tasks end once their connection is drained");
+        let _ = std::fs::remove_dir_all(&root);
+    }
 }

@@ -15,6 +15,7 @@ use super::{Link, Shared};
 use crate::identity::{validate_name, NodeInfo, ADMIN_NAME};
 use crate::link::{self, Decision, LinkView};
 use crate::tls::{self, ALPN_CONTROL, ALPN_PEER, ANY_NODE_SNI};
+use crate::transport::{self, ConnTasks};
 use crate::wire::{
     self, close, PeerMsg, StreamTag, WireError, MAX_CONTROL_FRAME, PROTOCOL_VERSION,
 };
@@ -58,7 +59,15 @@ pub(super) async fn accept_loop(shared: Arc<Shared>) {
 
 async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
     let remote = incoming.remote_address();
-    let conn = match timeout(shared.timing.connect_timeout, incoming).await {
+    let (connecting, tasks) = transport::capture(|| incoming.accept());
+    let connecting = match connecting {
+        Ok(c) => c,
+        Err(e) => {
+            info!(%remote, error = %e, "incoming connection refused by the endpoint");
+            return;
+        }
+    };
+    let conn = match timeout(shared.timing.connect_timeout, connecting).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
             // no certificate, a certificate from another CA, a bad ALPN: the handshake fails
@@ -90,7 +99,7 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
             );
         }
         Some(ALPN_PEER) if validate_name(&name).is_ok() && name != shared.me.name => {
-            if let Err(e) = accept_peer(&shared, conn.clone(), &name).await {
+            if let Err(e) = accept_peer(&shared, conn.clone(), tasks, &name).await {
                 warn!(%remote, peer = %name, error = %e, "peer handshake failed");
                 conn.close(close::PROTOCOL.into(), e.to_string().as_bytes());
             }
@@ -102,7 +111,12 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
     }
 }
 
-async fn accept_peer(shared: &Arc<Shared>, conn: Connection, name: &str) -> Result<(), DialError> {
+async fn accept_peer(
+    shared: &Arc<Shared>,
+    conn: Connection,
+    tasks: ConnTasks,
+    name: &str,
+) -> Result<(), DialError> {
     let deadline = shared.timing.connect_timeout;
     let (mut send, mut recv) = timeout(deadline, conn.accept_bi())
         .await
@@ -177,7 +191,7 @@ async fn accept_peer(shared: &Arc<Shared>, conn: Connection, name: &str) -> Resu
             if restarted {
                 info!(peer = %name, incarnation = info.incarnation, "peer connected with a new incarnation");
             }
-            install_link(shared, &info, conn, send, recv, false);
+            install_link(shared, &info, (conn, tasks), send, recv, false);
             Ok(())
         }
         Decision::Refuse(r) => {
@@ -254,14 +268,14 @@ async fn dial(
         None => (None, None),
     };
     let deadline = shared.timing.connect_timeout;
-    let connecting = shared
-        .endpoint
-        .connect_with(
+    let (connecting, tasks) = transport::capture(|| {
+        shared.endpoint.connect_with(
             shared.client_cfg.clone(),
             addr,
             expected.unwrap_or(ANY_NODE_SNI),
         )
-        .map_err(|e| DialError::Connect(e.to_string()))?;
+    });
+    let connecting = connecting.map_err(|e| DialError::Connect(e.to_string()))?;
     let conn = timeout(deadline, connecting)
         .await
         .map_err(|_| DialError::Timeout)?
@@ -342,7 +356,7 @@ async fn dial(
                 .unwrap_or_else(|| "no reason".into()),
         ));
     }
-    install_link(shared, &info, conn.clone(), send, recv, true);
+    install_link(shared, &info, (conn.clone(), tasks), send, recv, true);
     super::ractor_bridge::open_session(shared, &conn, &name).await;
     Ok(())
 }
@@ -351,7 +365,7 @@ async fn dial(
 fn install_link(
     shared: &Arc<Shared>,
     info: &NodeInfo,
-    conn: Connection,
+    (conn, tasks): (Connection, ConnTasks),
     send: SendStream,
     recv: RecvStream,
     dialed: bool,
@@ -369,6 +383,7 @@ fn install_link(
         }
         let old = p.link.replace(Link {
             conn: conn.clone(),
+            tasks: tasks.clone(),
             tx: tx.clone(),
         });
         p.unlinked_since = None;
@@ -391,7 +406,7 @@ fn install_link(
     tokio::spawn(run_link(
         shared.clone(),
         info.name.clone(),
-        conn,
+        (conn, tasks),
         send,
         recv,
         rx,
@@ -401,7 +416,7 @@ fn install_link(
 async fn run_link(
     shared: Arc<Shared>,
     peer: String,
-    conn: Connection,
+    (conn, tasks): (Connection, ConnTasks),
     send: SendStream,
     recv: RecvStream,
     rx: mpsc::Receiver<PeerMsg>,
@@ -411,7 +426,7 @@ async fn run_link(
         r = read_link(&shared, &peer, recv) => r,
         r = write_link(&conn, send, rx) => r,
         r = read_datagrams(&shared, &peer, &conn) => r,
-        r = accept_streams(&shared, &peer, &conn) => r,
+        r = accept_streams(&shared, &peer, &conn, &tasks) => r,
     };
     if let Err(e) = &result {
         warn!(%peer, error = %e, "closing link after a protocol error");
@@ -551,6 +566,7 @@ async fn accept_streams(
     shared: &Arc<Shared>,
     peer: &str,
     conn: &Connection,
+    tasks: &ConnTasks,
 ) -> Result<(), WireError> {
     loop {
         let Ok((send, mut recv)) = conn.accept_bi().await else {
@@ -567,7 +583,8 @@ async fn accept_streams(
                 let sys = shared.agents.clone();
                 let peer = peer.to_owned();
                 let conn = conn.clone();
-                tokio::spawn(async move {
+                // in the connection's task: see `transport::conn_task`
+                tasks.spawn(async move {
                     if let Err(e) = sys.serve(peer.clone(), send, recv).await {
                         warn!(%peer, error = %e, "closing link after a bad agent frame");
                         conn.close(close::PROTOCOL.into(), e.to_string().as_bytes());
