@@ -201,3 +201,15 @@ pub enum AgentError {
     #[error("{0}")]
     Internal(String),
 }
+
+impl AgentError {
+    /// The error of an ask whose message was still in the mailbox of an instance of `id`
+    /// that failed.
+    pub fn lost_with_failed_instance(id: &AgentId) -> Self {
+        AgentError::Failed {
+            id: id.to_string(),
+            reason: "the instance failed before handling this message (it was in its mailbox)"
+                .into(),
+        }
+    }
+}

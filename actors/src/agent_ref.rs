@@ -11,7 +11,10 @@ use std::time::Duration;
 use crate::agent::{Agent, AgentError};
 use crate::envelope::Contract;
 use crate::id::AgentId;
-use crate::kind::{Body, BoxFuture};
+use crate::kind::Body;
+
+/// Where the reply to an ask comes: the router sends the request with its sender.
+pub type ReplyRx = tokio::sync::oneshot::Receiver<Result<Body, AgentError>>;
 
 /// Sends messages by agent id; implemented by the node runtime.
 pub trait Router: Send + Sync + 'static {
@@ -26,14 +29,48 @@ pub trait Router: Send + Sync + 'static {
         contract: Contract,
     ) -> Result<(), (AgentError, Body)>;
 
-    /// Request and reply, within `deadline`.
-    fn ask(
+    /// Sends a request; its reply comes on the returned receiver, within `deadline` or not at
+    /// all ([`ask`] waits for it). Every path answers an ask it gives up on, except the
+    /// mailbox of a local instance that failed with the message still in it: there the
+    /// receiver closes unanswered.
+    ///
+    /// # Errors
+    /// The same as `tell`, found before the request left.
+    fn send_ask(
         &self,
         target: &AgentId,
         body: Body,
         contract: Contract,
         deadline: Duration,
-    ) -> BoxFuture<'static, Result<Body, AgentError>>;
+    ) -> Result<ReplyRx, AgentError>;
+
+    /// No reply to an ask to `target` came within its deadline.
+    fn ask_timed_out(&self, target: &AgentId);
+}
+
+/// Request and reply through `router`, within `deadline`.
+///
+/// # Errors
+/// [`AgentError::Timeout`] past the deadline; what [`Router::send_ask`] returns; the agent's
+/// error.
+pub async fn ask(
+    router: &dyn Router,
+    target: &AgentId,
+    body: Body,
+    contract: Contract,
+    deadline: Duration,
+) -> Result<Body, AgentError> {
+    let rx = router.send_ask(target, body, contract, deadline)?;
+    match tokio::time::timeout(deadline, rx).await {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(_)) => Err(AgentError::lost_with_failed_instance(target)),
+        Err(_) => {
+            router.ask_timed_out(target);
+            Err(AgentError::Timeout {
+                ms: deadline.as_millis() as u64,
+            })
+        }
+    }
 }
 
 /// Why a `tell` failed; gives the message back.
@@ -114,10 +151,14 @@ impl<A: Agent> AgentRef<A> {
     /// # Cancel safety
     /// Dropping the future abandons the reply; the message may still be handled.
     pub async fn ask(&self, msg: A::Msg, deadline: Duration) -> Result<A::Reply, AgentError> {
-        let body = self
-            .router
-            .ask(&self.id, Body::typed(msg), Self::contract(), deadline)
-            .await?;
+        let body = ask(
+            self.router.as_ref(),
+            &self.id,
+            Body::typed(msg),
+            Self::contract(),
+            deadline,
+        )
+        .await?;
         body.decode().map_err(|reason| AgentError::BadPayload {
             id: format!("reply of {}", self.id),
             reason,

@@ -56,7 +56,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use dashmap::DashMap;
 use quinn::{RecvStream, SendStream};
-use tether_actors::kind::{BoxFuture, ReplyTx, CURRENT_AGENT};
+use tether_actors::agent_ref::ReplyRx;
+use tether_actors::kind::{ReplyTx, CURRENT_AGENT};
 use tether_actors::{
     Activation, AgentError, AgentId, AgentInfo, Body, Contract, Delivery, Encoding, Envelope, Host,
     IdHash, Placement, Router, SpawnRecord, TellRun, TraceContext,
@@ -1917,7 +1918,7 @@ impl AgentSystem {
                                 AgentError::Internal(format!("reply does not encode: {reason}"))
                             }),
                         Some(Err(e)) => Err(e),
-                        None => Err(lost_with_failed_instance(target.to_string())),
+                        None => Err(AgentError::lost_with_failed_instance(&target)),
                     };
                     answers.send(Response::Done { req, result });
                 });
@@ -2189,36 +2190,24 @@ impl Router for AgentSystem {
         self.tell_or_queue(target, body, contract).map(|_| ())
     }
 
-    fn ask(
+    fn send_ask(
         &self,
         target: &AgentId,
         body: Body,
         contract: Contract,
         deadline: Duration,
-    ) -> BoxFuture<'static, Result<Body, AgentError>> {
-        let out = self.outgoing(target, body, contract);
-        let sys = self.arc();
-        let id = target.clone();
-        Box::pin(async move {
-            let mut out = out.map_err(|(e, _)| e)?;
-            let (tx, rx) = oneshot::channel();
-            out.ask = Some((tx, deadline));
-            sys.route(out);
-            match tokio::time::timeout(deadline, rx).await {
-                Ok(Ok(r)) => r,
-                // every path answers an ask it gives up on, except the mailbox of a local
-                // instance that failed with the message still in it
-                Ok(Err(_)) => Err(lost_with_failed_instance(id.to_string())),
-                Err(_) => {
-                    // a remote host may have moved or gone: look it up again next time
-                    // (an agent hosted here has no route entry; this forgets nothing)
-                    sys.forget_route(&id);
-                    Err(AgentError::Timeout {
-                        ms: deadline.as_millis() as u64,
-                    })
-                }
-            }
-        })
+    ) -> Result<ReplyRx, AgentError> {
+        let mut out = self.outgoing(target, body, contract).map_err(|(e, _)| e)?;
+        let (tx, rx) = oneshot::channel();
+        out.ask = Some((tx, deadline));
+        self.route(out);
+        Ok(rx)
+    }
+
+    fn ask_timed_out(&self, target: &AgentId) {
+        // a remote host may have moved or gone: look it up again next time (an agent hosted
+        // here has no route entry; this forgets nothing)
+        self.forget_route(target);
     }
 }
 
@@ -2246,14 +2235,6 @@ fn local_parts(out: Outgoing) -> (Delivery, Body, Option<ReplyTx>) {
         in_process: true,
     };
     (d, out.body, out.ask.map(|(tx, _)| tx.into()))
-}
-
-/// The error of an ask whose message was still in the mailbox of an instance that failed.
-fn lost_with_failed_instance(id: String) -> AgentError {
-    AgentError::Failed {
-        id,
-        reason: "the instance failed before handling this message (it was in its mailbox)".into(),
-    }
 }
 
 /// Encodes a body for the wire (typed values become MessagePack).

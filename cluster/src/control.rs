@@ -15,7 +15,7 @@ use tokio::time::timeout;
 use tracing::{info, warn};
 
 use tether_actors::{
-    Activation, AgentError, AgentId, AgentInfo, Body, Contract, Placement, Router, TraceContext,
+    agent_ref, Activation, AgentError, AgentId, AgentInfo, Body, Contract, Placement, TraceContext,
 };
 
 use tether_supervision::tree::NodeTree;
@@ -510,7 +510,7 @@ async fn ask(shared: &Arc<Shared>, id: &str, json: &str, timeout_ms: u64) -> Con
         // the envelope takes its trace when the ask is made: make it inside the scope
         let reply = root
             .scope(async {
-                Router::ask(
+                agent_ref::ask(
                     shared.agents.as_ref(),
                     &id,
                     Body::json(&msg),
