@@ -157,6 +157,12 @@ async fn child(mode: &str, a: &BenchArgs) -> anyhow::Result<()> {
         "quinn-recv" => return anchors::quinn_recv(&certs()?).await,
         "ractor-send" => anchors::ractor_send(to()?.parse()?, a.count, a.asks).await?,
         "quinn-send" => anchors::quinn_send(&certs()?, to()?.parse()?, a.count, a.asks).await?,
+        "ask-loop-tether" | "ask-loop-ractor" => {
+            local::ask_loop(&mode["ask-loop-".len()..], a.count).await?;
+            use std::io::Write;
+            std::io::stdout().flush()?;
+            std::process::exit(0);
+        }
         "memory-tether" | "memory-ractor" => {
             let per = local::measure_memory(&mode["memory-".len()..], a.count as usize).await?;
             println!("{per}");
