@@ -5,6 +5,7 @@ mod bench;
 mod certs;
 mod common;
 mod faults;
+mod logging;
 mod node;
 mod status;
 mod tree;

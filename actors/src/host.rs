@@ -33,7 +33,7 @@ use dashmap::DashMap;
 use ractor::{ActorCell, ActorId};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::agent::AgentError;
 use crate::envelope::{Contract, Encoding, Envelope, TellRun, TraceContext};
@@ -403,7 +403,10 @@ impl Host {
         );
         drop(_guard);
         self.activating.remove(&id);
-        info!(agent = %id, epoch, trace_id = %trace.trace_id_hex(), "agent activated");
+        // at debug, as OTP's progress reports and Akka's lifecycle logs: a node that spawns
+        // thousands of agents would otherwise write a line for each (and at `info`, that line
+        // cost a quarter of a spawn)
+        debug!(agent = %id, epoch, trace_id = %trace.trace_id_hex(), "agent activated");
         Ok((
             Activation {
                 id,
@@ -475,7 +478,7 @@ impl Host {
                 self.notify_exit(id, epoch, reason);
             }
             None => {
-                info!(agent = %id, epoch, "agent stopped");
+                debug!(agent = %id, epoch, "agent stopped");
                 self.notify_exit(id, epoch, None);
             }
         }

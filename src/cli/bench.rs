@@ -19,6 +19,7 @@ mod local;
 mod remote;
 mod report;
 
+use anyhow::Context;
 use std::process::ExitCode;
 
 use clap::Args;
@@ -109,13 +110,19 @@ impl Sizes {
 }
 
 pub(crate) async fn bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
-    if std::env::var_os("RUST_LOG").is_some() {
-        super::node::init_logging();
-    }
     if let Some(mode) = &a.child {
+        if std::env::var_os("RUST_LOG").is_some() {
+            super::logging::init_logging();
+        }
         child(mode, &a).await?;
         return Ok(ExitCode::SUCCESS);
     }
+    // the nodes measured log as a node does (the default filter unless RUST_LOG says
+    // otherwise), to a file: stderr is the bench's own
+    let log = std::env::temp_dir().join(format!("tether-bench-{}.log", std::process::id()));
+    super::logging::init_logging_to(
+        std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?,
+    );
     let s = Sizes::new(a.quick);
     let say = |msg: String| {
         if !a.json {
@@ -123,9 +130,10 @@ pub(crate) async fn bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
         }
     };
     say(format!(
-        "tether bench ({}): {}",
+        "tether bench ({}): {}; logs in {}",
         if a.quick { "quick" } else { "full" },
-        report::machine()
+        report::machine(),
+        log.display()
     ));
     let wants = |group: &str| a.only.is_empty() || a.only.iter().any(|g| g == group);
     let mut metrics = Vec::new();
@@ -139,6 +147,8 @@ pub(crate) async fn bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
         metrics.extend(fault_rows(&s, &say)?);
     }
     report::report(&metrics, a.json)?;
+    // kept only when the run failed
+    let _ = std::fs::remove_file(&log);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -61,7 +61,7 @@ pub(crate) struct NodeArgs {
 }
 
 pub(crate) async fn run(a: NodeArgs) -> anyhow::Result<ExitCode> {
-    init_logging();
+    super::logging::init_logging();
     let state_dir = a.state.state_dir;
     let node_dir = NodeDir::new(state_dir.join("nodes").join(&a.name));
     let listen = a
@@ -114,18 +114,6 @@ pub(crate) async fn run(a: NodeArgs) -> anyhow::Result<ExitCode> {
     }
     node.shutdown().await;
     Ok(ExitCode::SUCCESS)
-}
-
-pub(crate) fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,ractor=warn,ractor_cluster=warn,quinn=warn"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .init();
 }
 
 fn rand_seed() -> u64 {

@@ -56,8 +56,13 @@ impl Pair {
     }
 }
 
+/// Starts `b2` as a node runs: its log filter is the default one (or `RUST_LOG`), its log goes
+/// to `b2.log` in `dir`.
 fn spawn_peer(dir: &Path, seed: &str) -> anyhow::Result<Child> {
     let exe = std::env::current_exe().context("cannot find the tether executable")?;
+    let log_path = dir.join("b2.log");
+    let log = std::fs::File::create(&log_path)
+        .with_context(|| format!("cannot create {}", log_path.display()))?;
     let mut child = Command::new(exe)
         .args([
             "node",
@@ -70,20 +75,18 @@ fn spawn_peer(dir: &Path, seed: &str) -> anyhow::Result<Child> {
             "--state-dir",
         ])
         .arg(dir)
-        .env(
-            "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "error".into()),
-        )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(log)
         .spawn()
         .context("start node b2")?;
     let mut line = String::new();
     BufReader::new(child.stdout.take().context("b2 stdout")?).read_line(&mut line)?;
     if !line.starts_with("ready ") {
         let _ = child.kill();
-        bail!("node b2 did not start: {line:?}");
+        let _ = child.wait();
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        bail!("node b2 did not start: {line:?}; its log:\n{log}");
     }
     Ok(child)
 }
