@@ -405,7 +405,7 @@ impl Host {
         self.activating.remove(&id);
         // at debug, as OTP's progress reports and Akka's lifecycle logs: a node that spawns
         // thousands of agents would otherwise write a line for each (and at `info`, that line
-        // cost a quarter of a spawn)
+        // cost a fifth of a spawn)
         debug!(agent = %id, epoch, trace_id = %trace.trace_id_hex(), "agent activated");
         Ok((
             Activation {
