@@ -19,9 +19,9 @@ mod local;
 mod remote;
 mod report;
 
-use anyhow::Context;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::Args;
 use report::Metric;
 
@@ -168,24 +168,32 @@ async fn child(mode: &str, a: &BenchArgs) -> anyhow::Result<()> {
         "ractor-send" => anchors::ractor_send(to()?.parse()?, a.count, a.asks).await?,
         "quinn-send" => anchors::quinn_send(&certs()?, to()?.parse()?, a.count, a.asks).await?,
         "ask-loop-tether" | "ask-loop-ractor" => {
-            local::ask_loop(&mode["ask-loop-".len()..], a.count).await?;
-            use std::io::Write;
-            std::io::stdout().flush()?;
-            std::process::exit(0);
+            in_task(local::ask_loop(
+                mode["ask-loop-".len()..].to_owned(),
+                a.count,
+            ))
+            .await?;
+            match exit_at_once()? {}
         }
         "memory-tether" | "memory-ractor" => {
             let per = local::measure_memory(&mode["memory-".len()..], a.count as usize).await?;
             println!("{per}");
             // leave without tearing the agents down: the parent only reads the figure, and an
             // instruction count of this child (callgrind) is then the spawns alone
-            use std::io::Write;
-            std::io::stdout().flush()?;
-            std::process::exit(0);
+            match exit_at_once()? {}
         }
         other => anyhow::bail!("unknown bench child {other:?}"),
     };
     println!("{}", serde_json::to_string(&result)?);
     Ok(())
+}
+
+/// Ends a child process without tearing its runtime and agents down (what they would cost is
+/// not what the child measures).
+fn exit_at_once() -> anyhow::Result<std::convert::Infallible> {
+    use std::io::Write;
+    std::io::stdout().flush()?;
+    std::process::exit(0)
 }
 
 /// Runs a timed local row in a task of the runtime, where agents and services run, rather than

@@ -202,31 +202,27 @@ pub(super) async fn spawn_rate(node: &Node, n: u64, round: usize) -> anyhow::Res
 }
 
 /// Runs in a child process, for profiling (`--child ask-loop-tether`, `ask-loop-ractor`): `n`
-/// asks in a task of the runtime, one at a time, and nothing else. The difference between the
-/// instruction counts (callgrind) of two sizes is the cost of one ask.
-pub(super) async fn ask_loop(what: &str, n: u64) -> anyhow::Result<()> {
-    let what = what.to_owned();
-    tokio::spawn(async move {
-        match what.as_str() {
-            "tether" => {
-                let (node, dir) = bench_node("ask-loop").await?;
-                let c: AgentRef<Counter> = node.spawn("ask-loop", None).await?;
-                for _ in 0..n {
-                    c.ask(CounterMsg::Get, Duration::from_secs(5)).await?;
-                }
-                let _ = std::fs::remove_dir_all(dir);
+/// asks, one at a time, and nothing else (run it in a task, as the timed rows are). The
+/// difference between the instruction counts (callgrind) of two sizes is the cost of one ask.
+pub(super) async fn ask_loop(what: String, n: u64) -> anyhow::Result<()> {
+    match what.as_str() {
+        "tether" => {
+            let (node, dir) = bench_node("ask-loop").await?;
+            let c: AgentRef<Counter> = node.spawn("ask-loop", None).await?;
+            for _ in 0..n {
+                c.ask(CounterMsg::Get, Duration::from_secs(5)).await?;
             }
-            "ractor" => {
-                let (bare, _) = Actor::spawn(None, BareCounter, ()).await?;
-                for _ in 0..n {
-                    bare_get(&bare).await?;
-                }
-            }
-            other => bail!("the ask loop runs tether or ractor, not {other:?}"),
+            let _ = std::fs::remove_dir_all(dir);
         }
-        Ok(())
-    })
-    .await?
+        "ractor" => {
+            let (bare, _) = Actor::spawn(None, BareCounter, ()).await?;
+            for _ in 0..n {
+                bare_get(&bare).await?;
+            }
+        }
+        other => bail!("the ask loop runs tether or ractor, not {other:?}"),
+    }
+    Ok(())
 }
 
 /// Milliseconds from a failure to the agent serving again: once the crash's failure is
