@@ -5,16 +5,39 @@
 //! typed value; remote sends encode it with the wire codec.
 
 use std::marker::PhantomData;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use crate::agent::{Agent, AgentError};
 use crate::envelope::Contract;
+use crate::host::LocalPort;
 use crate::id::AgentId;
 use crate::kind::Body;
 
 /// Where the reply to an ask comes: the router sends the request with its sender.
 pub type ReplyRx = tokio::sync::oneshot::Receiver<Result<Body, AgentError>>;
+
+/// Where a handle last found its agent running on this node: a [`LocalPort`] into that
+/// instance, which the router fills on a local send and uses for the typed sends after it,
+/// so that they skip the route and host look-ups. A stale port (the instance ended) refuses
+/// the message, the router sends it the long way and forgets the port. Each handle has its
+/// own; a clone starts with the port of the handle it came from.
+#[derive(Default)]
+pub struct PortCache(Mutex<Option<LocalPort>>);
+
+impl PortCache {
+    /// The cached port, locked: the caller sends through it while holding the lock (sends
+    /// through one handle take its mailbox's lock in turn anyway).
+    pub fn lock(&self) -> MutexGuard<'_, Option<LocalPort>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Clone for PortCache {
+    fn clone(&self) -> Self {
+        Self(Mutex::new(self.lock().clone()))
+    }
+}
 
 /// Sends messages by agent id; implemented by the node runtime.
 pub trait Router: Send + Sync + 'static {
@@ -25,6 +48,7 @@ pub trait Router: Send + Sync + 'static {
     fn tell(
         &self,
         target: &AgentId,
+        port: &PortCache,
         body: Body,
         contract: Contract,
     ) -> Result<(), (AgentError, Body)>;
@@ -39,6 +63,7 @@ pub trait Router: Send + Sync + 'static {
     fn send_ask(
         &self,
         target: &AgentId,
+        port: &PortCache,
         body: Body,
         contract: Contract,
         deadline: Duration,
@@ -48,7 +73,7 @@ pub trait Router: Send + Sync + 'static {
     fn ask_timed_out(&self, target: &AgentId);
 }
 
-/// Request and reply through `router`, within `deadline`.
+/// Request and reply through `router`, within `deadline` (`port`: see [`PortCache`]).
 ///
 /// # Errors
 /// [`AgentError::Timeout`] past the deadline; what [`Router::send_ask`] returns; the agent's
@@ -56,11 +81,12 @@ pub trait Router: Send + Sync + 'static {
 pub async fn ask(
     router: &dyn Router,
     target: &AgentId,
+    port: &PortCache,
     body: Body,
     contract: Contract,
     deadline: Duration,
 ) -> Result<Body, AgentError> {
-    let rx = router.send_ask(target, body, contract, deadline)?;
+    let rx = router.send_ask(target, port, body, contract, deadline)?;
     match tokio::time::timeout(deadline, rx).await {
         Ok(Ok(reply)) => reply,
         Ok(Err(_)) => Err(AgentError::lost_with_failed_instance(target)),
@@ -87,6 +113,7 @@ pub struct TellError<M> {
 pub struct AgentRef<A> {
     id: AgentId,
     router: Arc<dyn Router>,
+    port: PortCache,
     _kind: PhantomData<fn(A)>,
 }
 
@@ -95,6 +122,7 @@ impl<A> Clone for AgentRef<A> {
         Self {
             id: self.id.clone(),
             router: self.router.clone(),
+            port: self.port.clone(),
             _kind: PhantomData,
         }
     }
@@ -112,6 +140,7 @@ impl<A: Agent> AgentRef<A> {
         Self {
             id,
             router,
+            port: PortCache::default(),
             _kind: PhantomData,
         }
     }
@@ -136,7 +165,7 @@ impl<A: Agent> AgentRef<A> {
     /// host, local-only rule). A failure on the receiving side is reported to this node's log.
     pub fn tell(&self, msg: A::Msg) -> Result<(), TellError<A::Msg>> {
         self.router
-            .tell(&self.id, Body::typed(msg), Self::contract())
+            .tell(&self.id, &self.port, Body::typed(msg), Self::contract())
             .map_err(|(error, body)| TellError {
                 error,
                 message: body.decode().ok(),
@@ -154,6 +183,7 @@ impl<A: Agent> AgentRef<A> {
         let body = ask(
             self.router.as_ref(),
             &self.id,
+            &self.port,
             Body::typed(msg),
             Self::contract(),
             deadline,

@@ -20,6 +20,14 @@
 //! meanwhile wait in the slot, in order, and reach the new instance; refs keep working. Its
 //! supervisor decides: [`Host::restart`] or [`Host::give_up`].
 //!
+//! A handle that sends often to an agent running here keeps a [`LocalPort`]: the running
+//! instance's mailbox and counters, so that its typed sends skip the look-ups (checks 1 to 4
+//! do not apply to them: the instance is the one running, a typed value has no contract to
+//! check, and the send is in process). The port is good for one instance: the host closes an
+//! instance's mailbox when it stops listing it as running (failure, stop, a sibling's
+//! restart), so a send through a stale port is refused with its message given back, and the
+//! sender goes the long way, where the host holds it for the restart or answers why not.
+//!
 //! Activation is get-or-activate: a second activation of an id that runs here returns the
 //! running one, also when both race (a per-id lock serializes them).
 
@@ -148,6 +156,31 @@ struct Hosted {
     spec: Spec,
     started: Instant,
     stats: Arc<AgentStats>,
+}
+
+/// A direct way into one running instance of an agent of this node (see the module doc).
+#[derive(Clone)]
+pub struct LocalPort {
+    actor: AgentActorRef,
+    stats: Arc<AgentStats>,
+}
+
+impl std::fmt::Debug for LocalPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LocalPort")
+    }
+}
+
+impl LocalPort {
+    /// Hands a typed call from this process to the instance, as [`Host::deliver`] would.
+    ///
+    /// # Errors
+    /// The call, untouched, when the instance is no longer the running one: send it the long
+    /// way.
+    pub fn send(&self, call: Call) -> Result<(), Box<Call>> {
+        self.stats.received.fetch_add(1, Ordering::Relaxed);
+        self.actor.send(call).inspect_err(|_| self.stats.settle(1))
+    }
 }
 
 /// Why a down agent is not running.
@@ -353,6 +386,14 @@ impl Host {
             .or_else(|| self.down.get(id).map(|d| d.spec.epoch))
     }
 
+    /// A port into `id`'s running instance, if it runs here (see the module doc).
+    pub fn port(&self, id: &AgentId) -> Option<LocalPort> {
+        self.agents.get(id).map(|h| LocalPort {
+            actor: h.actor.clone(),
+            stats: h.stats.clone(),
+        })
+    }
+
     /// Starts `id` here with `epoch`, or returns the running activation. With the activation
     /// comes the id of the actor it started (`None`: it was running already), for the
     /// supervisor that adopts it.
@@ -454,6 +495,7 @@ impl Host {
             // finds the agent in neither map (see `deliver`)
             if let dashmap::Entry::Vacant(slot) = self.down.entry(id.clone()) {
                 if let Some((_, h)) = self.agents.remove_if(id, |_, h| h.spec.epoch == epoch) {
+                    h.actor.close();
                     Self::count_lost(id, &h.stats);
                     slot.insert(Down {
                         spec: h.spec,
@@ -469,6 +511,7 @@ impl Host {
         let Some((_, h)) = self.agents.remove_if(id, |_, h| h.spec.epoch == epoch) else {
             return;
         };
+        h.actor.close();
         if reason.is_some() {
             Self::count_lost(id, &h.stats);
         }
@@ -525,6 +568,7 @@ impl Host {
                 let Some((_, h)) = self.agents.remove(id) else {
                     return Err(AgentError::NotFound { id: id.to_string() });
                 };
+                h.actor.close();
                 (h.spec, h.stats)
             }
         };
@@ -608,7 +652,9 @@ impl Host {
         if for_restart {
             // as in `exited`: the down slot's lock is held while the instance leaves
             if let dashmap::Entry::Vacant(slot) = self.down.entry(id.clone()) {
-                self.agents.remove(id);
+                if let Some((_, h)) = self.agents.remove(id) {
+                    h.actor.close();
+                }
                 slot.insert(Down {
                     spec: h.spec.clone(),
                     status: DownStatus::Restarting,
@@ -620,7 +666,6 @@ impl Host {
         }
         let timeout = h.spec.run.timeouts().shutdown;
         if h.actor
-            .actor()
             .stop_and_wait(Some("stopped by its supervisor".into()), Some(timeout))
             .await
             .is_err()
@@ -907,7 +952,7 @@ impl Host {
     /// Stops every agent (node shutdown).
     pub fn stop_all(&self) {
         for e in self.agents.iter() {
-            e.actor.actor().stop(Some("node shutting down".into()));
+            e.actor.stop(Some("node shutting down".into()));
         }
     }
 }
@@ -1264,5 +1309,69 @@ mod tests {
         }
         assert_eq!(created, 1);
         assert_eq!(h.list().len(), 1);
+    }
+
+    /// A typed in-process call to a counter.
+    fn typed_call(
+        msg: CounterMsg,
+        seq: u64,
+    ) -> (Call, oneshot::Receiver<Result<Body, AgentError>>) {
+        let (tx, rx) = oneshot::channel();
+        let call = Call {
+            body: Body::typed(msg),
+            trace: TraceContext::new_root(),
+            sender: Some("tester".into()),
+            seq,
+            reply: Some(tx.into()),
+        };
+        (call, rx)
+    }
+
+    #[tokio::test]
+    async fn an_awake_agent_stops_at_once_not_after_its_shutdown_timeout() {
+        let h = host();
+        let (tx, mut exits) = tokio::sync::mpsc::unbounded_channel();
+        h.set_exit_listener(Arc::new(move |id: &AgentId, _, reason| {
+            let _ = tx.send((id.clone(), reason));
+        }));
+        start(&h, "counter/awake", 1).await.unwrap();
+        // after a message the agent listens in its handler (see the mailbox module)
+        let got = ask(&h, d("counter/awake", 0), Body::typed(CounterMsg::Get)).await;
+        assert_eq!(got.unwrap().decode::<i64>().unwrap(), 0);
+        let t0 = Instant::now();
+        h.stop(&id("counter/awake"), false).await;
+        // the default shutdown timeout is 5 s: a stop that waited for it would end in a kill,
+        // and a killed agent's stop is not reported as a clean exit
+        assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+        let (who, reason) = tokio::time::timeout(Duration::from_secs(2), exits.recv())
+            .await
+            .expect("the stop is reported")
+            .unwrap();
+        assert_eq!((who.to_string(), reason), ("counter/awake".into(), None));
+    }
+
+    #[tokio::test]
+    async fn a_port_serves_its_instance_and_refuses_once_the_host_unlists_it() {
+        let h = host();
+        start(&h, "counter/p", 1).await.unwrap();
+        let port = h.port(&id("counter/p")).expect("runs here");
+        for seq in 1..=3 {
+            port.send(typed_call(CounterMsg::Inc, seq).0).unwrap();
+        }
+        let (call, rx) = typed_call(CounterMsg::Get, 4);
+        port.send(call).unwrap();
+        assert_eq!(rx.await.unwrap().unwrap().decode::<i64>().unwrap(), 3);
+        assert_eq!(h.info(&id("counter/p")).unwrap().received, 4);
+        // stopped for a sibling's restart: no longer the running instance
+        h.stop(&id("counter/p"), true).await;
+        assert!(h.port(&id("counter/p")).is_none());
+        let (call, _rx) = typed_call(CounterMsg::Inc, 5);
+        let back = port.send(call).expect_err("a stale port refuses");
+        // given back whole, to go the long way
+        assert_eq!(back.seq, 5);
+        assert!(matches!(
+            back.body.decode::<CounterMsg>(),
+            Ok(CounterMsg::Inc)
+        ));
     }
 }

@@ -48,7 +48,7 @@ use tracing::{debug, warn, Instrument};
 use crate::agent::{Agent, AgentError, Ctx};
 use crate::envelope::{Contract, Encoding, TraceContext};
 use crate::id::AgentId;
-use crate::mailbox::{AgentActorRef, Mailbox, Wake, BATCH};
+use crate::mailbox::{AgentActorRef, Mailbox, Took, Wake, BATCH};
 use crate::placement::Placement;
 
 /// A message or reply body.
@@ -240,6 +240,17 @@ impl ReplyTx {
     /// Replies through `f`, called exactly once.
     pub fn callback(f: impl FnOnce(Option<Result<Body, AgentError>>) + Send + 'static) -> Self {
         Self(Some(ReplyTo::Callback(Box::new(f))))
+    }
+
+    /// The asker's channel, if the reply goes to one (for sending the request another way).
+    pub fn into_channel(mut self) -> Option<oneshot::Sender<Result<Body, AgentError>>> {
+        match self.0.take() {
+            Some(ReplyTo::Channel(tx)) => Some(tx),
+            other => {
+                self.0 = other;
+                None
+            }
+        }
     }
 
     /// Sends the reply.
@@ -568,8 +579,9 @@ impl<A: Agent> Actor for AgentActor<A> {
         })
     }
 
-    /// Mail is waiting: handles at most [`BATCH`] calls, then wakes itself again if more may
-    /// wait, so that signals (stop, kill) and other actors get their turn (see [`mailbox`]).
+    /// Mail is waiting: the actor stays here, handling what waits in batches of at most
+    /// [`BATCH`] and listening when nothing does, until its mailbox is released for a stop
+    /// (see [`mailbox`]).
     ///
     /// [`mailbox`]: crate::mailbox
     async fn handle(
@@ -578,13 +590,63 @@ impl<A: Agent> Actor for AgentActor<A> {
         _: Wake,
         st: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        if st.batch.is_empty() && !st.mailbox.take(&mut st.batch) {
-            return Ok(()); // idle now: the next post wakes this actor
+        // boxed: the actor's task then holds a pointer while the agent is awake, and an
+        // agent that never got mail pays nothing for it (see "Memory" in the module doc)
+        Box::pin(self.serve(me, st)).await
+    }
+
+    async fn post_stop(
+        &self,
+        _me: ActorRef<Wake>,
+        st: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let ctx = st.ctx.clone();
+        self.behaviour.on_stop(&ctx, &mut st.state).await;
+        st.exit(None);
+        Ok(())
+    }
+}
+
+impl<A: Agent> AgentActor<A> {
+    /// The agent is awake: it handles what waits in batches of at most [`BATCH`] and
+    /// listens when nothing does, until its mailbox is released for a stop (see [`mailbox`]).
+    ///
+    /// [`mailbox`]: crate::mailbox
+    async fn serve(
+        &self,
+        me: ActorRef<Wake>,
+        st: &mut ActorState<A>,
+    ) -> Result<(), ActorProcessingErr> {
+        loop {
+            if st.batch.is_empty() {
+                let mailbox = &st.mailbox;
+                let batch = &mut st.batch;
+                if std::future::poll_fn(|cx| mailbox.poll_take(batch, cx)).await == Took::Released {
+                    return Ok(()); // a stop is coming: let ractor deliver it
+                }
+            }
+            self.run_batch(st).await?;
+            if st.mailbox.released() {
+                // let the stop in between batches; what still waits gets a Wake, so that
+                // nothing is stranded if the stop does not come after all
+                if st.batch.is_empty() && !st.mailbox.take(&mut st.batch) {
+                    return Ok(());
+                }
+                let _ = me.send_message(Wake);
+                return Ok(());
+            }
+            // as a ractor message per batch did: a busy agent lets its worker's other tasks run
+            tokio::task::consume_budget().await;
         }
-        // the agent is the current one for the whole batch (its sends carry it as sender).
-        // The batch runs boxed: an idle actor's task then holds only a pointer, not the
-        // largest handler future of its kind (see "Memory" in the module doc).
-        // The trace scope is set once too; each message makes its own trace the current one.
+    }
+
+    /// Handles at most [`BATCH`] of the calls taken from the mailbox.
+    ///
+    /// The agent is the current one for the whole batch (its sends carry it as sender). The
+    /// batch runs boxed: an idle actor's task then holds only a pointer, not the largest
+    /// handler future of its kind (see "Memory" in the module doc). The trace scope is set
+    /// once too; each message makes its own trace the current one.
+    async fn run_batch(&self, st: &mut ActorState<A>) -> Result<(), ActorProcessingErr> {
         let origin = self.origin(&st.ctx);
         let trace = st.ctx.trace;
         Box::pin(CURRENT_AGENT.scope(
@@ -601,29 +663,9 @@ impl<A: Agent> Actor for AgentActor<A> {
                 Ok::<_, ActorProcessingErr>(())
             }),
         ))
-        .await?;
-        if st.batch.is_empty() && !st.mailbox.take(&mut st.batch) {
-            return Ok(()); // all handled and the mailbox is idle
-        }
-        // more waits and the mailbox stays armed: no sender wakes this actor meanwhile, it
-        // wakes itself after letting signals and other actors in
-        let _ = me.send_message(Wake);
-        Ok(())
+        .await
     }
 
-    async fn post_stop(
-        &self,
-        _me: ActorRef<Wake>,
-        st: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        let ctx = st.ctx.clone();
-        self.behaviour.on_stop(&ctx, &mut st.state).await;
-        st.exit(None);
-        Ok(())
-    }
-}
-
-impl<A: Agent> AgentActor<A> {
     /// Handles one message: the gate, decoding, the handler (under the message's trace), the
     /// reply. An error fails the agent. Runs inside the batch's `CURRENT_AGENT` and trace
     /// scopes; the message's trace is made the current one.

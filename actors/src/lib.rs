@@ -27,10 +27,10 @@ pub mod mailbox;
 pub mod placement;
 
 pub use agent::{Agent, AgentError, Ctx, Failure};
-pub use agent_ref::{AgentRef, Router, TellError};
+pub use agent_ref::{AgentRef, PortCache, Router, TellError};
 pub use codec::{decode, encode, CodecError, MAX_FRAME_LEN};
 pub use envelope::{Contract, Encoding, Envelope, RunMsg, TellRun, TraceContext, MAX_RUN_BYTES};
-pub use host::{Activation, AgentInfo, Delivery, Host, SpawnRecord};
+pub use host::{Activation, AgentInfo, Delivery, Host, LocalPort, SpawnRecord};
 pub use id::{AgentId, IdHash};
 pub use kind::Body;
 pub use placement::{Compute, Placement, Prefer, Sensitivity};

@@ -56,8 +56,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use dashmap::DashMap;
 use quinn::{RecvStream, SendStream};
-use tether_actors::agent_ref::ReplyRx;
-use tether_actors::kind::{ReplyTx, CURRENT_AGENT};
+use tether_actors::agent_ref::{PortCache, ReplyRx};
+use tether_actors::kind::{Call, ReplyTx, CURRENT_AGENT};
 use tether_actors::{
     Activation, AgentError, AgentId, AgentInfo, Body, Contract, Delivery, Encoding, Envelope, Host,
     IdHash, Placement, Router, SpawnRecord, TellRun, TraceContext,
@@ -1329,7 +1329,10 @@ impl AgentSystem {
     /// An agent hosted here has no route entry: with no entry, the host is asked first. A
     /// route being resolved is never bypassed, so that a message cannot overtake the ones
     /// queued before it while the agent was being found (or spawned here).
-    fn route(&self, out: Outgoing) {
+    ///
+    /// Returns whether the message went to an agent of this node (a handle may then keep a
+    /// port into it, see [`PortCache`]).
+    fn route(&self, out: Outgoing) -> bool {
         use dashmap::Entry;
         // fast path: a known route, read without cloning the key
         enum Known {
@@ -1345,33 +1348,29 @@ impl AgentSystem {
             None => Known::Absent,
         };
         let out = match known {
-            Known::Local => {
-                if let Some(stale) = self.deliver_local(out) {
-                    self.forget_route(&stale);
-                }
-                return;
+            Known::Local => return self.deliver_local_or_forget(out),
+            Known::Remote(loc) => {
+                self.deliver_remote(&loc, out);
+                return false;
             }
-            Known::Remote(loc) => return self.deliver_remote(&loc, out),
             // no entry: an agent hosted here has none
             Known::Absent => match self.deliver_if_hosted(out) {
                 HereOrNot::Delivered { stale } => {
+                    let here = stale.is_none();
                     if let Some(stale) = stale {
                         self.forget_route(&stale);
                     }
-                    return;
+                    return here;
                 }
                 HereOrNot::NotHere(out) => out,
             },
             Known::Resolving => out,
         };
-        let resolve = match self.routes.entry(out.target.clone()) {
+        match self.routes.entry(out.target.clone()) {
             Entry::Occupied(mut o) => match o.get_mut() {
                 Route::Local => {
                     drop(o);
-                    if let Some(stale) = self.deliver_local(out) {
-                        self.forget_route(&stale);
-                    }
-                    false
+                    self.deliver_local_or_forget(out)
                 }
                 Route::Remote(loc) => {
                     let loc = loc.clone();
@@ -1391,10 +1390,21 @@ impl AgentSystem {
                 v.insert(Route::Resolving(std::sync::Mutex::new(vec![out])));
                 let sys = self.arc();
                 tokio::spawn(async move { sys.resolve(target).await });
-                true
+                false
             }
-        };
-        let _ = resolve;
+        }
+    }
+
+    /// [`AgentSystem::deliver_local`], forgetting the route when it turned out stale; says
+    /// whether the agent runs here.
+    fn deliver_local_or_forget(&self, out: Outgoing) -> bool {
+        match self.deliver_local(out) {
+            Some(stale) => {
+                self.forget_route(&stale);
+                false
+            }
+            None => true,
+        }
     }
 
     async fn resolve(&self, target: AgentId) {
@@ -2171,12 +2181,96 @@ impl AgentSystem {
         body: Body,
         contract: Contract,
     ) -> Result<Sent, (AgentError, Body)> {
+        self.tell_via(target, None, body, contract)
+    }
+
+    /// [`AgentSystem::tell_or_queue`], through a handle's port when it has one (see
+    /// [`PortCache`]). A tell takes the port only while the outbox is empty: one waiting in
+    /// it for the same target must not be overtaken.
+    fn tell_via(
+        &self,
+        target: &AgentId,
+        port: Option<&PortCache>,
+        body: Body,
+        contract: Contract,
+    ) -> Result<Sent, (AgentError, Body)> {
         let out = self.outgoing(target, body, contract)?;
+        let out = match port {
+            Some(port) if self.outbox_depth.load(Ordering::Acquire) == 0 => {
+                match Self::through_port(port, out) {
+                    None => return Ok(Sent::Now),
+                    Some(out) => out,
+                }
+            }
+            _ => out,
+        };
         if self.must_queue(&out.target) {
             return self.queue(out).map(|depth| Sent::Queued { depth });
         }
-        self.route(out);
+        self.route_and_keep_port(out, port);
         Ok(Sent::Now)
+    }
+
+    /// Sends `out` through the handle's port into the running instance, if it has one and
+    /// the body is typed (an encoded body has a contract to check at the door). Returns the
+    /// message, untouched, when it must go the long way (a stale port is forgotten).
+    fn through_port(port: &PortCache, out: Outgoing) -> Option<Outgoing> {
+        if !matches!(out.body, Body::Typed(_)) {
+            return Some(out);
+        }
+        let mut cached = port.lock();
+        let Some(p) = cached.as_ref() else {
+            return Some(out);
+        };
+        let Outgoing {
+            target,
+            body,
+            contract,
+            sender,
+            seq,
+            trace,
+            ask,
+        } = out;
+        let deadline = ask.as_ref().map(|(_, d)| *d);
+        let call = Call {
+            body,
+            trace,
+            sender: Some(sender),
+            seq,
+            reply: ask.map(|(tx, _)| tx.into()),
+        };
+        let Err(call) = p.send(call) else {
+            return None;
+        };
+        *cached = None;
+        let Call {
+            body,
+            trace,
+            sender,
+            seq,
+            reply,
+        } = *call;
+        Some(Outgoing {
+            target,
+            body,
+            contract,
+            sender: sender.expect("the call was made with its sender"),
+            seq,
+            trace,
+            ask: reply.and_then(ReplyTx::into_channel).zip(deadline),
+        })
+    }
+
+    /// Routes `out`; when it was a typed message delivered to an agent running here, the
+    /// handle's port is set to that instance for the next sends.
+    fn route_and_keep_port(&self, out: Outgoing, port: Option<&PortCache>) {
+        let keep = port.filter(|_| matches!(out.body, Body::Typed(_)));
+        let target = keep.map(|_| out.target.clone());
+        if self.route(out) {
+            if let (Some(port), Some(target)) = (keep, target) {
+                *port.lock() = self.host.port(&target);
+            }
+        }
     }
 }
 
@@ -2184,15 +2278,18 @@ impl Router for AgentSystem {
     fn tell(
         &self,
         target: &AgentId,
+        port: &PortCache,
         body: Body,
         contract: Contract,
     ) -> Result<(), (AgentError, Body)> {
-        self.tell_or_queue(target, body, contract).map(|_| ())
+        self.tell_via(target, Some(port), body, contract)
+            .map(|_| ())
     }
 
     fn send_ask(
         &self,
         target: &AgentId,
+        port: &PortCache,
         body: Body,
         contract: Contract,
         deadline: Duration,
@@ -2200,7 +2297,10 @@ impl Router for AgentSystem {
         let mut out = self.outgoing(target, body, contract).map_err(|(e, _)| e)?;
         let (tx, rx) = oneshot::channel();
         out.ask = Some((tx, deadline));
-        self.route(out);
+        // asks are never queued in the outbox: the port is always theirs to take
+        if let Some(out) = Self::through_port(port, out) {
+            self.route_and_keep_port(out, Some(port));
+        }
         Ok(rx)
     }
 

@@ -513,6 +513,7 @@ async fn ask(shared: &Arc<Shared>, id: &str, json: &str, timeout_ms: u64) -> Con
                 agent_ref::ask(
                     shared.agents.as_ref(),
                     &id,
+                    &agent_ref::PortCache::default(),
                     Body::json(&msg),
                     contract,
                     deadline,
