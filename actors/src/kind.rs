@@ -28,9 +28,10 @@
 //!
 //! An idle agent costs what its ractor task holds, and a task is as large as the largest
 //! future it may await in place. The agent's own futures (`init`, a batch of handlers, with
-//! their tracing and task-local wrappers) are boxed for the time they run, so that an idle
-//! agent's task holds a pointer instead of them: one allocation per batch or start, against
-//! about 1.5 KB less per idle agent (`tether bench`, `bytes_per_idle_agent`).
+//! their tracing and task-local wrappers, and the loop an awake agent runs in its handler, see
+//! [`crate::mailbox`]) are boxed for the time they run, so that an idle agent's task holds a
+//! pointer instead of them: one allocation per batch or start, against about 1.5 KB less per
+//! idle agent (`tether bench`, `bytes_per_idle_agent`).
 
 use std::any::Any;
 use std::collections::VecDeque;
