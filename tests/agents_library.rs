@@ -8,9 +8,7 @@ use std::time::Duration;
 use support::Cluster;
 use tether::actors::builtin::{Counter, CounterMsg};
 use tether::actors::{Agent, AgentError, AgentId, AgentRef, Ctx, Failure, Placement};
-use tether::cluster::certs::CertDir;
-use tether::cluster::statedir::NodeDir;
-use tether::cluster::{Kinds, Node, NodeConfig, Role, Timing};
+use tether::cluster::{Kinds, Node, NodeConfig, Role};
 
 /// Replies with its greeting and the caller's name.
 #[derive(Default)]
@@ -68,22 +66,11 @@ thread_local! {
 }
 
 async fn join(c: &Cluster, name: &str, kinds: Kinds, peers: usize) -> Node {
-    let certs = CertDir::new(&c.dir);
-    certs.ensure_node(name).unwrap();
     let seed = c.record("r1").0.parse().unwrap();
     let node = Node::start(NodeConfig {
-        name: name.into(),
-        role: Role::Local,
-        listen: "127.0.0.1:0".parse().unwrap(),
-        advertise: None,
         seeds: vec![seed],
-        certs,
-        node_dir: NodeDir::new(c.dir.join("nodes").join(name)),
-        timing: Timing::default(),
-        fault_seed: 1,
         kinds,
-        root_intensity: tether::supervision::Intensity::node_root(),
-        outbox_max: tether::cluster::node::DEFAULT_OUTBOX_MAX,
+        ..NodeConfig::in_dir(name, Role::Local, &c.dir).unwrap()
     })
     .await
     .unwrap();

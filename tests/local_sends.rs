@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use tether::actors::builtin::{Counter, CounterMsg, Flaky, FlakyMsg};
 use tether::actors::AgentRef;
-use tether::cluster::certs::CertDir;
-use tether::cluster::statedir::NodeDir;
-use tether::cluster::{Kinds, Node, NodeConfig, Role, SpawnOptions, Target, Timing};
+use tether::cluster::{Node, NodeConfig, Role, SpawnOptions, Target};
 use tether::supervision::{AgentPolicy, Backoff, Intensity};
 
 const DEADLINE: Duration = Duration::from_secs(5);
@@ -18,25 +16,12 @@ const DEADLINE: Duration = Duration::from_secs(5);
 async fn node(tag: &str) -> (Node, PathBuf) {
     let dir = std::env::temp_dir().join(format!("tether-local-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let certs = CertDir::new(&dir);
-    certs.ensure_ca().unwrap();
-    certs.ensure_node("n").unwrap();
     let node = Node::start(NodeConfig {
-        name: "n".into(),
-        role: Role::Remote,
-        listen: "127.0.0.1:0".parse().unwrap(),
-        advertise: None,
-        seeds: Vec::new(),
-        certs,
-        node_dir: NodeDir::new(dir.join("nodes").join("n")),
-        timing: Timing::default(),
-        fault_seed: 1,
-        kinds: Kinds::builtin(),
         root_intensity: Intensity {
             max_restarts: 1_000,
             within: Duration::from_secs(1),
         },
-        outbox_max: tether::cluster::node::DEFAULT_OUTBOX_MAX,
+        ..NodeConfig::in_dir("n", Role::Remote, &dir).unwrap()
     })
     .await
     .unwrap();

@@ -399,16 +399,20 @@ mod tests {
         }
     }
 
+    /// A mailbox, a counting waker and an empty batch.
+    fn fresh() -> (Mailbox, std::sync::Arc<Count>, Waker, VecDeque<Call>) {
+        let count = std::sync::Arc::new(Count::default());
+        let w = Waker::from(count.clone());
+        (Mailbox::default(), count, w, VecDeque::new())
+    }
+
     fn poll_take(m: &Mailbox, batch: &mut VecDeque<Call>, w: &Waker) -> Poll<Took> {
         m.poll_take(batch, &mut Context::from_waker(w))
     }
 
     #[test]
     fn a_listening_actor_is_woken_by_a_post_not_sent_a_wake() {
-        let m = Mailbox::default();
-        let count = std::sync::Arc::new(Count::default());
-        let w = Waker::from(count.clone());
-        let mut batch = VecDeque::new();
+        let (m, count, w, mut batch) = fresh();
         // the first post brings the actor in through ractor
         assert_eq!(m.post(call(1)).ok(), Some(Posted::WakeActor));
         assert_eq!(poll_take(&m, &mut batch, &w), Poll::Ready(Took::Calls));
@@ -426,10 +430,7 @@ mod tests {
 
     #[test]
     fn release_brings_a_listening_actor_back_to_its_loop_after_what_waits() {
-        let m = Mailbox::default();
-        let count = std::sync::Arc::new(Count::default());
-        let w = Waker::from(count.clone());
-        let mut batch = VecDeque::new();
+        let (m, count, w, mut batch) = fresh();
         m.post(call(1)).unwrap();
         assert_eq!(poll_take(&m, &mut batch, &w), Poll::Ready(Took::Calls));
         batch.clear();
@@ -447,10 +448,7 @@ mod tests {
 
     #[test]
     fn close_drops_the_listener() {
-        let m = Mailbox::default();
-        let count = std::sync::Arc::new(Count::default());
-        let w = Waker::from(count.clone());
-        let mut batch = VecDeque::new();
+        let (m, count, w, mut batch) = fresh();
         assert_eq!(poll_take(&m, &mut batch, &w), Poll::Pending);
         assert_eq!(std::sync::Arc::strong_count(&count), 3); // here, `w`, the mailbox
         m.close();

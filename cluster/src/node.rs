@@ -114,6 +114,36 @@ pub struct NodeConfig {
     pub outbox_max: usize,
 }
 
+impl NodeConfig {
+    /// A node named `name` with everything under `dir`: the CA (made if missing) and the
+    /// node's certificate (made if missing) in `dir`, its state in `dir/nodes/<name>` (the
+    /// layout `tether up` uses), listening on an OS-chosen loopback port, with no seeds, the
+    /// built-in kinds and default timers and bounds. For embedding a node in a program or a
+    /// test; change fields with struct update syntax.
+    ///
+    /// # Errors
+    /// [`CertError`] when the certificates cannot be made or read.
+    pub fn in_dir(name: &str, role: Role, dir: &std::path::Path) -> Result<Self, CertError> {
+        let certs = CertDir::new(dir);
+        certs.ensure_ca()?;
+        certs.ensure_node(name)?;
+        Ok(Self {
+            name: name.into(),
+            role,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            advertise: None,
+            seeds: Vec::new(),
+            certs,
+            node_dir: NodeDir::new(dir.join("nodes").join(name)),
+            timing: Timing::default(),
+            fault_seed: 1,
+            kinds: Kinds::builtin(),
+            root_intensity: tether_supervision::Intensity::node_root(),
+            outbox_max: DEFAULT_OUTBOX_MAX,
+        })
+    }
+}
+
 /// Default bound of a local node's outbox.
 pub const DEFAULT_OUTBOX_MAX: usize = outbox::DEFAULT_MAX;
 

@@ -132,9 +132,7 @@ mod tests {
 
     use tether_actors::agent::{Agent, Ctx, Failure};
     use tether_actors::AgentRef;
-    use tether_cluster::certs::CertDir;
-    use tether_cluster::statedir::NodeDir;
-    use tether_cluster::{Kinds, Node, NodeConfig, Role, Timing};
+    use tether_cluster::{Kinds, Node, NodeConfig, Role};
 
     /// An agent whose handler logs at `info`.
     #[derive(Default)]
@@ -188,22 +186,10 @@ mod tests {
         let (lines, _guard) = capture(filter);
         let dir = std::env::temp_dir().join(format!("tether-log-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let certs = CertDir::new(&dir);
-        certs.ensure_ca().unwrap();
-        certs.ensure_node("n").unwrap();
         let node = Node::start(NodeConfig {
-            name: "n".into(),
-            role: Role::Remote,
-            listen: "127.0.0.1:0".parse().unwrap(),
-            advertise: None,
-            seeds: Vec::new(),
-            certs,
-            node_dir: NodeDir::new(dir.join("nodes").join("n")),
-            timing: Timing::default(),
-            fault_seed: 1,
             kinds: Kinds::builtin().register::<Chatty>(),
             root_intensity: Default::default(),
-            outbox_max: tether_cluster::node::DEFAULT_OUTBOX_MAX,
+            ..NodeConfig::in_dir("n", Role::Remote, &dir).unwrap()
         })
         .await
         .unwrap();

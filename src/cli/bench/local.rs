@@ -8,9 +8,7 @@ use anyhow::{bail, Context};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tether_actors::builtin::{Counter, CounterMsg, Flaky, FlakyMsg};
 use tether_actors::AgentRef;
-use tether_cluster::certs::CertDir;
-use tether_cluster::statedir::NodeDir;
-use tether_cluster::{Kinds, Node, NodeConfig, Role, SpawnOptions, Target, Timing};
+use tether_cluster::{Node, NodeConfig, Role, SpawnOptions, Target};
 use tether_supervision::{AgentPolicy, Backoff, Intensity};
 
 // ---------------------------------------------------------------- the bare ractor anchor
@@ -72,25 +70,13 @@ pub(super) async fn node_in(
     name: &str,
     seeds: Vec<std::net::SocketAddr>,
 ) -> anyhow::Result<Node> {
-    let certs = CertDir::new(dir);
-    certs.ensure_ca()?;
-    certs.ensure_node(name)?;
     Ok(Node::start(NodeConfig {
-        name: name.into(),
-        role: Role::Remote,
-        listen: "127.0.0.1:0".parse()?,
-        advertise: None,
         seeds,
-        certs,
-        node_dir: NodeDir::new(dir.join("nodes").join(name)),
-        timing: Timing::default(),
-        fault_seed: 1,
-        kinds: Kinds::builtin(),
         root_intensity: Intensity {
             max_restarts: 1_000_000,
             within: Duration::from_secs(1),
         },
-        outbox_max: tether_cluster::node::DEFAULT_OUTBOX_MAX,
+        ..NodeConfig::in_dir(name, Role::Remote, dir)?
     })
     .await?)
 }
