@@ -1330,9 +1330,9 @@ impl AgentSystem {
     /// route being resolved is never bypassed, so that a message cannot overtake the ones
     /// queued before it while the agent was being found (or spawned here).
     ///
-    /// Returns whether the message went to an agent of this node (a handle may then keep a
-    /// port into it, see [`PortCache`]).
-    fn route(&self, out: Outgoing) -> bool {
+    /// Returns the target when the message went to an agent of this node (a handle may then
+    /// keep a port into it, see [`PortCache`]).
+    fn route(&self, out: Outgoing) -> Option<AgentId> {
         use dashmap::Entry;
         // fast path: a known route, read without cloning the key
         enum Known {
@@ -1351,17 +1351,11 @@ impl AgentSystem {
             Known::Local => return self.deliver_local_or_forget(out),
             Known::Remote(loc) => {
                 self.deliver_remote(&loc, out);
-                return false;
+                return None;
             }
             // no entry: an agent hosted here has none
             Known::Absent => match self.deliver_if_hosted(out) {
-                HereOrNot::Delivered { stale } => {
-                    let here = stale.is_none();
-                    if let Some(stale) = stale {
-                        self.forget_route(&stale);
-                    }
-                    return here;
-                }
+                HereOrNot::Delivered(outcome) => return self.forget_if_stale(outcome),
                 HereOrNot::NotHere(out) => out,
             },
             Known::Resolving => out,
@@ -1376,13 +1370,13 @@ impl AgentSystem {
                     let loc = loc.clone();
                     drop(o);
                     self.deliver_remote(&loc, out);
-                    false
+                    None
                 }
                 Route::Resolving(q) => {
                     q.get_mut()
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
                         .push(out);
-                    false
+                    None
                 }
             },
             Entry::Vacant(v) => {
@@ -1390,20 +1384,27 @@ impl AgentSystem {
                 v.insert(Route::Resolving(std::sync::Mutex::new(vec![out])));
                 let sys = self.arc();
                 tokio::spawn(async move { sys.resolve(target).await });
-                false
+                None
             }
         }
     }
 
-    /// [`AgentSystem::deliver_local`], forgetting the route when it turned out stale; says
-    /// whether the agent runs here.
-    fn deliver_local_or_forget(&self, out: Outgoing) -> bool {
-        match self.deliver_local(out) {
-            Some(stale) => {
-                self.forget_route(&stale);
-                false
+    /// [`AgentSystem::deliver_local`], forgetting the route when it turned out stale;
+    /// returns the target when the message went to it.
+    fn deliver_local_or_forget(&self, out: Outgoing) -> Option<AgentId> {
+        let outcome = self.deliver_local(out);
+        self.forget_if_stale(outcome)
+    }
+
+    /// Forgets the route of a stale delivery; returns the target of one that was handed over.
+    fn forget_if_stale(&self, outcome: LocalOutcome) -> Option<AgentId> {
+        match outcome {
+            LocalOutcome::Handed(target) => Some(target),
+            LocalOutcome::Refused => None,
+            LocalOutcome::Stale(target) => {
+                self.forget_route(&target);
+                None
             }
-            None => true,
         }
     }
 
@@ -1434,7 +1435,9 @@ impl AgentSystem {
                 let mut stale = false;
                 for out in queued {
                     match &*entry {
-                        Route::Local => stale |= self.deliver_local(out).is_some(),
+                        Route::Local => {
+                            stale |= matches!(self.deliver_local(out), LocalOutcome::Stale(_));
+                        }
                         Route::Remote(loc) => self.deliver_remote(loc, out),
                         Route::Resolving(_) => unreachable!("the route was just installed"),
                     }
@@ -1487,9 +1490,9 @@ impl AgentSystem {
         }
     }
 
-    /// Delivers to an agent of this node. Returns the target when the route turned out stale
-    /// (the agent is not here any more); the caller forgets it, outside any routes lock.
-    fn deliver_local(&self, out: Outgoing) -> Option<AgentId> {
+    /// Delivers to an agent of this node. A stale outcome (the agent is not here any more)
+    /// is for the caller to forget, outside any routes lock.
+    fn deliver_local(&self, out: Outgoing) -> LocalOutcome {
         let (target, trace) = (out.target.clone(), out.trace);
         let (d, body, reply) = local_parts(out);
         self.local_outcome(target, trace, self.host.try_deliver(d, body, reply))
@@ -1504,9 +1507,7 @@ impl AgentSystem {
             local_parts(slot.take().expect("the message is taken once"))
         });
         match done {
-            Some(result) => HereOrNot::Delivered {
-                stale: self.local_outcome(target, trace, result),
-            },
+            Some(result) => HereOrNot::Delivered(self.local_outcome(target, trace, result)),
             None => HereOrNot::NotHere(
                 slot.take()
                     .expect("not hosted here: the message was not taken"),
@@ -1515,15 +1516,14 @@ impl AgentSystem {
     }
 
     /// After a delivery here: a failed tell is counted and logged, a failed ask is answered.
-    /// Returns the target when the agent is not (or no longer) running here.
     fn local_outcome(
         &self,
         target: AgentId,
         trace: TraceContext,
         result: Result<(), (AgentError, Option<ReplyTx>)>,
-    ) -> Option<AgentId> {
+    ) -> LocalOutcome {
         let Err((e, reply)) = result else {
-            return None;
+            return LocalOutcome::Handed(target);
         };
         let stale = matches!(e, AgentError::NotFound { .. } | AgentError::Failed { .. });
         match reply {
@@ -1537,7 +1537,11 @@ impl AgentSystem {
                 warn!(target = %target, trace_id = %trace.trace_id_hex(), error = %e, "tell failed");
             }
         }
-        stale.then_some(target)
+        if stale {
+            LocalOutcome::Stale(target)
+        } else {
+            LocalOutcome::Refused
+        }
     }
 
     fn deliver_remote(&self, loc: &Location, out: Outgoing) {
@@ -2265,11 +2269,8 @@ impl AgentSystem {
     /// handle's port is set to that instance for the next sends.
     fn route_and_keep_port(&self, out: Outgoing, port: Option<&PortCache>) {
         let keep = port.filter(|_| matches!(out.body, Body::Typed(_)));
-        let target = keep.map(|_| out.target.clone());
-        if self.route(out) {
-            if let (Some(port), Some(target)) = (keep, target) {
-                *port.lock() = self.host.port(&target);
-            }
+        if let (Some(target), Some(port)) = (self.route(out), keep) {
+            *port.lock() = self.host.port(&target);
         }
     }
 }
@@ -2311,10 +2312,20 @@ impl Router for AgentSystem {
     }
 }
 
+/// What a delivery to this node's host came to.
+enum LocalOutcome {
+    /// Handed to the agent (or held for its restart).
+    Handed(AgentId),
+    /// Refused for a reason that leaves the route as it is (answered or logged).
+    Refused,
+    /// The agent is not (or no longer) running here: its route is stale.
+    Stale(AgentId),
+}
+
 /// What [`AgentSystem::deliver_if_hosted`] did.
 enum HereOrNot {
-    /// Handed to the host (or refused by it); `stale` as from `deliver_local`.
-    Delivered { stale: Option<AgentId> },
+    /// Handed to the host (or refused by it).
+    Delivered(LocalOutcome),
     /// Not hosted here: the message, untouched.
     NotHere(Outgoing),
 }
