@@ -29,7 +29,12 @@
 //! sender goes the long way, where the host holds it for the restart or answers why not.
 //!
 //! Activation is get-or-activate: a second activation of an id that runs here returns the
-//! running one, also when both race (a per-id lock serializes them).
+//! running one, also when both race (a per-id lock serializes them). Activating runs the
+//! agent's `init` in the activating task; the agent's ractor actor starts at its first
+//! message (see [`crate::mailbox`]): a running agent that was never sent anything holds its
+//! state and mailbox, and no task. A stop of such an agent runs its `on_stop` in the stopping
+//! task; a supervised agent's actor, once started, is reported to the start listener
+//! ([`Host::set_start_listener`]), so that its supervisor knows whose events it sends.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::Ordering;
@@ -46,7 +51,9 @@ use tracing::{debug, info, warn};
 use crate::agent::AgentError;
 use crate::envelope::{Contract, Encoding, Envelope, TellRun, TraceContext};
 use crate::id::{AgentId, IdHash};
-use crate::kind::{AgentStats, Body, Call, ErasedKind, ExitHook, Gate, ReplyTx, SpawnSpec};
+use crate::kind::{
+    AgentStats, Body, Call, ErasedKind, ExitHook, Gate, ReplyTx, SpawnSpec, StartHook,
+};
 use crate::mailbox::AgentActorRef;
 use crate::placement::Placement;
 
@@ -197,6 +204,9 @@ type Waiting = VecDeque<(Delivery, Body, Option<ReplyTx>)>;
 
 struct Down {
     spec: Spec,
+    /// The actor of the instance that went down, if it had started (its supervisor forgets
+    /// it at the restart: see [`Host::restart`]).
+    actor: Option<ActorId>,
     status: DownStatus,
     reason: String,
     /// Messages that arrived while down. (A typed body is `Send` but not `Sync`; the mutex
@@ -293,6 +303,7 @@ pub struct Host {
     failed: DashMap<AgentId, (u64, String), IdHash>,
     activating: DashMap<AgentId, Arc<Mutex<()>>, IdHash>,
     exit_listener: std::sync::OnceLock<ExitHook>,
+    start_listener: std::sync::OnceLock<StartHook>,
     gate: std::sync::OnceLock<Gate>,
     /// What every instance calls when it ends (one for the host, shared by all agents).
     on_exit: ExitHook,
@@ -329,6 +340,7 @@ impl Host {
             failed: DashMap::default(),
             activating: DashMap::default(),
             exit_listener: std::sync::OnceLock::new(),
+            start_listener: std::sync::OnceLock::new(),
             gate: std::sync::OnceLock::new(),
             on_exit: {
                 let me = me.clone();
@@ -350,6 +362,13 @@ impl Host {
     /// forgot it). Returns false if one was registered already.
     pub fn set_exit_listener(&self, f: ExitHook) -> bool {
         self.exit_listener.set(f).is_ok()
+    }
+
+    /// Registers the one function told when the actor of a supervised agent starts (at the
+    /// agent's first message), with the actor's id: how its supervisor tells whose
+    /// supervision events they are. Returns false if one was registered already.
+    pub fn set_start_listener(&self, f: StartHook) -> bool {
+        self.start_listener.set(f).is_ok()
     }
 
     /// Registers the [`Gate`] every agent started from now on asks before each message.
@@ -394,9 +413,8 @@ impl Host {
         })
     }
 
-    /// Starts `id` here with `epoch`, or returns the running activation. With the activation
-    /// comes the id of the actor it started (`None`: it was running already), for the
-    /// supervisor that adopts it.
+    /// Starts `id` here with `epoch`, or returns the running activation. `init` runs in this
+    /// task; the agent's actor starts at its first message (see [`crate::mailbox`]).
     ///
     /// # Errors
     /// [`AgentError::UnknownKind`], [`AgentError::BadPayload`] for args that do not decode,
@@ -408,20 +426,36 @@ impl Host {
         record: Arc<SpawnRecord>,
         trace: TraceContext,
         run: RunOptions,
-    ) -> Result<(Activation, Option<ActorId>), AgentError> {
+    ) -> Result<Activation, AgentError> {
+        self.activate_then(id, epoch, record, trace, run, || {})
+            .await
+    }
+
+    /// [`Host::activate`], calling `created` when it created the agent, just before the
+    /// agent can be sent anything (its supervisor takes it in there: no exit of the agent
+    /// can come before).
+    ///
+    /// # Errors
+    /// As [`Host::activate`].
+    pub async fn activate_then(
+        &self,
+        id: AgentId,
+        epoch: u64,
+        record: Arc<SpawnRecord>,
+        trace: TraceContext,
+        run: RunOptions,
+        created: impl FnOnce(),
+    ) -> Result<Activation, AgentError> {
         let kind = self.kind(id.kind())?;
         let lock = self.activating.entry(id.clone()).or_default().clone();
         let _guard = lock.lock().await;
         if let Some(epoch) = self.epoch_of(&id) {
-            return Ok((
-                Activation {
-                    id: id.clone(),
-                    node: self.node.to_string(),
-                    epoch,
-                    created: false,
-                },
-                None,
-            ));
+            return Ok(Activation {
+                id: id.clone(),
+                node: self.node.to_string(),
+                epoch,
+                created: false,
+            });
         }
         let spec = Spec {
             kind,
@@ -431,8 +465,8 @@ impl Host {
         };
         let stats = Arc::<AgentStats>::default();
         let actor = self.start(&id, &spec, trace, stats.clone()).await?;
-        let actor_id = actor.actor().get_id();
         self.failed.remove(&id);
+        created();
         self.agents.insert(
             id.clone(),
             Hosted {
@@ -448,15 +482,12 @@ impl Host {
         // thousands of agents would otherwise write a line for each (and at `info`, that line
         // cost a fifth of a spawn)
         debug!(agent = %id, epoch, trace_id = %trace.trace_id_hex(), "agent activated");
-        Ok((
-            Activation {
-                id,
-                node: self.node.to_string(),
-                epoch,
-                created: true,
-            },
-            Some(actor_id),
-        ))
+        Ok(Activation {
+            id,
+            node: self.node.to_string(),
+            epoch,
+            created: true,
+        })
     }
 
     async fn start(
@@ -478,6 +509,11 @@ impl Host {
                 stats,
                 local_only: spec.record.placement.is_local_only(),
                 supervisor: spec.run.supervisor.clone(),
+                on_start: spec
+                    .run
+                    .supervisor
+                    .as_ref()
+                    .and_then(|_| self.start_listener.get().cloned()),
                 handler_timeout: spec.run.timeouts().handler,
                 start_timeout: spec.run.timeouts().start,
                 gate: self.gate.get().cloned(),
@@ -498,6 +534,7 @@ impl Host {
                     h.actor.close();
                     Self::count_lost(id, &h.stats);
                     slot.insert(Down {
+                        actor: h.actor.actor_id(),
                         spec: h.spec,
                         status: DownStatus::Restarting,
                         reason: r.clone(),
@@ -551,7 +588,8 @@ impl Host {
     }
 
     /// Starts a down agent again (same id, epoch and arguments), then hands it the messages
-    /// that waited, in order.
+    /// that waited, in order. Returns the actor of the instance it replaced, if that one had
+    /// started: its supervision events are now stale.
     ///
     /// # Errors
     /// [`AgentError::NotFound`] if it is not down here; [`AgentError::Failed`] if it failed
@@ -560,16 +598,17 @@ impl Host {
         &self,
         id: &AgentId,
         supervisor: Option<ActorCell>,
-    ) -> Result<(), AgentError> {
-        let (mut spec, stats) = match self.down.get(id) {
-            Some(d) => (d.spec.clone(), d.stats.clone()),
+    ) -> Result<Option<ActorId>, AgentError> {
+        let (mut spec, stats, replaced) = match self.down.get(id) {
+            Some(d) => (d.spec.clone(), d.stats.clone(), d.actor),
             None => {
                 // a running agent that the supervisor stopped for a sibling's restart
                 let Some((_, h)) = self.agents.remove(id) else {
                     return Err(AgentError::NotFound { id: id.to_string() });
                 };
                 h.actor.close();
-                (h.spec, h.stats)
+                let replaced = h.actor.actor_id();
+                (h.spec, h.stats, replaced)
             }
         };
         if supervisor.is_some() {
@@ -608,7 +647,7 @@ impl Host {
             }
         }
         info!(agent = %id, "agent restarted");
-        Ok(())
+        Ok(replaced)
     }
 
     /// The supervisor gave up on `id`: it stays failed, and the messages that waited fail.
@@ -649,6 +688,9 @@ impl Host {
         let Some(h) = self.agents.get(id).map(|h| h.clone()) else {
             return;
         };
+        // before the instance is unlisted (which closes its mailbox): a dormant agent is then
+        // stopped with its `on_stop`, not dropped
+        let stopping = h.actor.release_for_stop();
         if for_restart {
             // as in `exited`: the down slot's lock is held while the instance leaves
             if let dashmap::Entry::Vacant(slot) = self.down.entry(id.clone()) {
@@ -656,6 +698,7 @@ impl Host {
                     h.actor.close();
                 }
                 slot.insert(Down {
+                    actor: h.actor.actor_id(),
                     spec: h.spec.clone(),
                     status: DownStatus::Restarting,
                     reason: "stopped for a sibling's restart".into(),
@@ -665,13 +708,13 @@ impl Host {
             }
         }
         let timeout = h.spec.run.timeouts().shutdown;
-        if h.actor
-            .stop_and_wait(Some("stopped by its supervisor".into()), Some(timeout))
+        if stopping
+            .wait(Some("stopped by its supervisor".into()), Some(timeout))
             .await
             .is_err()
         {
             warn!(agent = %id, ?timeout, "agent did not stop in time; killed");
-            h.actor.actor().kill();
+            h.actor.kill();
         }
     }
 
@@ -928,9 +971,9 @@ impl Host {
         ids.iter().filter_map(|id| self.info(id)).collect()
     }
 
-    /// The actor id of a running agent (its supervisor maps supervision events with it).
-    pub fn actor_id(&self, id: &AgentId) -> Option<ractor::ActorId> {
-        self.agents.get(id).map(|h| h.actor.actor().get_id())
+    /// The actor of a running agent, once it started (at its first message).
+    pub fn actor_id(&self, id: &AgentId) -> Option<ActorId> {
+        self.agents.get(id).and_then(|h| h.actor.actor_id())
     }
 
     /// Placement labels of a hosted agent.
@@ -1079,7 +1122,6 @@ mod tests {
             RunOptions::default(),
         )
         .await
-        .map(|(a, _)| a)
     }
 
     fn json(v: serde_json::Value) -> Body {
@@ -1373,5 +1415,89 @@ mod tests {
             back.body.decode::<CounterMsg>(),
             Ok(CounterMsg::Inc)
         ));
+    }
+
+    /// Records the exits the host reports.
+    fn exits(h: &Host) -> tokio::sync::mpsc::UnboundedReceiver<(AgentId, Option<String>)> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        h.set_exit_listener(Arc::new(move |id: &AgentId, _, reason| {
+            let _ = tx.send((id.clone(), reason));
+        }));
+        rx
+    }
+
+    #[tokio::test]
+    async fn an_agent_never_sent_anything_has_no_actor_and_stops_cleanly() {
+        let h = host();
+        let mut exits = exits(&h);
+        start(&h, "counter/quiet", 1).await.unwrap();
+        assert_eq!(h.info(&id("counter/quiet")).unwrap().status, "running");
+        assert_eq!(h.actor_id(&id("counter/quiet")), None);
+        h.stop(&id("counter/quiet"), false).await;
+        // its on_stop ran in the stopper's task, and the stop is reported as clean
+        let (who, reason) = exits.try_recv().expect("reported by the time stop returns");
+        assert_eq!((who.to_string(), reason), ("counter/quiet".into(), None));
+        assert!(h.info(&id("counter/quiet")).is_none());
+        let gone = ask(&h, d("counter/quiet", 0), Body::typed(CounterMsg::Get)).await;
+        assert!(matches!(gone, Err(AgentError::NotFound { .. })), "{gone:?}");
+    }
+
+    #[tokio::test]
+    async fn the_first_message_starts_the_actor_and_later_ones_reach_it() {
+        let h = host();
+        start(&h, "counter/first", 1).await.unwrap();
+        for seq in 1..=3 {
+            h.deliver(d("counter/first", seq), Body::typed(CounterMsg::Inc), None)
+                .unwrap();
+        }
+        let actor = h
+            .actor_id(&id("counter/first"))
+            .expect("started by the first");
+        let got = ask(&h, d("counter/first", 4), Body::typed(CounterMsg::Get)).await;
+        assert_eq!(got.unwrap().decode::<i64>().unwrap(), 3);
+        assert_eq!(
+            h.actor_id(&id("counter/first")),
+            Some(actor),
+            "started once"
+        );
+    }
+
+    /// An agent whose `init` panics.
+    struct Panicky;
+
+    impl crate::agent::Agent for Panicky {
+        const KIND: &'static str = "panicky";
+        type Args = serde_json::Value;
+        type Msg = ();
+        type Reply = ();
+        type State = ();
+
+        async fn init(
+            &self,
+            _: &crate::agent::Ctx,
+            _: serde_json::Value,
+        ) -> Result<(), crate::agent::Failure> {
+            panic!("init went wrong")
+        }
+
+        async fn handle(
+            &self,
+            _: &crate::agent::Ctx,
+            _: &mut (),
+            _: (),
+        ) -> Result<(), crate::agent::Failure> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn an_init_that_panics_fails_the_spawn_and_the_spawner_goes_on() {
+        let h = Host::new("n1", [crate::kind::erase(Panicky)]);
+        let err = start(&h, "panicky/a", 1).await.unwrap_err();
+        assert!(
+            matches!(&err, AgentError::Failed { reason, .. } if reason.contains("init panicked: init went wrong")),
+            "{err}"
+        );
+        assert!(h.info(&id("panicky/a")).is_none());
     }
 }

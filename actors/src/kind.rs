@@ -7,10 +7,11 @@
 //! request came in.
 //!
 //! ```text
-//! Host ── spawn(kind) ──▶ ErasedKind ──▶ AgentActor<A> (a ractor actor per agent)
-//!                                          pre_start: A::init
-//!                                          handle:    decode ─▶ A::handle ─▶ encode reply
-//!                                          post_stop: A::on_stop
+//! Host ── spawn(kind) ──▶ ErasedKind: A::init, in the spawner's task ──▶ Prepared<A> (dormant,
+//!                          held by the agent's mailbox)
+//!        first message ──▶ AgentActor<A> (a ractor actor per agent that got mail)
+//!                          handle:    decode ─▶ A::handle ─▶ encode reply
+//!                          post_stop: A::on_stop (a dormant agent's stop runs it without one)
 //! ```
 //!
 //! # Logs and spans
@@ -26,8 +27,9 @@
 //!
 //! # Memory
 //!
-//! An idle agent costs what its ractor task holds, and a task is as large as the largest
-//! future it may await in place. The agent's own futures (`init`, a batch of handlers, with
+//! An agent that never got mail costs its state and mailbox, no task (see [`crate::mailbox`]).
+//! An idle agent whose actor started costs what its ractor task holds, and a task is as large
+//! as the largest future it may await in place. The agent's own futures (`init`, a batch of handlers, with
 //! their tracing and task-local wrappers, and the loop an awake agent runs in its handler, see
 //! [`crate::mailbox`]) are boxed for the time they run, so that an idle agent's task holds a
 //! pointer instead of them: one allocation per batch or start, against about 1.5 KB less per
@@ -49,7 +51,7 @@ use tracing::{debug, warn, Instrument};
 use crate::agent::{Agent, AgentError, Ctx};
 use crate::envelope::{Contract, Encoding, TraceContext};
 use crate::id::AgentId;
-use crate::mailbox::{AgentActorRef, Mailbox, Took, Wake, BATCH};
+use crate::mailbox::{AgentActorRef, Dormant, Mailbox, Took, Wake, BATCH};
 use crate::placement::Placement;
 
 /// A message or reply body.
@@ -323,6 +325,10 @@ impl std::fmt::Debug for Call {
 /// Called once when an agent's actor ends: `None` for a clean stop, else the failure.
 pub type ExitHook = Arc<dyn Fn(&AgentId, u64, Option<String>) + Send + Sync>;
 
+/// Called when a supervised agent's actor starts (at its first message): the agent and the
+/// actor, so that its supervisor can tell whose supervision events the actor's are.
+pub type StartHook = Arc<dyn Fn(&AgentId, ractor::ActorId) + Send + Sync>;
+
 /// The last sequence number seen from each sender.
 pub type SeqTable = std::collections::HashMap<Arc<str>, u64>;
 
@@ -386,6 +392,8 @@ pub struct SpawnSpec {
     pub local_only: bool,
     /// The supervisor actor to link to (its `handle_supervisor_evt` sees the agent fail).
     pub supervisor: Option<ractor::ActorCell>,
+    /// Told when the actor starts (supervised agents).
+    pub on_start: Option<StartHook>,
     /// A handler running longer than this fails the agent.
     pub handler_timeout: Option<std::time::Duration>,
     /// `init` must finish within this.
@@ -411,7 +419,8 @@ pub trait ErasedKind: Send + Sync {
     fn contract(&self) -> Contract;
     /// Placement labels for these spawn arguments (decoding them).
     fn placement(&self, args: Body) -> Result<(Placement, Body), AgentError>;
-    /// Starts an agent; resolves when its `init` finished.
+    /// Prepares an agent: runs its `init` (in the caller's task, under the start timeout);
+    /// its actor starts at its first message (see [`crate::mailbox`]).
     fn spawn(&self, spec: SpawnSpec) -> BoxFuture<'_, Result<AgentActorRef, AgentError>>;
 }
 
@@ -458,6 +467,10 @@ impl<A: Agent> ErasedKind for KindImpl<A> {
         let behaviour = self.behaviour.clone();
         Box::pin(async move {
             let id = spec.id.clone();
+            let failed = |reason| AgentError::Failed {
+                id: id.to_string(),
+                reason,
+            };
             let args: A::Args =
                 decode_slice(spec.record.encoding, &spec.record.args).map_err(|reason| {
                     AgentError::BadPayload {
@@ -479,25 +492,115 @@ impl<A: Agent> ErasedKind for KindImpl<A> {
                 handler_timeout: spec.handler_timeout,
                 gate: spec.gate,
             };
-            let mailbox = Arc::new(Mailbox::default());
-            let args = (ctx, args, spec.on_exit, spec.stats, mailbox.clone());
-            let start = async {
-                match spec.supervisor {
-                    Some(sup) => Actor::spawn_linked(None, actor, args, sup).await,
-                    None => Actor::spawn(None, actor, args).await,
-                }
-            };
-            let (aref, _) = tokio::time::timeout(spec.start_timeout, start)
+            // `init` runs here, in the spawner's task: its errors are the spawn's, and the
+            // actor starts at the first message (see `crate::mailbox`)
+            let span =
+                tracing::debug_span!("agent", id = %ctx.id, trace_id = %ctx.trace.trace_id_hex());
+            let init = CURRENT_AGENT
+                .scope(
+                    actor.origin(&ctx),
+                    ctx.trace.scope(actor.behaviour.init(&ctx, args)),
+                )
+                .instrument(span);
+            let state = tokio::time::timeout(spec.start_timeout, catch_unwind(init))
                 .await
-                .map_err(|_| AgentError::Failed {
-                    id: id.to_string(),
-                    reason: format!("init did not finish within {:?}", spec.start_timeout),
+                .map_err(|_| {
+                    failed(format!(
+                        "init did not finish within {:?}",
+                        spec.start_timeout
+                    ))
                 })?
-                .map_err(|e| AgentError::Failed {
-                    id: id.to_string(),
-                    reason: format!("init failed: {e}"),
-                })?;
-            Ok(AgentActorRef::new(aref, mailbox))
+                .map_err(|panic| failed(format!("init panicked: {panic}")))?
+                .map_err(|e| failed(format!("init failed: {e}")))?;
+            Ok(AgentActorRef::dormant(Box::new(Prepared {
+                actor,
+                state,
+                ctx,
+                on_exit: spec.on_exit,
+                stats: spec.stats,
+                supervisor: spec.supervisor,
+                on_start: spec.on_start,
+            })))
+        })
+    }
+}
+
+/// Runs `f`, turning a panic into its message (as ractor does for an actor's handlers).
+async fn catch_unwind<F: Future>(f: F) -> Result<F::Output, String> {
+    let mut f = std::pin::pin!(f);
+    std::future::poll_fn(|cx| {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f.as_mut().poll(cx))) {
+            Ok(p) => p.map(Ok),
+            Err(panic) => std::task::Poll::Ready(Err(panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".into()))),
+        }
+    })
+    .await
+}
+
+/// An agent whose `init` has run, held by its mailbox until the first message starts its
+/// actor (see [`crate::mailbox`]).
+struct Prepared<A: Agent> {
+    actor: AgentActor<A>,
+    state: A::State,
+    ctx: Ctx,
+    on_exit: ExitHook,
+    stats: Arc<AgentStats>,
+    supervisor: Option<ractor::ActorCell>,
+    on_start: Option<StartHook>,
+}
+
+impl<A: Agent> Dormant for Prepared<A> {
+    fn start(self: Box<Self>, mailbox: Arc<Mailbox>) -> Result<ActorRef<Wake>, String> {
+        // ractor spawns a task: outside a runtime (a runtime shutting down) there is none
+        tokio::runtime::Handle::try_current().map_err(|e| e.to_string())?;
+        let Prepared {
+            actor,
+            state,
+            ctx,
+            on_exit,
+            stats,
+            supervisor,
+            on_start,
+        } = *self;
+        let id = on_start.as_ref().map(|_| ctx.id.clone());
+        let args = (state, ctx, on_exit, stats, mailbox);
+        // ractor's spawn runs `pre_start` (which only takes the state in), links the actor
+        // and spawns its task: with nothing to wait for, its first poll finishes it, here,
+        // with no task of its own in between
+        let spawn = async {
+            match supervisor {
+                Some(sup) => ractor::ActorRuntime::spawn_linked(None, actor, args, sup).await,
+                None => ractor::ActorRuntime::spawn(None, actor, args).await,
+            }
+        };
+        let polled = std::pin::pin!(spawn)
+            .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()));
+        let aref = match polled {
+            std::task::Poll::Ready(Ok((aref, _))) => aref,
+            std::task::Poll::Ready(Err(e)) => return Err(e.to_string()),
+            std::task::Poll::Pending => return Err("ractor did not start the actor at once".into()),
+        };
+        if let (Some(hook), Some(id)) = (on_start, id) {
+            hook(&id, aref.get_id());
+        }
+        Ok(aref)
+    }
+
+    fn stop(self: Box<Self>) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            let Prepared {
+                actor,
+                mut state,
+                ctx,
+                on_exit,
+                ..
+            } = *self;
+            actor.behaviour.on_stop(&ctx, &mut state).await;
+            on_exit(&ctx.id, ctx.epoch, None);
         })
     }
 }
@@ -529,12 +632,18 @@ struct ActorState<A: Agent> {
     mailbox: Arc<Mailbox>,
     /// Calls taken from the mailbox, not yet handled.
     batch: VecDeque<Call>,
+    /// The actor runs (linked, in its own task): from then on, its end closes the mailbox.
+    /// Before, the state is dropped only by a start that failed, under the mailbox's lock,
+    /// and the mailbox closes itself (see `Mailbox::start`).
+    live: bool,
 }
 
 impl<A: Agent> Drop for ActorState<A> {
     /// However the actor ends (stop, failure, kill), what waits in its mailbox goes with it.
     fn drop(&mut self) {
-        self.mailbox.close();
+        if self.live {
+            self.mailbox.close();
+        }
     }
 }
 
@@ -549,26 +658,14 @@ impl<A: Agent> ActorState<A> {
 impl<A: Agent> Actor for AgentActor<A> {
     type Msg = Wake;
     type State = ActorState<A>;
-    type Arguments = (Ctx, A::Args, ExitHook, Arc<AgentStats>, Arc<Mailbox>);
+    type Arguments = (A::State, Ctx, ExitHook, Arc<AgentStats>, Arc<Mailbox>);
 
+    /// Takes in the agent's state: `init` ran at spawn (see [`crate::mailbox`]).
     async fn pre_start(
         &self,
         _me: ActorRef<Wake>,
-        (ctx, args, on_exit, stats, mailbox): Self::Arguments,
+        (state, ctx, on_exit, stats, mailbox): Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let span =
-            tracing::debug_span!("agent", id = %ctx.id, trace_id = %ctx.trace.trace_id_hex());
-        // boxed, like the batches: `init` may be a large future (see "Memory" above)
-        let state = Box::pin(
-            CURRENT_AGENT
-                .scope(
-                    self.origin(&ctx),
-                    ctx.trace.scope(self.behaviour.init(&ctx, args)),
-                )
-                .instrument(span),
-        )
-        .await
-        .map_err(|e| -> ActorProcessingErr { e.to_string().into() })?;
         Ok(ActorState {
             state,
             ctx,
@@ -577,7 +674,18 @@ impl<A: Agent> Actor for AgentActor<A> {
             stats,
             mailbox,
             batch: VecDeque::new(),
+            live: false,
         })
+    }
+
+    /// In the actor's task, linked: its end now closes the mailbox.
+    async fn post_start(
+        &self,
+        _me: ActorRef<Wake>,
+        st: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        st.live = true;
+        Ok(())
     }
 
     /// Mail is waiting: the actor stays here, handling what waits in batches of at most

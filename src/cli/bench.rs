@@ -49,7 +49,7 @@ pub(crate) struct BenchArgs {
     #[arg(long, value_delimiter = ',', value_parser = ["local", "remote", "faults"])]
     only: Vec<String>,
     /// (internal) Run as a child: ractor-recv, ractor-send, quinn-recv, quinn-send,
-    /// memory-tether, memory-ractor.
+    /// memory-tether, memory-ractor (each with an optional -awake suffix).
     #[arg(long, hide = true)]
     child: Option<String>,
     /// (internal) How many messages, agents or actors a child handles.
@@ -175,7 +175,7 @@ async fn child(mode: &str, a: &BenchArgs) -> anyhow::Result<()> {
             .await?;
             match exit_at_once()? {}
         }
-        "memory-tether" | "memory-ractor" => {
+        "memory-tether" | "memory-ractor" | "memory-tether-awake" | "memory-ractor-awake" => {
             let per = local::measure_memory(&mode["memory-".len()..], a.count as usize).await?;
             println!("{per}");
             // leave without tearing the agents down: the parent only reads the figure, and an
@@ -227,11 +227,23 @@ async fn local_rows(s: &Sizes, say: &impl Fn(String)) -> anyhow::Result<Vec<Metr
         &["bare_ractor"],
         ">= 0.8x bare ractor",
     );
+    let mut spawn_ask = Metric::new(
+        "local_spawn_first_ask_rate",
+        "spawn/s",
+        &["bare_ractor"],
+        "a spawn and its first ask (the agent's actor starts there)",
+    );
     let mut mem = Metric::new(
         "bytes_per_idle_agent",
         "bytes",
         &["bare_ractor"],
         "<= 1.1x bare ractor",
+    );
+    let mut mem_awake = Metric::new(
+        "bytes_per_awake_agent",
+        "bytes",
+        &["bare_ractor"],
+        "idle after one ask (its actor started)",
     );
     let mut p50 = Metric::new(
         "restart_latency_p50_ms",
@@ -257,8 +269,11 @@ async fn local_rows(s: &Sizes, say: &impl Fn(String)) -> anyhow::Result<Vec<Metr
             in_task(async move { local::ask_rtt(&n, k, &format!("ask-{r}")).await }).await?;
         ask.push(t, &[b]);
         let (n, k) = (node.clone(), s.spawns);
-        let (t, b) = in_task(async move { local::spawn_rate(&n, k, r).await }).await?;
+        let (t, b) = in_task(async move { local::spawn_rate(&n, k, r, false).await }).await?;
         spawn.push(t, &[b]);
+        let (n, k) = (node.clone(), s.spawns);
+        let (t, b) = in_task(async move { local::spawn_rate(&n, k, r, true).await }).await?;
+        spawn_ask.push(t, &[b]);
         let (n, k) = (node.clone(), s.restarts);
         let lat = in_task(async move { local::restart_latencies(&n, k).await }).await?;
         p50.push(report::percentile(&lat, 0.5), &[]);
@@ -272,8 +287,11 @@ async fn local_rows(s: &Sizes, say: &impl Fn(String)) -> anyhow::Result<Vec<Metr
         let t = local::memory_in_child("tether", s.idle)?;
         let b = local::memory_in_child("ractor", s.idle)?;
         mem.push(t, &[b]);
+        let t = local::memory_in_child("tether-awake", s.idle)?;
+        let b = local::memory_in_child("ractor-awake", s.idle)?;
+        mem_awake.push(t, &[b]);
     }
-    Ok(vec![tell, ask, spawn, mem, p50, p99])
+    Ok(vec![tell, ask, spawn, spawn_ask, mem, mem_awake, p50, p99])
 }
 
 async fn remote_rows(s: &Sizes, say: &impl Fn(String)) -> anyhow::Result<Vec<Metric>> {

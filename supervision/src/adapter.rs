@@ -18,35 +18,34 @@
 //! Restarted agents keep their id, epoch and arguments (the host keeps them), and messages
 //! sent meanwhile wait in the host and reach the new instance: refs keep working.
 //!
+//! ## Which agent a supervision event is about
+//!
+//! An agent's ractor actor starts at its first message, not at spawn (see
+//! `tether_actors::mailbox`), so a supervisor does not know its agents' actors when it takes
+//! them in. The host tells the node's supervision when a supervised agent's actor starts
+//! ([`Host::set_start_listener`]): the actor goes into a map shared by the node's
+//! supervisors, actor -> agent, and an event of that actor is the agent's. The entry goes with
+//! the event (one per actor: its end), or when the host restarts the agent (the old
+//! instance's event, if it still comes, is stale and is dropped). Group supervisors are
+//! mapped by their own actor ids.
+//!
 //! ## Spawning under the root: no round trip through the root actor
 //!
-//! A spawn under the root (the default) activates the agent in the caller's own task, linked
-//! to the root, as a bare ractor spawn would; the root takes the child in afterwards, through
-//! its [`Intake`]. A spawn into a group asks the group's actor, which activates and adopts in
-//! one step (a group can be restarted by its parent, and its adoptions go in order with that).
-//!
-//! ```text
-//! caller:  lock: refuse if the root failed; in_flight += 1
-//!          host.activate(.., linked to root)          (init runs here, in the caller's task)
-//!          lock: in_flight -= 1; push (agent, policy, actor);
-//!                an exit of that actor already in `early` -> remove it, cast Exited to the root;
-//!                in_flight == 0 -> clear `early`
-//! root:    every message and supervision event starts with: lock; adopt every pushed child
-//!          an exit of an actor still unknown then -> `early` if in_flight > 0, else dropped
-//!          (it is the exit of a child that left the root, e.g. fenced)
-//! ```
-//!
-//! The exit of a new child can overtake the caller's push: ractor hands a supervisor its
-//! supervision events before its messages, and the child runs as soon as it is linked. Both
-//! sides take the intake's lock for their whole step, so such an exit is either seen by the
-//! root after the adoption, or found by the caller in `early` and replayed: never neither.
-//! `early` only holds exits while an activation is in flight, so it stays small.
+//! A spawn under the root (the default) activates the agent in the caller's own task, as a
+//! bare ractor spawn would; the root takes the child in afterwards, through its [`Intake`].
+//! The caller pushes the child into the intake just before the host lists the agent
+//! ([`Host::activate_then`]): nothing can be sent to it before, so no actor of it runs and no
+//! exit of it can reach the root before the child is there to take in. The root takes in
+//! what was pushed at the start of every message and supervision event. A spawn into a group
+//! asks the group's actor, which activates and adopts in one step (a group can be restarted
+//! by its parent, and its adoptions go in order with that).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use std::sync::Weak;
 use tether_actors::host::{now_unix_ms, RunOptions};
 use tether_actors::{Activation, AgentError, AgentId, Host, Placement, SpawnRecord, TraceContext};
 use tracing::{error, info, warn};
@@ -95,9 +94,8 @@ pub enum SupMsg {
     Snapshot(RpcReplyPort<SupervisorNode>),
     /// Stop every agent of the subtree for good (the node is fenced); reply how many.
     Fence(RpcReplyPort<usize>),
-    /// An exit the root saw before the child's adoption, handed back by the caller that
-    /// adopted it (see "Spawning under the root").
-    Exited(ActorId, Exit),
+    /// Reply once the children activated so far are taken in (see "Spawning under the root").
+    Settle(RpcReplyPort<()>),
 }
 
 impl ractor::Message for SupMsg {}
@@ -124,59 +122,19 @@ struct ChildInfo {
 #[derive(Default)]
 struct Intake {
     /// Activated by callers, not yet taken into the root's state.
-    adopted: Vec<(AgentId, StoredPolicy, ActorId)>,
-    /// Exits of actors the root did not know yet, while activations were in flight.
-    early: HashMap<ActorId, Exit>,
-    /// Activations under way in callers' tasks.
-    in_flight: usize,
+    adopted: Vec<(AgentId, StoredPolicy)>,
     /// The root gave up (escalated): it takes no new child.
     failed: Option<String>,
 }
 
-/// An activation under way in a caller's task; dropping it (done, failed or cancelled)
-/// takes it off the count.
-struct InFlight<'a> {
-    intake: &'a Mutex<Intake>,
-}
-
-impl InFlight<'_> {
-    fn enter<'a>(intake: &'a Mutex<Intake>, node: &str) -> Result<InFlight<'a>, AgentError> {
-        let mut i = lock(intake);
-        if let Some(reason) = &i.failed {
-            return Err(AgentError::Refused(format!(
-                "the root supervisor of {node} has failed: {reason}"
-            )));
-        }
-        i.in_flight += 1;
-        Ok(InFlight { intake })
-    }
-
-    /// Hands the started child to the root; returns an exit of it that the root saw first.
-    fn adopt(self, id: AgentId, policy: StoredPolicy, actor: ActorId) -> Option<Exit> {
-        let mut i = lock(self.intake);
-        i.adopted.push((id, policy, actor));
-        i.early.remove(&actor)
-        // `self` drops here, after the push, still counted while the exit was looked for
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        let mut i = lock(self.intake);
-        i.in_flight -= 1;
-        if i.in_flight == 0 {
-            // no activation is under way: what is left are exits of children gone for good
-            i.early.clear();
-        }
-    }
-}
-
 impl Intake {
-    /// The root saw `actor` end without knowing it: kept while an activation is in flight
-    /// (it may be that activation's child), dropped otherwise (a child that left the root).
-    fn unknown_exit(&mut self, actor: ActorId, exit: Exit) {
-        if self.in_flight > 0 {
-            self.early.insert(actor, exit);
+    /// Refuses a new child once the root has failed.
+    fn open(&self, node: &str) -> Result<(), AgentError> {
+        match &self.failed {
+            Some(reason) => Err(AgentError::Refused(format!(
+                "the root supervisor of {node} has failed: {reason}"
+            ))),
+            None => Ok(()),
         }
     }
 }
@@ -190,6 +148,9 @@ struct Shared {
     host: Arc<Host>,
     /// The root's intake.
     intake: Mutex<Intake>,
+    /// The actors of supervised agents that started, not yet ended: actor -> agent (see
+    /// "Which agent a supervision event is about").
+    started: Mutex<HashMap<ActorId, AgentId>>,
     /// Members of each group, in start order (a restarted group adopts them again).
     members: Mutex<HashMap<String, Vec<(AgentId, StoredPolicy)>>>,
     groups: Mutex<HashMap<String, ActorRef<SupMsg>>>,
@@ -205,6 +166,9 @@ struct SupervisorActor {
 struct State {
     core: Core,
     children: HashMap<ChildId, ChildInfo>,
+    /// Agent children.
+    by_agent: HashMap<AgentId, ChildId>,
+    /// Group children, by their supervisor's actor.
     by_actor: HashMap<ActorId, ChildId>,
     next: ChildId,
     failed: Option<String>,
@@ -219,18 +183,21 @@ fn run_options(policy: &AgentPolicy, me: &ActorRef<SupMsg>) -> RunOptions {
     }
 }
 
-/// Activates `a` on the host, linked to supervisor `sup`; with the id of the actor it started.
+/// Activates `a` on the host, supervised by `sup`; `created` is called as in
+/// [`Host::activate_then`].
 async fn activate_linked(
     host: &Host,
     a: &AddAgent,
     sup: &ActorRef<SupMsg>,
-) -> Result<(Activation, Option<ActorId>), AgentError> {
-    host.activate(
+    created: impl FnOnce(),
+) -> Result<Activation, AgentError> {
+    host.activate_then(
         a.id.clone(),
         a.epoch,
         a.record.clone(),
         a.trace,
         run_options(&a.policy, sup),
+        created,
     )
     .await
 }
@@ -274,9 +241,9 @@ impl SupervisorActor {
                 self.name
             )));
         }
-        let (act, actor) = activate_linked(&self.shared.host, &a, me).await?;
+        let act = activate_linked(&self.shared.host, &a, me, || {}).await?;
         if act.created {
-            self.adopt(st, a.id.clone(), a.policy.into(), actor);
+            self.adopt(st, a.id.clone(), a.policy.into());
             if self.name != "root" {
                 let mut m = self
                     .shared
@@ -292,39 +259,29 @@ impl SupervisorActor {
     }
 
     /// The root takes in the children that callers activated under it (see "Spawning under
-    /// the root"); the intake's lock is returned, still held, so that an exit of an actor
-    /// that is still unknown can be kept under it. Other supervisors have no intake.
-    fn take_in(&self, st: &mut State) -> Option<std::sync::MutexGuard<'_, Intake>> {
+    /// the root"). Other supervisors have no intake.
+    fn take_in(&self, st: &mut State) {
         if self.name != "root" {
-            return None;
+            return;
         }
-        let mut intake = lock(&self.shared.intake);
-        for (id, policy, actor) in intake.adopted.drain(..) {
+        let adopted = std::mem::take(&mut lock(&self.shared.intake).adopted);
+        for (id, policy) in adopted {
             if let Some(reason) = &st.failed {
                 // it started while the root gave up: it goes the way of the others
                 self.shared
                     .host
                     .give_up(&id, &format!("root supervisor gave up: {reason}"));
             }
-            self.adopt(st, id, policy, Some(actor));
+            self.adopt(st, id, policy);
         }
-        Some(intake)
     }
 
-    /// Makes a running agent (its instance `actor`) a child of this supervisor.
-    fn adopt(
-        &self,
-        st: &mut State,
-        id: AgentId,
-        policy: StoredPolicy,
-        actor: Option<ActorId>,
-    ) -> ChildId {
+    /// Makes an agent of the host a child of this supervisor.
+    fn adopt(&self, st: &mut State, id: AgentId, policy: StoredPolicy) -> ChildId {
         let child = st.next;
         st.next += 1;
         st.core.add_child(self.child_spec(child, &policy.get()));
-        if let Some(aid) = actor {
-            st.by_actor.insert(aid, child);
-        }
+        st.by_agent.insert(id.clone(), child);
         st.children.insert(
             child,
             ChildInfo {
@@ -333,6 +290,36 @@ impl SupervisorActor {
             },
         );
         child
+    }
+
+    /// Drops a child from the maps (not from the core).
+    fn forget_child(st: &mut State, child: ChildId) -> Option<ChildInfo> {
+        let info = st.children.remove(&child)?;
+        match &info.kind {
+            Kind::Agent { id, .. } => {
+                st.by_agent.remove(id);
+            }
+            Kind::Group { .. } => st.by_actor.retain(|_, c| *c != child),
+        }
+        Some(info)
+    }
+
+    /// The host restarted `id`: the actor of the instance it replaced is forgotten, so that
+    /// its supervision event, if it still comes, is dropped as stale.
+    fn replaced(&self, old: Option<ActorId>) {
+        if let Some(old) = old {
+            lock(&self.shared.started).remove(&old);
+        }
+    }
+
+    /// The child a supervision event of `actor` is about (see "Which agent a supervision
+    /// event is about"); the actor is forgotten either way.
+    fn child_of(&self, st: &mut State, actor: &ActorId) -> Option<ChildId> {
+        if let Some(child) = st.by_actor.remove(actor) {
+            return Some(child);
+        }
+        let agent = lock(&self.shared.started).remove(actor)?;
+        st.by_agent.get(&agent).copied()
     }
 
     async fn start_group(
@@ -379,11 +366,10 @@ impl SupervisorActor {
                 }
                 continue;
             }
-            let Some(info) = st.children.remove(&c) else {
+            let Some(info) = Self::forget_child(st, c) else {
                 continue;
             };
             st.core.remove_child(c);
-            st.by_actor.retain(|_, v| *v != c);
             if let Kind::Agent { id, .. } = info.kind {
                 host.stop(&id, false).await;
                 host.forget(&id);
@@ -444,7 +430,7 @@ impl SupervisorActor {
                     }
                 }
                 Directive::Remove(c) => {
-                    if let Some(info) = st.children.remove(&c) {
+                    if let Some(info) = Self::forget_child(st, c) {
                         if let Kind::Agent { id, .. } = info.kind {
                             host.forget(&id);
                         }
@@ -506,11 +492,8 @@ impl SupervisorActor {
             Kind::Agent { id, .. } => {
                 let id = id.clone();
                 match self.shared.host.restart(&id, Some(me.get_cell())).await {
-                    Ok(()) => {
-                        if let Some(aid) = self.shared.host.actor_id(&id) {
-                            st.by_actor.retain(|_, c| *c != child);
-                            st.by_actor.insert(aid, child);
-                        }
+                    Ok(old) => {
+                        self.replaced(old);
                         Ok(())
                     }
                     Err(e) => Err(e.to_string()),
@@ -660,6 +643,7 @@ impl Actor for SupervisorActor {
         let mut st = State {
             core: Core::new(self.strategy, self.intensity),
             children: HashMap::new(),
+            by_agent: HashMap::new(),
             by_actor: HashMap::new(),
             next: 1,
             failed: None,
@@ -675,9 +659,9 @@ impl Actor for SupervisorActor {
             .unwrap_or_default();
         for (id, policy) in members {
             match self.shared.host.restart(&id, Some(me.get_cell())).await {
-                Ok(()) => {
-                    let actor = self.shared.host.actor_id(&id);
-                    self.adopt(&mut st, id, policy, actor);
+                Ok(old) => {
+                    self.replaced(old);
+                    self.adopt(&mut st, id, policy);
                 }
                 Err(e) => {
                     warn!(group = %self.name, agent = %id, error = %e, "could not restart a member")
@@ -696,13 +680,8 @@ impl Actor for SupervisorActor {
         msg: SupMsg,
         st: &mut State,
     ) -> Result<(), ActorProcessingErr> {
-        drop(self.take_in(st));
+        self.take_in(st);
         match msg {
-            SupMsg::Exited(actor, exit) => {
-                if let Some(child) = st.by_actor.remove(&actor) {
-                    self.on_exit(&me, st, child, exit).await;
-                }
-            }
             SupMsg::Add(a, reply) => {
                 let r = self.add_agent(&me, st, *a).await;
                 let _ = reply.send(r);
@@ -754,6 +733,10 @@ impl Actor for SupervisorActor {
                 let n = self.fence(st).await;
                 let _ = reply.send(n);
             }
+            // taken in above, as at every message
+            SupMsg::Settle(reply) => {
+                let _ = reply.send(());
+            }
         }
         Ok(())
     }
@@ -775,16 +758,11 @@ impl Actor for SupervisorActor {
             }
             _ => return Ok(()),
         };
-        let actor = cell.get_id();
-        let intake = self.take_in(st);
-        let Some(child) = st.by_actor.remove(&actor) else {
-            // not (yet) a child: a caller may still be about to hand it over
-            if let Some(mut intake) = intake {
-                intake.unknown_exit(actor, exit);
-            }
+        self.take_in(st);
+        // none: an actor of an instance already replaced, or of a child that left (fenced)
+        let Some(child) = self.child_of(st, &cell.get_id()) else {
             return Ok(());
         };
-        drop(intake);
         self.on_exit(&me, st, child, exit).await;
         Ok(())
     }
@@ -813,11 +791,21 @@ impl NodeSupervisor {
     pub async fn start(host: Arc<Host>, intensity: Intensity) -> Result<Self, String> {
         let node = host.node().to_owned();
         let shared = Arc::new(Shared {
-            host,
+            host: host.clone(),
             intake: Mutex::default(),
+            started: Mutex::default(),
             members: Mutex::new(HashMap::new()),
             groups: Mutex::new(HashMap::new()),
         });
+        let weak: Weak<Shared> = Arc::downgrade(&shared);
+        let listening = host.set_start_listener(Arc::new(move |agent: &AgentId, actor| {
+            if let Some(shared) = weak.upgrade() {
+                lock(&shared.started).insert(actor, agent.clone());
+            }
+        }));
+        if !listening {
+            return Err(format!("node {node} has a supervisor already"));
+        }
         let root = SupervisorActor {
             shared: shared.clone(),
             name: "root".into(),
@@ -868,15 +856,13 @@ impl NodeSupervisor {
     /// Activates an agent under the root in this task, and hands it to the root (see
     /// "Spawning under the root").
     async fn activate_under_root(&self, a: AddAgent) -> Result<Activation, AgentError> {
-        let flight = InFlight::enter(&self.shared.intake, &self.node)?;
-        let (act, actor) = activate_linked(&self.shared.host, &a, &self.root).await?;
-        if let Some(actor) = actor {
-            if let Some(exit) = flight.adopt(a.id, a.policy.into(), actor) {
-                // it ended before the root knew it: the root hears of it now
-                let _ = self.root.cast(SupMsg::Exited(actor, exit));
-            }
-        }
-        Ok(act)
+        lock(&self.shared.intake).open(&self.node)?;
+        let adopt = || {
+            lock(&self.shared.intake)
+                .adopted
+                .push((a.id.clone(), a.policy.into()));
+        };
+        activate_linked(&self.shared.host, &a, &self.root, adopt).await
     }
 
     /// Creates a group supervisor under the root.
@@ -932,6 +918,20 @@ impl NodeSupervisor {
         }
     }
 
+    /// Waits until the root has taken in every agent activated under it so far. The root
+    /// takes children in at its next message or supervision event anyway; this makes it
+    /// happen now (for measuring what a child costs it, for tests).
+    ///
+    /// # Errors
+    /// A message if the root supervisor does not answer.
+    pub async fn settle(&self) -> Result<(), String> {
+        match self.root.call(SupMsg::Settle, Some(SNAPSHOT_TIMEOUT)).await {
+            Ok(ractor::rpc::CallResult::Success(())) => Ok(()),
+            Ok(_) => Err("the root supervisor did not answer in time".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     /// Stops the root supervisor (node shutdown).
     pub fn stop(&self) {
         self.root.stop(Some("node shutting down".into()));
@@ -943,50 +943,22 @@ mod tests {
     use super::*;
     use tether_actors::builtin::{self, FlakyMsg};
     use tether_actors::{Body, Delivery, Encoding};
+    use tokio::sync::oneshot;
 
     fn id(s: &str) -> AgentId {
         s.parse().unwrap()
     }
 
-    fn actor(n: u64) -> ActorId {
-        ActorId::Local(n)
-    }
-
-    #[test]
-    fn an_unknown_exit_is_kept_only_while_an_activation_is_in_flight() {
-        let intake = Mutex::new(Intake::default());
-        // nothing in flight: the exit is of a child that left (fenced), not kept
-        lock(&intake).unknown_exit(actor(1), Exit::Normal);
-        assert!(lock(&intake).early.is_empty());
-
-        let a = InFlight::enter(&intake, "n1").unwrap();
-        let b = InFlight::enter(&intake, "n1").unwrap();
-        lock(&intake).unknown_exit(actor(2), Exit::Failed("boom".into()));
-        lock(&intake).unknown_exit(actor(3), Exit::Normal);
-        // the caller that started actor 2 finds its exit, and only its own
-        assert_eq!(
-            a.adopt(id("flaky/a"), StoredPolicy::default(), actor(2)),
-            Some(Exit::Failed("boom".into()))
-        );
-        assert_eq!(lock(&intake).in_flight, 1);
-        assert!(lock(&intake).early.contains_key(&actor(3)));
-        assert_eq!(lock(&intake).adopted.len(), 1);
-        // the last activation ends without a child: what is left can be no one's
-        drop(b);
-        assert_eq!(lock(&intake).in_flight, 0);
-        assert!(lock(&intake).early.is_empty());
-    }
-
     #[test]
     fn a_failed_root_takes_no_new_child() {
-        let intake = Mutex::new(Intake::default());
-        lock(&intake).failed = Some("too many restarts".into());
-        let err = InFlight::enter(&intake, "n1").err().unwrap();
+        let mut intake = Intake::default();
+        assert!(intake.open("n1").is_ok());
+        intake.failed = Some("too many restarts".into());
+        let err = intake.open("n1").err().unwrap();
         assert!(
             matches!(&err, AgentError::Refused(m) if m.contains("too many restarts")),
             "{err}"
         );
-        assert_eq!(lock(&intake).in_flight, 0);
     }
 
     async fn until(what: &str, mut ok: impl FnMut() -> bool) {
@@ -997,73 +969,139 @@ mod tests {
         }
     }
 
-    /// The race that the intake closes, made to happen: the child fails and the root sees
-    /// its exit before the caller hands the child over; the caller finds the exit and
-    /// replays it, and the root restarts the child.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn an_exit_that_overtakes_the_adoption_is_replayed_and_the_child_restarted() {
-        let host = Host::new("n1", builtin::all());
-        let sup = NodeSupervisor::start(host.clone(), Intensity::default())
-            .await
-            .unwrap();
-        let flaky = id("flaky/early");
-        let policy = AgentPolicy::default();
+    fn add(key: &str) -> AddAgent {
         let (encoding, args) = Body::encode((), Some(Encoding::Json))
             .unwrap()
             .into_wire()
             .unwrap();
-        let flight = InFlight::enter(&sup.shared.intake, "n1").unwrap();
-        let (act, started) = host
-            .activate(
-                flaky.clone(),
-                1,
-                Arc::new(SpawnRecord {
-                    encoding,
-                    args,
-                    placement: Placement::default(),
-                }),
-                TraceContext::new_root(),
-                run_options(&policy, &sup.root),
-            )
-            .await
-            .unwrap();
-        assert!(act.created);
-        let started = started.unwrap();
-        let crash = Delivery {
-            target: flaky.clone(),
+        AddAgent {
+            id: id(&format!("flaky/{key}")),
             epoch: 1,
+            record: Arc::new(SpawnRecord {
+                encoding,
+                args,
+                placement: Placement::default(),
+            }),
+            // no backoff: a restart follows its failure at once, before the events that
+            // the restart's stops caused are handled
+            policy: AgentPolicy {
+                backoff: crate::policy::Backoff::none(),
+                ..AgentPolicy::default()
+            },
+            trace: TraceContext::new_root(),
+        }
+    }
+
+    /// Asks `target` (a flaky agent) `msg`; the reply's error text on failure.
+    async fn ask(host: &Host, target: &AgentId, msg: FlakyMsg) -> Result<String, String> {
+        let (tx, rx) = oneshot::channel();
+        let d = Delivery {
+            target: target.clone(),
+            epoch: 0,
             sender: "tester".into(),
             seq: 0,
             trace: TraceContext::new_root(),
             contract: None,
             in_process: true,
         };
-        host.deliver(crash, Body::typed(FlakyMsg::Crash), None)
-            .unwrap();
-        until("the root to keep the early exit", || {
-            lock(&sup.shared.intake).early.contains_key(&started)
-        })
-        .await;
-        let exit = flight.adopt(flaky.clone(), policy.into(), started);
-        assert!(
-            matches!(&exit, Some(Exit::Failed(r)) if r.contains("crash")),
-            "{exit:?}"
-        );
-        let _ = sup.root.cast(SupMsg::Exited(started, exit.unwrap()));
-        until("the restart", || {
-            host.actor_id(&flaky).is_some_and(|a| a != started)
-        })
-        .await;
+        host.deliver(d, Body::typed(msg), Some(tx.into()))
+            .map_err(|e| e.to_string())?;
+        match rx.await {
+            Ok(Ok(b)) => b.decode::<String>(),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("no reply".into()),
+        }
+    }
+
+    async fn child(sup: &NodeSupervisor, path: &[&str], agent: &str) -> AgentNode {
         let tree = sup.snapshot().await.unwrap();
-        let node = tree
-            .root
-            .agents
-            .iter()
-            .find(|a| a.id == "flaky/early")
+        let mut node = &tree.root;
+        for g in path {
+            node = node.supervisors.iter().find(|s| s.name == *g).unwrap();
+        }
+        node.agents.iter().find(|a| a.id == agent).unwrap().clone()
+    }
+
+    /// An agent's actor starts at its first message, after the root took the agent in; its
+    /// failure reaches the root through the actor the host reported, and the root restarts
+    /// it. The restarted instance is dormant again, and the map of started actors is empty.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_agent_started_at_its_first_message_is_restarted_when_it_fails() {
+        let host = Host::new("n1", builtin::all());
+        let sup = NodeSupervisor::start(host.clone(), Intensity::default())
+            .await
             .unwrap();
+        let a = add("lazy");
+        let flaky = a.id.clone();
+        assert!(sup.activate(a, None).await.unwrap().created);
+        assert_eq!(
+            host.actor_id(&flaky),
+            None,
+            "no actor before the first message"
+        );
+        let crashed = ask(&host, &flaky, FlakyMsg::Crash).await;
+        assert!(crashed.is_err_and(|e| e.contains("crash")));
+        until("the restart", || {
+            host.info(&flaky).is_some_and(|i| i.status == "running")
+                && lock(&sup.shared.started).is_empty()
+        })
+        .await;
+        let node = child(&sup, &[], "flaky/lazy").await;
         assert_eq!(node.restarts, 1, "{node:?}");
         assert_eq!(node.status, ChildStatus::Running, "{node:?}");
-        assert!(lock(&sup.shared.intake).early.is_empty());
+        assert_eq!(host.actor_id(&flaky), None, "restarted dormant");
+        assert_eq!(ask(&host, &flaky, FlakyMsg::Ping).await.unwrap(), "pong");
+        assert_eq!(lock(&sup.shared.started).len(), 1);
+        sup.stop();
+    }
+
+    /// One-for-all: a sibling whose actor had started is stopped for the restart, and its
+    /// actor's end is reported after the restart. That event is stale (the host said which
+    /// actor the restart replaced) and must not restart the sibling a second time.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stale_exit_of_a_replaced_instance_is_dropped() {
+        let host = Host::new("n1", builtin::all());
+        let sup = NodeSupervisor::start(host.clone(), Intensity::default())
+            .await
+            .unwrap();
+        sup.add_group(GroupSpec {
+            name: "g".into(),
+            strategy: Strategy::OneForAll,
+            intensity: Intensity::default(),
+        })
+        .await
+        .unwrap();
+        let (a, b) = (add("a"), add("b"));
+        let (fa, fb) = (a.id.clone(), b.id.clone());
+        sup.activate(a, Some("g")).await.unwrap();
+        sup.activate(b, Some("g")).await.unwrap();
+        // both actors start
+        assert_eq!(ask(&host, &fa, FlakyMsg::Ping).await.unwrap(), "pong");
+        assert_eq!(ask(&host, &fb, FlakyMsg::Ping).await.unwrap(), "pong");
+        let old_b = host.actor_id(&fb).unwrap();
+        assert!(ask(&host, &fa, FlakyMsg::Crash).await.is_err());
+        until("both restarted, their old actors forgotten", || {
+            [&fa, &fb]
+                .iter()
+                .all(|id| host.info(id).is_some_and(|i| i.status == "running"))
+                && lock(&sup.shared.started).is_empty()
+        })
+        .await;
+        // give a stale event the time to be (mis)handled
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (na, nb) = (
+            child(&sup, &["g"], "flaky/a").await,
+            child(&sup, &["g"], "flaky/b").await,
+        );
+        assert_eq!(na.restarts, 1, "{na:?}");
+        assert_eq!(nb.restarts, 1, "{nb:?}");
+        assert_eq!(nb.status, ChildStatus::Running, "{nb:?}");
+        assert_eq!(
+            host.actor_id(&fb),
+            None,
+            "b was restarted once, dormant, and not again by {old_b:?}'s end"
+        );
+        assert_eq!(ask(&host, &fb, FlakyMsg::Ping).await.unwrap(), "pong");
         sup.stop();
     }
 }

@@ -159,22 +159,37 @@ pub(super) async fn ask_rtt(node: &Node, n: u64, key: &str) -> anyhow::Result<(f
     Ok((per(tether), per(anchor)))
 }
 
-pub(super) async fn spawn_rate(node: &Node, n: u64, round: usize) -> anyhow::Result<(f64, f64)> {
+/// Spawns per second, tether's and bare ractor's. With `first_ask`, each spawn is followed by
+/// one ask, answered by the new agent (or actor): a tether agent's actor starts at its first
+/// message, so this is the whole cost of an agent that gets to work.
+pub(super) async fn spawn_rate(
+    node: &Node,
+    n: u64,
+    round: usize,
+    first_ask: bool,
+) -> anyhow::Result<(f64, f64)> {
     let mut bare = Vec::with_capacity(n as usize);
     let (mut tether, mut anchor) = (Duration::ZERO, Duration::ZERO);
     let mut made = 0;
+    let tag = if first_ask { "spawn-ask" } else { "spawn" };
     for i in 0..SLICES {
         let k = slice(n, i);
         let t0 = Instant::now();
         for j in made..made + k {
-            node.spawn::<Counter>(&format!("spawn-{round}-{j}"), None)
-                .await?;
+            let c: AgentRef<Counter> = node.spawn(&format!("{tag}-{round}-{j}"), None).await?;
+            if first_ask {
+                c.ask(CounterMsg::Get, Duration::from_secs(5)).await?;
+            }
         }
         tether += t0.elapsed();
         made += k;
         let t0 = Instant::now();
         for _ in 0..k {
-            bare.push(Actor::spawn(None, BareCounter, ()).await?.0);
+            let (a, _) = Actor::spawn(None, BareCounter, ()).await?;
+            if first_ask {
+                bare_get(&a).await?;
+            }
+            bare.push(a);
         }
         anchor += t0.elapsed();
     }
@@ -258,27 +273,48 @@ fn rss_bytes() -> u64 {
         .unwrap_or(0)
 }
 
-/// Runs in a child process: resident bytes per idle agent.
+/// Runs in a child process: resident bytes per idle agent, for `tether` or `ractor`; with an
+/// `-awake` suffix, each agent (or actor) handles one ask before the next is spawned, so that a
+/// tether agent's actor has started (see `tether_actors::mailbox`).
 pub(super) async fn measure_memory(what: &str, n: usize) -> anyhow::Result<f64> {
+    let (what, awake) = match what.strip_suffix("-awake") {
+        Some(w) => (w, true),
+        None => (what, false),
+    };
     let per = match what {
         "tether" => {
             let (node, dir) = bench_node("mem").await?;
             // warm the paths once, so their one-time allocations are not counted
-            node.spawn::<Counter>("warm", None).await?;
+            let warm: AgentRef<Counter> = node.spawn("warm", None).await?;
+            warm.ask(CounterMsg::Get, Duration::from_secs(5)).await?;
             let before = rss_bytes();
             for i in 0..n {
-                node.spawn::<Counter>(&format!("idle-{i}"), None).await?;
+                let c: AgentRef<Counter> = node.spawn(&format!("idle-{i}"), None).await?;
+                if awake {
+                    c.ask(CounterMsg::Get, Duration::from_secs(5)).await?;
+                }
             }
+            // the root supervisor takes new children in at its next message: count them
+            node.agents()
+                .supervisor()
+                .settle()
+                .await
+                .map_err(anyhow::Error::msg)?;
             let after = rss_bytes();
             let _ = std::fs::remove_dir_all(dir);
             (after.saturating_sub(before)) as f64 / n as f64
         }
         "ractor" => {
             let (warm, _) = Actor::spawn(None, BareCounter, ()).await?;
+            bare_get(&warm).await?;
             let before = rss_bytes();
             let mut keep = Vec::with_capacity(n);
             for _ in 0..n {
-                keep.push(Actor::spawn(None, BareCounter, ()).await?.0);
+                let (a, _) = Actor::spawn(None, BareCounter, ()).await?;
+                if awake {
+                    bare_get(&a).await?;
+                }
+                keep.push(a);
             }
             let after = rss_bytes();
             warm.stop(None);
