@@ -415,29 +415,13 @@ impl Host {
 
     /// Starts `id` here with `epoch`, or returns the running activation. `init` runs in this
     /// task; the agent's actor starts at its first message (see [`crate::mailbox`]).
+    /// `created` is called when the agent was created, just before it can be sent anything
+    /// (its supervisor takes it in there: no exit of the agent can come before).
     ///
     /// # Errors
     /// [`AgentError::UnknownKind`], [`AgentError::BadPayload`] for args that do not decode,
     /// [`AgentError::Failed`] when `init` fails or overruns its start timeout.
     pub async fn activate(
-        &self,
-        id: AgentId,
-        epoch: u64,
-        record: Arc<SpawnRecord>,
-        trace: TraceContext,
-        run: RunOptions,
-    ) -> Result<Activation, AgentError> {
-        self.activate_then(id, epoch, record, trace, run, || {})
-            .await
-    }
-
-    /// [`Host::activate`], calling `created` when it created the agent, just before the
-    /// agent can be sent anything (its supervisor takes it in there: no exit of the agent
-    /// can come before).
-    ///
-    /// # Errors
-    /// As [`Host::activate`].
-    pub async fn activate_then(
         &self,
         id: AgentId,
         epoch: u64,
@@ -1120,6 +1104,7 @@ mod tests {
             }),
             TraceContext::new_root(),
             RunOptions::default(),
+            || {},
         )
         .await
     }

@@ -34,7 +34,7 @@
 //! A spawn under the root (the default) activates the agent in the caller's own task, as a
 //! bare ractor spawn would; the root takes the child in afterwards, through its [`Intake`].
 //! The caller pushes the child into the intake just before the host lists the agent
-//! ([`Host::activate_then`]): nothing can be sent to it before, so no actor of it runs and no
+//! ([`Host::activate`]): nothing can be sent to it before, so no actor of it runs and no
 //! exit of it can reach the root before the child is there to take in. The root takes in
 //! what was pushed at the start of every message and supervision event. A spawn into a group
 //! asks the group's actor, which activates and adopts in one step (a group can be restarted
@@ -184,14 +184,14 @@ fn run_options(policy: &AgentPolicy, me: &ActorRef<SupMsg>) -> RunOptions {
 }
 
 /// Activates `a` on the host, supervised by `sup`; `created` is called as in
-/// [`Host::activate_then`].
+/// [`Host::activate`].
 async fn activate_linked(
     host: &Host,
     a: &AddAgent,
     sup: &ActorRef<SupMsg>,
     created: impl FnOnce(),
 ) -> Result<Activation, AgentError> {
-    host.activate_then(
+    host.activate(
         a.id.clone(),
         a.epoch,
         a.record.clone(),
@@ -1022,15 +1022,20 @@ mod tests {
         node.agents.iter().find(|a| a.id == agent).unwrap().clone()
     }
 
+    async fn supervised() -> (Arc<Host>, NodeSupervisor) {
+        let host = Host::new("n1", builtin::all());
+        let sup = NodeSupervisor::start(host.clone(), Intensity::default())
+            .await
+            .unwrap();
+        (host, sup)
+    }
+
     /// An agent's actor starts at its first message, after the root took the agent in; its
     /// failure reaches the root through the actor the host reported, and the root restarts
     /// it. The restarted instance is dormant again, and the map of started actors is empty.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_agent_started_at_its_first_message_is_restarted_when_it_fails() {
-        let host = Host::new("n1", builtin::all());
-        let sup = NodeSupervisor::start(host.clone(), Intensity::default())
-            .await
-            .unwrap();
+        let (host, sup) = supervised().await;
         let a = add("lazy");
         let flaky = a.id.clone();
         assert!(sup.activate(a, None).await.unwrap().created);
@@ -1060,10 +1065,7 @@ mod tests {
     /// actor the restart replaced) and must not restart the sibling a second time.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_stale_exit_of_a_replaced_instance_is_dropped() {
-        let host = Host::new("n1", builtin::all());
-        let sup = NodeSupervisor::start(host.clone(), Intensity::default())
-            .await
-            .unwrap();
+        let (host, sup) = supervised().await;
         sup.add_group(GroupSpec {
             name: "g".into(),
             strategy: Strategy::OneForAll,
