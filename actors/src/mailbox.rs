@@ -6,7 +6,10 @@
 //! first call: until then the mailbox holds the agent, [`Dormant`], and an agent that is never
 //! sent anything costs no task. The first post starts the actor under the mailbox's lock, so
 //! that whoever looks next (another sender, a stop) finds either the dormant agent or its
-//! actor, never neither.
+//! actor, never neither. A start can fail only when the agent's supervisor is itself stopping
+//! (ractor refuses the link) or the runtime is gone: the mailbox then closes and the message
+//! is refused, as it would be by an actor killed with its supervisor; the supervisor's
+//! restart (a group's) or the node's shutdown replaces or ends the instance.
 //!
 //! Messages for an agent ([`Call`]s) queue in its [`Mailbox`], not one by one in the ractor
 //! mailbox. The first message wakes the actor with one [`Wake`] through ractor; the actor then
