@@ -1030,6 +1030,31 @@ mod tests {
         (host, sup)
     }
 
+    /// A one-for-all group `g` with two flaky agents, `a` and `b`, never sent anything.
+    async fn one_for_all_pair(sup: &NodeSupervisor) -> (AgentId, AgentId) {
+        sup.add_group(GroupSpec {
+            name: "g".into(),
+            strategy: Strategy::OneForAll,
+            intensity: Intensity::default(),
+        })
+        .await
+        .unwrap();
+        let (a, b) = (add("a"), add("b"));
+        let ids = (a.id.clone(), b.id.clone());
+        sup.activate(a, Some("g")).await.unwrap();
+        sup.activate(b, Some("g")).await.unwrap();
+        ids
+    }
+
+    /// The exits for good that the host reports: agent and reason.
+    fn exits(host: &Host) -> tokio::sync::mpsc::UnboundedReceiver<(String, Option<String>)> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        host.set_exit_listener(Arc::new(move |id: &AgentId, _, reason| {
+            let _ = tx.send((id.to_string(), reason));
+        }));
+        rx
+    }
+
     /// An agent's actor starts at its first message, after the root took the agent in; its
     /// failure reaches the root through the actor the host reported, and the root restarts
     /// it. The restarted instance is dormant again, and the map of started actors is empty.
@@ -1066,17 +1091,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_stale_exit_of_a_replaced_instance_is_dropped() {
         let (host, sup) = supervised().await;
-        sup.add_group(GroupSpec {
-            name: "g".into(),
-            strategy: Strategy::OneForAll,
-            intensity: Intensity::default(),
-        })
-        .await
-        .unwrap();
-        let (a, b) = (add("a"), add("b"));
-        let (fa, fb) = (a.id.clone(), b.id.clone());
-        sup.activate(a, Some("g")).await.unwrap();
-        sup.activate(b, Some("g")).await.unwrap();
+        let (fa, fb) = one_for_all_pair(&sup).await;
         // both actors start
         assert_eq!(ask(&host, &fa, FlakyMsg::Ping).await.unwrap(), "pong");
         assert_eq!(ask(&host, &fb, FlakyMsg::Ping).await.unwrap(), "pong");
@@ -1104,6 +1119,65 @@ mod tests {
             "b was restarted once, dormant, and not again by {old_b:?}'s end"
         );
         assert_eq!(ask(&host, &fb, FlakyMsg::Ping).await.unwrap(), "pong");
+        sup.stop();
+    }
+
+    /// One-for-all with a sibling that never got mail: it has no actor to stop, so the stop
+    /// runs its `on_stop` and the restart starts it dormant again, with the others.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dormant_sibling_is_stopped_and_restarted_with_the_others() {
+        let (host, sup) = supervised().await;
+        let mut exits = exits(&host);
+        let (fa, fb) = one_for_all_pair(&sup).await;
+        assert!(ask(&host, &fa, FlakyMsg::Crash).await.is_err());
+        until("both restarted", || {
+            [&fa, &fb]
+                .iter()
+                .all(|id| host.info(id).is_some_and(|i| i.status == "running"))
+        })
+        .await;
+        let nb = child(&sup, &["g"], "flaky/b").await;
+        assert_eq!(nb.restarts, 1, "{nb:?}");
+        assert_eq!(host.actor_id(&fb), None);
+        assert_eq!(ask(&host, &fb, FlakyMsg::Ping).await.unwrap(), "pong");
+        // no exit for good was reported: a failure that is restarted is not one, nor is a
+        // stop for a sibling's restart
+        assert!(exits.try_recv().is_err());
+        sup.stop();
+    }
+
+    /// A fenced node stops its agents for good, whether their actors ever started or not;
+    /// each is reported as a clean stop and none is restarted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fencing_stops_dormant_and_started_agents_alike() {
+        let (host, sup) = supervised().await;
+        let mut exits = exits(&host);
+        let (a, b) = (add("started"), add("dormant"));
+        let fa = a.id.clone();
+        sup.activate(a, None).await.unwrap();
+        sup.activate(b, None).await.unwrap();
+        assert_eq!(ask(&host, &fa, FlakyMsg::Ping).await.unwrap(), "pong");
+        assert_eq!(sup.fence().await.unwrap(), 2);
+        let mut seen = Vec::new();
+        while seen.len() < 2 {
+            let e = tokio::time::timeout(Duration::from_secs(5), exits.recv())
+                .await
+                .expect("both stops are reported")
+                .unwrap();
+            seen.push(e);
+        }
+        seen.sort();
+        assert_eq!(
+            seen,
+            [
+                ("flaky/dormant".into(), None),
+                ("flaky/started".into(), None)
+            ]
+        );
+        // give a late supervision event the time to be (mis)handled: nothing restarts
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(host.list().is_empty(), "{:?}", host.list());
+        assert!(lock(&sup.shared.started).is_empty());
         sup.stop();
     }
 }
