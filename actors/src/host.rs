@@ -1357,10 +1357,7 @@ mod tests {
     #[tokio::test]
     async fn an_awake_agent_stops_at_once_not_after_its_shutdown_timeout() {
         let h = host();
-        let (tx, mut exits) = tokio::sync::mpsc::unbounded_channel();
-        h.set_exit_listener(Arc::new(move |id: &AgentId, _, reason| {
-            let _ = tx.send((id.clone(), reason));
-        }));
+        let mut exits = exits(&h);
         start(&h, "counter/awake", 1).await.unwrap();
         // after a message the agent listens in its handler (see the mailbox module)
         let got = ask(&h, d("counter/awake", 0), Body::typed(CounterMsg::Get)).await;

@@ -39,7 +39,7 @@
 //! woke it).
 //!
 //! Signals: ractor lets a kill interrupt a handler, but a stop waits for the handler to
-//! return. So whoever stops an agent [releases](Mailbox::release) its mailbox first: a
+//! return. So whoever stops an agent [releases](Mailbox::release_for_stop) its mailbox first: a
 //! listening actor returns to the actor loop, a working one returns after its current batch
 //! (at most [`BATCH`] calls), and the stop comes in. Between batches the actor also spends
 //! one unit of tokio's cooperative budget, so that a busy agent lets the other tasks of its
@@ -267,7 +267,7 @@ impl Mailbox {
     }
 
     /// Moves every waiting call to the back of `into`; when none waits, listens (the task of
-    /// `cx` is woken by the next post or by [`Mailbox::release`]), or, once released, goes
+    /// `cx` is woken by the next post or by [`Mailbox::release_for_stop`]), or, once released, goes
     /// idle and says so.
     pub fn poll_take(&self, into: &mut VecDeque<Call>, cx: &mut Context<'_>) -> Poll<Took> {
         let mut m = self.lock();
@@ -289,25 +289,15 @@ impl Mailbox {
         Poll::Pending
     }
 
-    /// A stop is coming through ractor: the actor stops listening and returns to its loop
-    /// after the batch it is handling, so that ractor can deliver the stop.
-    pub fn release(&self) {
-        let woken = {
-            let mut m = self.lock();
-            m.released = true;
-            m.listener.take()
-        };
-        wake(woken);
-    }
-
-    /// Whether [`Mailbox::release`] was called.
+    /// Whether [`Mailbox::release_for_stop`] was called.
     pub fn released(&self) -> bool {
         self.lock().released
     }
 
     /// A stop is coming: a dormant agent is taken out (the mailbox closes: it will never
-    /// start), a running actor is released (see [`Mailbox::release`]) and returned to be
-    /// stopped through ractor.
+    /// start); a running actor is released, returned to be stopped through ractor: it stops
+    /// listening and returns to its loop after the batch it is handling, so that ractor can
+    /// deliver the stop.
     pub fn release_for_stop(&self) -> Stopping {
         let (stopping, woken) = {
             let mut m = self.lock();
@@ -317,10 +307,13 @@ impl Mailbox {
                     m.closed = true;
                     (Stopping::Dormant(agent), None)
                 }
-                None => match self.actor.get() {
-                    Some(a) => (Stopping::Actor(a.clone()), m.listener.take()),
-                    None => (Stopping::Gone, None),
-                },
+                None => {
+                    let stopping = match self.actor.get() {
+                        Some(a) => Stopping::Actor(a.clone()),
+                        None => Stopping::Gone,
+                    };
+                    (stopping, m.listener.take())
+                }
             }
         };
         wake(woken);
@@ -644,7 +637,7 @@ mod tests {
         assert_eq!(poll_take(&m, &mut batch, &w), Poll::Ready(Took::Calls));
         batch.clear();
         assert_eq!(poll_take(&m, &mut batch, &w), Poll::Pending);
-        m.release();
+        assert!(matches!(m.release_for_stop(), Stopping::Gone));
         assert_eq!(count.get(), 1, "release wakes the listener");
         assert!(m.released());
         assert_eq!(poll_take(&m, &mut batch, &w), Poll::Ready(Took::Released));
