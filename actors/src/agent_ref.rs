@@ -9,10 +9,10 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use crate::agent::{Agent, AgentError};
+use crate::body::Body;
 use crate::envelope::Contract;
 use crate::host::LocalPort;
 use crate::id::AgentId;
-use crate::kind::Body;
 
 /// Where the reply to an ask comes: the router sends the request with its sender.
 pub type ReplyRx = tokio::sync::oneshot::Receiver<Result<Body, AgentError>>;

@@ -2,35 +2,52 @@
 //!
 //! Where to start reading: [`agent`] is what a user writes; [`host`] is how a node runs it.
 //!
-//! Map of the crate:
+//! Map of the crate, from the bottom up (each module uses only those above it):
 //! - [`id`]: `AgentId` = `kind/key`, deterministic.
 //! - [`placement`]: placement labels (sensitivity, compute, needs, prefer).
-//! - [`agent`]: the `Agent` trait, its context, and [`AgentError`], the typed error every
-//!   operation on an agent returns (it travels on the wire).
+//! - [`codec`]: the wire codec (MessagePack), bounded and fallible.
 //! - [`envelope`]: envelopes (sender, sequence, epoch, W3C trace context, contract).
-//! - [`kind`]: erased kinds: decode, handle, encode; each agent is a ractor actor.
+//! - [`error`]: [`AgentError`], the typed error every operation on an agent returns (it travels
+//!   on the wire).
+//! - [`body`]: message bodies, typed or encoded.
+//! - [`call`]: one message into a mailbox, and where its reply goes.
+//! - [`origin`]: which agent the current task works for (sender, local-only).
+//! - [`stats`]: an agent's counters.
+//! - [`record`]: how an agent was spawned.
+//! - [`agent`]: the `Agent` trait and its context.
 //! - [`mailbox`]: an agent's mailbox, taken by its actor in batches.
+//! - [`kind`]: erased kinds: decode, handle, encode; each agent is a ractor actor.
+//! - [`kinds`]: the kinds a node registers.
 //! - [`host`]: the agents a node hosts; activation and the checks at delivery.
 //! - [`agent_ref`]: `AgentRef<A>`, the location-transparent handle, over a [`Router`].
-//! - [`builtin`]: `echo`, `counter`, `flaky`, `sleeper`.
-//! - [`codec`]: the wire codec (MessagePack), bounded and fallible.
+//! - [`builtin`]: the built-in kinds.
 
 pub mod agent;
 pub mod agent_ref;
+pub mod body;
 pub mod builtin;
+pub mod call;
 pub mod codec;
 pub mod envelope;
+pub mod error;
 pub mod host;
 pub mod id;
 pub mod kind;
+pub mod kinds;
 pub mod mailbox;
+pub mod origin;
 pub mod placement;
+pub mod record;
+pub mod stats;
 
-pub use agent::{Agent, AgentError, Ctx, Failure};
+pub use agent::{Agent, Ctx, Failure};
 pub use agent_ref::{AgentRef, PortCache, Router, TellError};
+pub use body::Body;
 pub use codec::{decode, encode, CodecError, MAX_FRAME_LEN};
 pub use envelope::{Contract, Encoding, Envelope, RunMsg, TellRun, TraceContext, MAX_RUN_BYTES};
-pub use host::{Activation, AgentInfo, Delivery, Host, LocalPort, SpawnRecord};
+pub use error::AgentError;
+pub use host::{Activation, AgentInfo, Delivery, Host, LocalPort};
 pub use id::{AgentId, IdHash};
-pub use kind::Body;
+pub use kinds::Kinds;
 pub use placement::{Compute, Placement, Prefer, Sensitivity};
+pub use record::SpawnRecord;

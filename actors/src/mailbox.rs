@@ -58,7 +58,7 @@ use std::time::Duration;
 use ractor::{ActorId, ActorRef};
 use tracing::warn;
 
-use crate::kind::{BoxFuture, Call};
+use crate::call::{BoxFuture, Call};
 
 /// Calls handled per batch, before the actor checks for a stop and spends cooperative budget.
 pub const BATCH: usize = 256;
@@ -490,8 +490,8 @@ impl AgentActorRef {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::body::Body;
     use crate::envelope::TraceContext;
-    use crate::kind::Body;
 
     fn call(n: u64) -> Call {
         Call {

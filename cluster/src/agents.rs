@@ -57,7 +57,8 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use quinn::{RecvStream, SendStream};
 use tether_actors::agent_ref::{PortCache, ReplyRx};
-use tether_actors::kind::{Call, ReplyTx, CURRENT_AGENT};
+use tether_actors::call::{Call, ReplyTx};
+use tether_actors::origin::CURRENT_AGENT;
 use tether_actors::{
     Activation, AgentError, AgentId, AgentInfo, Body, Contract, Delivery, Encoding, Envelope, Host,
     IdHash, Placement, Router, SpawnRecord, TellRun, TraceContext,

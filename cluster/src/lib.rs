@@ -40,4 +40,5 @@ pub use control::{
 };
 pub use detector::PeerState;
 pub use identity::{NodeInfo, Role};
-pub use node::{Kinds, Node, NodeConfig, NodeError, Timing};
+pub use node::{Node, NodeConfig, NodeError, Timing};
+pub use tether_actors::Kinds;

@@ -35,8 +35,7 @@ use quinn::{Connection, Endpoint};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
-use tether_actors::kind::ErasedKind;
-use tether_actors::{Agent, AgentError, AgentId, AgentRef, Body, Host};
+use tether_actors::{Agent, AgentError, AgentId, AgentRef, Body, Host, Kinds};
 
 use crate::agents::outbox::{self, Outbox, OutboxError};
 use crate::agents::{AgentSystem, SpawnOptions, Target};
@@ -146,47 +145,6 @@ impl NodeConfig {
 
 /// Default bound of a local node's outbox.
 pub const DEFAULT_OUTBOX_MAX: usize = outbox::DEFAULT_MAX;
-
-/// The agent kinds a node registers: what other nodes may spawn on it.
-#[derive(Clone, Default)]
-pub struct Kinds(Vec<Arc<dyn ErasedKind>>);
-
-impl std::fmt::Debug for Kinds {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list()
-            .entries(self.0.iter().map(|k| k.name()))
-            .finish()
-    }
-}
-
-impl Kinds {
-    /// No kinds.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// The built-in kinds (`echo`, `counter`, `flaky`, `sleeper`, `sink`).
-    pub fn builtin() -> Self {
-        Self(tether_actors::builtin::all())
-    }
-
-    /// Adds kind `A`, built with `Default`.
-    pub fn register<A: Agent + Default>(self) -> Self {
-        self.register_agent(A::default())
-    }
-
-    /// Adds kind `A` with this behaviour value (configuration, clients).
-    pub fn register_agent<A: Agent>(mut self, behaviour: A) -> Self {
-        self.0.retain(|k| k.name() != A::KIND);
-        self.0.push(tether_actors::kind::erase(behaviour));
-        self
-    }
-
-    /// The kind names.
-    pub fn names(&self) -> Vec<String> {
-        self.0.iter().map(|k| k.name().to_owned()).collect()
-    }
-}
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -448,7 +406,7 @@ impl Node {
             None if bound.ip().is_unspecified() => return Err(NodeError::NeedAdvertise(bound)),
             None => bound,
         };
-        let host = Host::new(&cfg.name, cfg.kinds.0.iter().cloned());
+        let host = Host::new(&cfg.name, cfg.kinds.erased());
         let me = NodeInfo {
             name: cfg.name.clone(),
             role: cfg.role,

@@ -4,7 +4,7 @@
 //! A line written while an agent handles a message (or runs `init`) carries the agent and the
 //! message's trace, as if in a span: `agent{id=counter/a trace_id=4bf9..}: target: message`.
 //! They are read from the handler's task-locals when the line is written
-//! ([`tether_actors::kind::log_context`]), not from a span made for every message: such a span
+//! ([`tether_actors::origin::log_context`]), not from a span made for every message: such a span
 //! costs more than the message itself when the subscriber formats spans (see "Logs and spans"
 //! in `actors/src/kind.rs`). With `tether_actors=debug` the real `agent` span is there too, and
 //! the line does not repeat it; a line that names its own `trace_id` is not prefixed either.
@@ -106,7 +106,7 @@ where
             .event_scope()
             .is_some_and(|mut scope| scope.any(|s| is_agent_span(s.metadata())));
         if !names_trace && !in_span {
-            if let Some((id, trace)) = tether_actors::kind::log_context() {
+            if let Some((id, trace)) = tether_actors::origin::log_context() {
                 let (bold, plain) = if ansi {
                     ("\x1b[1m", "\x1b[0m")
                 } else {

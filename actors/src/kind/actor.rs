@@ -1,0 +1,357 @@
+//! The ractor actor of one agent: started at the agent's first message, it serves the agent's
+//! mailbox in batches (see [`crate::mailbox`]).
+//!
+//! # Logs and spans
+//!
+//! A handler's log lines must say which agent and which trace they belong to, but a span per
+//! message costs more than the rest of a local ask when a formatting subscriber is on
+//! (PERF.md has the figures). So the per-message span (`agent`, with `id` and `trace_id`) is at
+//! `debug`, for subscribers that want spans (an OpenTelemetry exporter, a debugging session),
+//! and the agent and trace of the running handler are kept in task-locals that a formatter
+//! reads only when it writes a line ([`crate::origin::log_context`]).
+//!
+//! # Memory
+//!
+//! An agent that never got mail costs its state and mailbox, and no task. An idle agent whose
+//! actor started costs what its ractor task holds, and a task is as large as the largest
+//! future it may await in place. So the agent's own futures (`init`, a batch of handlers with
+//! their tracing and task-local wrappers, the loop an awake agent runs in its handler) are
+//! boxed for the time they run: an idle agent's task holds a pointer instead of them.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tracing::{debug, warn, Instrument};
+
+use super::{ExitHook, Gate, StartHook};
+use crate::agent::{Agent, Ctx};
+use crate::body::Body;
+use crate::call::{BoxFuture, Call};
+use crate::error::AgentError;
+use crate::mailbox::{Dormant, Mailbox, Took, Wake, BATCH};
+use crate::origin::{Origin, CURRENT_AGENT};
+use crate::stats::AgentStats;
+
+/// An agent whose `init` has run, held by its mailbox until the first message starts its
+/// actor (see [`crate::mailbox`]).
+pub(super) struct Prepared<A: Agent> {
+    pub(super) actor: AgentActor<A>,
+    pub(super) state: A::State,
+    pub(super) ctx: Ctx,
+    pub(super) on_exit: ExitHook,
+    pub(super) stats: Arc<AgentStats>,
+    pub(super) supervisor: Option<ractor::ActorCell>,
+    pub(super) on_start: Option<StartHook>,
+}
+
+impl<A: Agent> Dormant for Prepared<A> {
+    fn start(self: Box<Self>, mailbox: Arc<Mailbox>) -> Result<ActorRef<Wake>, String> {
+        // ractor spawns a task: outside a runtime (a runtime shutting down) there is none
+        tokio::runtime::Handle::try_current().map_err(|e| e.to_string())?;
+        let Prepared {
+            actor,
+            state,
+            ctx,
+            on_exit,
+            stats,
+            supervisor,
+            on_start,
+        } = *self;
+        let id = on_start.as_ref().map(|_| ctx.id.clone());
+        let args = (state, ctx, on_exit, stats, mailbox);
+        // ractor's spawn runs `pre_start` (which only takes the state in), links the actor
+        // and spawns its task: with nothing to wait for, its first poll finishes it, here,
+        // with no task of its own in between
+        let spawn = async {
+            match supervisor {
+                Some(sup) => ractor::ActorRuntime::spawn_linked(None, actor, args, sup).await,
+                None => ractor::ActorRuntime::spawn(None, actor, args).await,
+            }
+        };
+        let polled = std::pin::pin!(spawn)
+            .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()));
+        let aref = match polled {
+            std::task::Poll::Ready(Ok((aref, _))) => aref,
+            std::task::Poll::Ready(Err(e)) => return Err(e.to_string()),
+            std::task::Poll::Pending => return Err("ractor did not start the actor at once".into()),
+        };
+        if let (Some(hook), Some(id)) = (on_start, id) {
+            hook(&id, aref.get_id());
+        }
+        Ok(aref)
+    }
+
+    fn stop(self: Box<Self>) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            let Prepared {
+                actor,
+                mut state,
+                ctx,
+                on_exit,
+                ..
+            } = *self;
+            actor.behaviour.on_stop(&ctx, &mut state).await;
+            on_exit(&ctx.id, ctx.epoch, None);
+        })
+    }
+}
+
+pub(super) struct AgentActor<A> {
+    pub(super) behaviour: Arc<A>,
+    pub(super) local_only: bool,
+    pub(super) handler_timeout: Option<std::time::Duration>,
+    pub(super) gate: Option<Gate>,
+}
+
+impl<A> AgentActor<A> {
+    pub(super) fn origin(&self, ctx: &Ctx) -> Origin {
+        Origin::new(ctx.id.clone(), ctx.node.clone(), self.local_only)
+    }
+}
+
+pub(super) struct ActorState<A: Agent> {
+    state: A::State,
+    ctx: Ctx,
+    on_exit: ExitHook,
+    exited: AtomicBool,
+    stats: Arc<AgentStats>,
+    mailbox: Arc<Mailbox>,
+    /// Calls taken from the mailbox, not yet handled.
+    batch: VecDeque<Call>,
+    /// The actor runs (linked, in its own task): from then on, its end closes the mailbox.
+    /// Before, the state is dropped only by a start that failed, under the mailbox's lock,
+    /// and the mailbox closes itself (see `Mailbox::start`).
+    live: bool,
+}
+
+impl<A: Agent> Drop for ActorState<A> {
+    /// However the actor ends (stop, failure, kill), what waits in its mailbox goes with it.
+    fn drop(&mut self) {
+        if self.live {
+            self.mailbox.close();
+        }
+    }
+}
+
+impl<A: Agent> ActorState<A> {
+    fn exit(&self, reason: Option<String>) {
+        if !self.exited.swap(true, Ordering::AcqRel) {
+            (self.on_exit)(&self.ctx.id, self.ctx.epoch, reason);
+        }
+    }
+}
+
+impl<A: Agent> Actor for AgentActor<A> {
+    type Msg = Wake;
+    type State = ActorState<A>;
+    type Arguments = (A::State, Ctx, ExitHook, Arc<AgentStats>, Arc<Mailbox>);
+
+    /// Takes in the agent's state: `init` ran at spawn (see [`crate::mailbox`]).
+    async fn pre_start(
+        &self,
+        _me: ActorRef<Wake>,
+        (state, ctx, on_exit, stats, mailbox): Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(ActorState {
+            state,
+            ctx,
+            on_exit,
+            exited: AtomicBool::new(false),
+            stats,
+            mailbox,
+            batch: VecDeque::new(),
+            live: false,
+        })
+    }
+
+    /// In the actor's task, linked: its end now closes the mailbox.
+    async fn post_start(
+        &self,
+        _me: ActorRef<Wake>,
+        st: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        st.live = true;
+        Ok(())
+    }
+
+    /// Mail is waiting: the actor stays here, handling what waits in batches of at most
+    /// [`BATCH`] and listening when nothing does, until its mailbox is released for a stop
+    /// (see [`mailbox`]).
+    ///
+    /// [`mailbox`]: crate::mailbox
+    async fn handle(
+        &self,
+        me: ActorRef<Wake>,
+        _: Wake,
+        st: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        // boxed: the actor's task then holds a pointer while the agent is awake, and an
+        // agent that never got mail pays nothing for it (see "Memory" in the module doc)
+        Box::pin(self.serve(me, st)).await
+    }
+
+    async fn post_stop(
+        &self,
+        _me: ActorRef<Wake>,
+        st: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let ctx = st.ctx.clone();
+        self.behaviour.on_stop(&ctx, &mut st.state).await;
+        st.exit(None);
+        Ok(())
+    }
+}
+
+impl<A: Agent> AgentActor<A> {
+    /// The agent is awake: it handles what waits in batches of at most [`BATCH`] and
+    /// listens when nothing does, until its mailbox is released for a stop (see [`mailbox`]).
+    ///
+    /// [`mailbox`]: crate::mailbox
+    async fn serve(
+        &self,
+        me: ActorRef<Wake>,
+        st: &mut ActorState<A>,
+    ) -> Result<(), ActorProcessingErr> {
+        loop {
+            if st.batch.is_empty() {
+                let mailbox = &st.mailbox;
+                let batch = &mut st.batch;
+                if std::future::poll_fn(|cx| mailbox.poll_take(batch, cx)).await == Took::Released {
+                    return Ok(()); // a stop is coming: let ractor deliver it
+                }
+            }
+            self.run_batch(st).await?;
+            if st.mailbox.released() {
+                // let the stop in between batches; what still waits gets a Wake, so that
+                // nothing is stranded if the stop does not come after all
+                if st.batch.is_empty() && !st.mailbox.take(&mut st.batch) {
+                    return Ok(());
+                }
+                let _ = me.send_message(Wake);
+                return Ok(());
+            }
+            // as a ractor message per batch did: a busy agent lets its worker's other tasks run
+            tokio::task::consume_budget().await;
+        }
+    }
+
+    /// Handles at most [`BATCH`] of the calls taken from the mailbox.
+    ///
+    /// The agent is the current one for the whole batch (its sends carry it as sender). The
+    /// batch runs boxed: an idle actor's task then holds only a pointer, not the largest
+    /// handler future of its kind (see "Memory" in the module doc). The trace scope is set
+    /// once too; each message makes its own trace the current one.
+    async fn run_batch(&self, st: &mut ActorState<A>) -> Result<(), ActorProcessingErr> {
+        let origin = self.origin(&st.ctx);
+        let trace = st.ctx.trace;
+        Box::pin(CURRENT_AGENT.scope(
+            origin,
+            trace.scope(async {
+                let mut handled = 0;
+                for _ in 0..BATCH {
+                    let Some(call) = st.batch.pop_front() else {
+                        break;
+                    };
+                    self.handle_call(call, st, &mut handled).await?;
+                }
+                st.stats.settle(handled);
+                Ok::<_, ActorProcessingErr>(())
+            }),
+        ))
+        .await
+    }
+
+    /// Handles one message: the gate, decoding, the handler (under the message's trace), the
+    /// reply. An error fails the agent. Runs inside the batch's `CURRENT_AGENT` and trace
+    /// scopes; the message's trace is made the current one.
+    async fn handle_call(
+        &self,
+        call: Call,
+        st: &mut ActorState<A>,
+        handled: &mut u64,
+    ) -> Result<(), ActorProcessingErr> {
+        // counted in the stats once per batch, or at once if this call fails the agent
+        *handled += 1;
+        if let Some(reason) = self.gate.as_ref().and_then(|g| g()) {
+            warn!(id = %st.ctx.id, trace_id = %call.trace.trace_id_hex(), %reason, "message refused before its handler");
+            if let Some(r) = call.reply {
+                let _ = r.send(Err(AgentError::Refused(reason)));
+            }
+            return Ok(());
+        }
+        let like = call.body.encoding();
+        let msg: A::Msg = match call.body.decode() {
+            Ok(m) => m,
+            Err(reason) => {
+                warn!(id = %st.ctx.id, trace_id = %call.trace.trace_id_hex(), %reason, "message does not decode; the agent keeps running");
+                if let Some(r) = call.reply {
+                    let _ = r.send(Err(AgentError::BadPayload {
+                        id: st.ctx.id.to_string(),
+                        reason,
+                    }));
+                }
+                return Ok(());
+            }
+        };
+        st.ctx.trace = call.trace;
+        st.ctx.sender = call.sender;
+        st.ctx.seq = call.seq;
+        // at debug: see "Logs and spans" in the module doc
+        let span =
+            tracing::debug_span!("agent", id = %st.ctx.id, trace_id = %call.trace.trace_id_hex());
+        let deadline = self.handler_timeout;
+        // borrow the context and the state apart: no per-message copy of the context
+        let ActorState { state, ctx, .. } = &mut *st;
+        let ctx: &Ctx = ctx;
+        call.trace.make_current();
+        let result = async {
+            debug!(seq = call.seq, sender = ?ctx.sender, "handling message");
+            let handling = self.behaviour.handle(ctx, state, msg);
+            match deadline {
+                None => handling.await.map_err(|e| (e.to_string(), None)),
+                Some(d) => match tokio::time::timeout(d, handling).await {
+                    Ok(r) => r.map_err(|e| (e.to_string(), None)),
+                    // an overrunning handler is a failure of the agent; the asker
+                    // gets a timeout
+                    Err(_) => Err((
+                        format!("handler overran its {} ms deadline", d.as_millis()),
+                        Some(AgentError::Timeout {
+                            ms: d.as_millis() as u64,
+                        }),
+                    )),
+                },
+            }
+        }
+        .instrument(span)
+        .await;
+        match result {
+            Ok(reply) => {
+                if let Some(r) = call.reply {
+                    let out = Body::encode(reply, like).map_err(|reason| {
+                        AgentError::Internal(format!("reply does not encode: {reason}"))
+                    });
+                    let _ = r.send(out);
+                }
+                Ok(())
+            }
+            Err((reason, to_asker)) => {
+                warn!(id = %st.ctx.id, trace_id = %call.trace.trace_id_hex(), %reason, "agent failed");
+                // leave the host first: whoever learns of the failure from the reply and sends
+                // again reaches the restarted instance, not this dying one. What the stats
+                // still count as waiting then is lost with the instance.
+                st.stats.settle(std::mem::take(handled));
+                st.exit(Some(reason.clone()));
+                if let Some(r) = call.reply {
+                    let _ = r.send(Err(to_asker.unwrap_or_else(|| AgentError::Failed {
+                        id: st.ctx.id.to_string(),
+                        reason: reason.clone(),
+                    })));
+                }
+                Err(reason.into())
+            }
+        }
+    }
+}

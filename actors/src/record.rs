@@ -1,0 +1,20 @@
+//! [`SpawnRecord`]: how an agent was spawned, kept to start it again (a restart, a failover).
+
+use bytes::Bytes;
+
+use crate::envelope::Encoding;
+use crate::placement::Placement;
+
+/// How an agent was spawned: its arguments, encoded, and its placement labels. One record is
+/// shared by the host that runs the agent (a restart starts it again from it) and the
+/// directory entry that placed it (a failover activates it elsewhere from it): every agent
+/// pays for one copy, not two.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpawnRecord {
+    /// How `args` are encoded.
+    pub encoding: Encoding,
+    /// The spawn arguments.
+    pub args: Bytes,
+    /// The labels it was placed by.
+    pub placement: Placement,
+}
