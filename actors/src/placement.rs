@@ -72,3 +72,28 @@ impl Placement {
         self.sensitivity == Sensitivity::LocalOnly
     }
 }
+
+impl std::fmt::Display for Placement {
+    /// `internal light prefer=any`, with `needs=fs,gpu` when it needs anything.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sensitivity = match self.sensitivity {
+            Sensitivity::Public => "public",
+            Sensitivity::Internal => "internal",
+            Sensitivity::LocalOnly => "local-only",
+        };
+        let compute = match self.compute {
+            Compute::Light => "light",
+            Compute::Heavy => "heavy",
+        };
+        let prefer = match self.prefer {
+            Prefer::Local => "local",
+            Prefer::Remote => "remote",
+            Prefer::Any => "any",
+        };
+        write!(f, "{sensitivity} {compute} prefer={prefer}")?;
+        if !self.needs.is_empty() {
+            write!(f, " needs={}", self.needs.join(","))?;
+        }
+        Ok(())
+    }
+}

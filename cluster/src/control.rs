@@ -398,11 +398,15 @@ async fn handle(shared: &Arc<Shared>, req: ControlRequest) -> ControlResponse {
             .await
         {
             Ok(()) => ControlResponse::Ok,
-            Err(message) => ControlResponse::Error { message },
+            Err(e) => ControlResponse::Error {
+                message: e.to_string(),
+            },
         },
         ControlRequest::Tree => match shared.agents.supervisor().snapshot().await {
             Ok(t) => ControlResponse::Tree(t),
-            Err(message) => ControlResponse::Error { message },
+            Err(e) => ControlResponse::Error {
+                message: e.to_string(),
+            },
         },
     }
 }

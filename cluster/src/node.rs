@@ -176,6 +176,9 @@ pub enum NodeError {
         "listen address {0} is a wildcard; give --advertise with the address peers should dial"
     )]
     NeedAdvertise(SocketAddr),
+    /// The node's supervision did not start.
+    #[error(transparent)]
+    Supervision(#[from] tether_supervision::SupervisionError),
     /// A local node's outbox cannot be opened.
     #[error(transparent)]
     Outbox(#[from] OutboxError),
@@ -414,9 +417,8 @@ impl Node {
             incarnation,
             kinds: host.kinds(),
         };
-        let sup = tether_supervision::NodeSupervisor::start(host.clone(), cfg.root_intensity)
-            .await
-            .map_err(NodeError::Ractor)?;
+        let sup =
+            tether_supervision::NodeSupervisor::start(host.clone(), cfg.root_intensity).await?;
         let outbox = match cfg.role {
             Role::Local => Some(Outbox::open(
                 &cfg.node_dir.path().join(outbox::FILE_NAME),
@@ -612,7 +614,10 @@ impl Node {
     ///
     /// # Errors
     /// A message if the name is taken.
-    pub async fn add_group(&self, spec: tether_supervision::GroupSpec) -> Result<(), String> {
+    pub async fn add_group(
+        &self,
+        spec: tether_supervision::GroupSpec,
+    ) -> Result<(), tether_supervision::SupervisionError> {
         self.shared.agents.supervisor().add_group(spec).await
     }
 
@@ -620,7 +625,9 @@ impl Node {
     ///
     /// # Errors
     /// A message if the root supervisor does not answer.
-    pub async fn tree(&self) -> Result<tether_supervision::tree::NodeTree, String> {
+    pub async fn tree(
+        &self,
+    ) -> Result<tether_supervision::tree::NodeTree, tether_supervision::SupervisionError> {
         self.shared.agents.supervisor().snapshot().await
     }
 

@@ -209,6 +209,29 @@ impl FromStr for Strategy {
     }
 }
 
+impl fmt::Display for Intensity {
+    /// `N/Ts`: at most N restarts in T seconds.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}s", self.max_restarts, self.within.as_secs_f64())
+    }
+}
+
+impl fmt::Display for AgentPolicy {
+    /// `permanent 3/5s`, with `handler<Nms` when handlers have a deadline.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let restart = match self.restart {
+            RestartType::Permanent => "permanent",
+            RestartType::Transient => "transient",
+            RestartType::Temporary => "temporary",
+        };
+        write!(f, "{restart} {}", self.intensity)?;
+        if let Some(t) = self.handler_timeout {
+            write!(f, " handler<{}ms", t.as_millis())?;
+        }
+        Ok(())
+    }
+}
+
 impl fmt::Display for Strategy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

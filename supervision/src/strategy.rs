@@ -291,47 +291,69 @@ impl Core {
             return vec![Directive::Remove(id)];
         }
 
-        // the child's own budget
-        if let Some(limit) = child.limits.intensity() {
-            prune(&mut history.window, now, limit.within);
-            if history.window.len() as u32 >= limit.max_restarts {
-                child.status = ChildStatus::Failed;
-                let reason = format!(
-                    "gave up after {} restarts in {:?}",
-                    limit.max_restarts, limit.within
-                );
-                return vec![Directive::GiveUp { child: id, reason }];
-            }
+        if let Some(give_up) = self.child_over_budget(pos, now) {
+            return give_up;
         }
+        if let Some(escalate) = self.over_budget(id, &exit, now) {
+            return escalate;
+        }
+        let at = self.count_restart(pos, now, rand01);
+        self.restart_group(pos, at)
+    }
 
-        // the supervisor's budget
+    /// The child's own budget: past it the child is given up.
+    fn child_over_budget(&mut self, pos: usize, now: Instant) -> Option<Vec<Directive>> {
+        let child = &mut self.children[pos];
+        let limit = child.limits.intensity()?;
+        let history = child.history.get_or_insert_with(Box::default);
+        prune(&mut history.window, now, limit.within);
+        if (history.window.len() as u32) < limit.max_restarts {
+            return None;
+        }
+        child.status = ChildStatus::Failed;
+        let reason = format!(
+            "gave up after {} restarts in {:?}",
+            limit.max_restarts, limit.within
+        );
+        Some(vec![Directive::GiveUp {
+            child: child.id,
+            reason,
+        }])
+    }
+
+    /// The supervisor's budget: past it every child stops and the supervisor escalates.
+    fn over_budget(&mut self, id: ChildId, exit: &Exit, now: Instant) -> Option<Vec<Directive>> {
         prune(&mut self.window, now, self.intensity.within);
-        if self.window.len() as u32 >= self.intensity.max_restarts {
-            let last = match &exit {
-                Exit::Failed(r) => r.clone(),
-                Exit::Normal => "stopped".into(),
-            };
-            let reason = format!(
-                "more than {} restarts in {:?} (last failure: {last})",
-                self.intensity.max_restarts, self.intensity.within
-            );
-            self.escalated = Some(reason.clone());
-            let mut out = Vec::new();
-            for c in self.children.iter_mut().rev() {
-                if c.id == id {
-                    c.status = ChildStatus::Failed;
-                } else if c.status == ChildStatus::Running {
-                    c.status = ChildStatus::Stopped;
-                    out.push(Directive::Stop(c.id));
-                } else {
-                    c.status = ChildStatus::Stopped;
-                }
-            }
-            out.push(Directive::Escalate { reason });
-            return out;
+        if (self.window.len() as u32) < self.intensity.max_restarts {
+            return None;
         }
+        let last = match exit {
+            Exit::Failed(r) => r.clone(),
+            Exit::Normal => "stopped".into(),
+        };
+        let reason = format!(
+            "more than {} restarts in {:?} (last failure: {last})",
+            self.intensity.max_restarts, self.intensity.within
+        );
+        self.escalated = Some(reason.clone());
+        let mut out = Vec::new();
+        for c in self.children.iter_mut().rev() {
+            if c.id == id {
+                c.status = ChildStatus::Failed;
+            } else if c.status == ChildStatus::Running {
+                c.status = ChildStatus::Stopped;
+                out.push(Directive::Stop(c.id));
+            } else {
+                c.status = ChildStatus::Stopped;
+            }
+        }
+        out.push(Directive::Escalate { reason });
+        Some(out)
+    }
 
-        // a restart is decided: count it and work out the delay
+    /// A restart of the child at `pos` is decided: it is counted in both budgets; returns
+    /// when it starts (after its backoff).
+    fn count_restart(&mut self, pos: usize, now: Instant, rand01: f64) -> Instant {
         self.window.push_back(now);
         let child = &mut self.children[pos];
         let history = child.history.get_or_insert_with(Box::default);
@@ -344,16 +366,20 @@ impl Core {
         history.consecutive = if quiet { 1 } else { history.consecutive + 1 };
         history.last_restart = Some(now);
         child.restarts += 1;
-        let at = now + child.limits.backoff().delay(history.consecutive, rand01);
         child.status = ChildStatus::BackingOff;
+        now + child.limits.backoff().delay(history.consecutive, rand01)
+    }
 
+    /// The directives of a restart of the child at `pos`, by the strategy: the siblings that
+    /// restart with it are stopped, last started first, then all start at `at`, in start
+    /// order (temporary siblings are removed instead).
+    fn restart_group(&mut self, pos: usize, at: Instant) -> Vec<Directive> {
         let mut out = Vec::new();
         let to_restart: Vec<usize> = match self.strategy {
             Strategy::OneForOne => vec![pos],
             Strategy::OneForAll => (0..self.children.len()).collect(),
             Strategy::RestForOne => (pos..self.children.len()).collect(),
         };
-        // stop the others that restart with it, last started first
         for &i in to_restart.iter().rev() {
             if i == pos {
                 continue;
@@ -365,7 +391,6 @@ impl Core {
                 out.push(Directive::Stop(c.id));
             }
         }
-        // then start them all, in start order; temporary siblings are not restarted
         let mut removed = Vec::new();
         for &i in &to_restart {
             let c = &mut self.children[i];

@@ -5,7 +5,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::policy::Strategy;
+use tether_actors::Placement;
+
+use crate::policy::{AgentPolicy, Intensity, Strategy};
 use crate::strategy::ChildStatus;
 
 /// One node's tree: its root supervisor.
@@ -28,8 +30,8 @@ pub struct SupervisorNode {
     pub status: ChildStatus,
     /// Times it was restarted by its parent.
     pub restarts: u32,
-    /// Its intensity, `N/T`.
-    pub intensity: String,
+    /// Its budget: at most N restarts in T.
+    pub intensity: Intensity,
     /// Why it last failed (escalated).
     pub last_failure: Option<Failure>,
     /// Child supervisors.
@@ -64,8 +66,8 @@ pub struct AgentNode {
     pub mailbox: u64,
     /// Activation epoch.
     pub epoch: u64,
-    /// Placement labels, as text (`internal light prefer=any`).
-    pub placement: String,
-    /// Its restart type and budget, as text.
-    pub policy: String,
+    /// Placement labels.
+    pub placement: Placement,
+    /// Its restart type, budget and timeouts.
+    pub policy: AgentPolicy,
 }

@@ -1,4 +1,4 @@
-//! The ractor adapter: supervisors as actors, carrying out the strategy core's directives.
+//! Supervisors as ractor actors, carrying out the strategy core's directives.
 //!
 //! ```text
 //! root (SupervisorActor, one-for-one)
@@ -40,22 +40,24 @@
 //! asks the group's actor, which activates and adopts in one step (a group can be restarted
 //! by its parent, and its adoptions go in order with that).
 
+mod snapshot;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
-use std::sync::Weak;
 use tether_actors::host::{now_unix_ms, RunOptions};
-use tether_actors::{Activation, AgentError, AgentId, Host, Placement, SpawnRecord, TraceContext};
+use tether_actors::{Activation, AgentError, AgentId, Host, SpawnRecord, TraceContext};
 use tracing::{error, info, warn};
 
+use crate::error::SupervisionError;
 use crate::policy::{AgentPolicy, Intensity, RestartType, StoredPolicy, Strategy};
-use crate::strategy::{ChildId, ChildSpec, ChildStatus, Core, Directive, Exit};
-use crate::tree::{AgentNode, Failure, NodeTree, SupervisorNode};
+use crate::strategy::{ChildId, ChildSpec, Core, Directive, Exit};
+use crate::tree::{Failure, SupervisorNode};
 
 /// How long a snapshot of one supervisor may take.
-const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A group supervisor's definition.
 #[derive(Debug, Clone, PartialEq)]
@@ -87,7 +89,7 @@ pub enum SupMsg {
     /// Activate an agent under this supervisor.
     Add(Box<AddAgent>, RpcReplyPort<Result<Activation, AgentError>>),
     /// Create a group under this (root) supervisor.
-    AddGroup(GroupSpec, RpcReplyPort<Result<(), String>>),
+    AddGroup(GroupSpec, RpcReplyPort<Result<(), SupervisionError>>),
     /// A backoff delay ran out: start this child.
     Start(ChildId),
     /// Report the subtree.
@@ -100,7 +102,7 @@ pub enum SupMsg {
 
 impl ractor::Message for SupMsg {}
 
-enum Kind {
+pub(crate) enum Kind {
     Agent {
         id: AgentId,
         policy: StoredPolicy,
@@ -112,24 +114,24 @@ enum Kind {
     },
 }
 
-struct ChildInfo {
-    kind: Kind,
+pub(crate) struct ChildInfo {
+    pub(crate) kind: Kind,
     /// Boxed: most children never fail, and every child pays for the inline size.
-    last_failure: Option<Box<Failure>>,
+    pub(crate) last_failure: Option<Box<Failure>>,
 }
 
 /// The root's intake (see "Spawning under the root" above).
 #[derive(Default)]
-struct Intake {
+pub(crate) struct Intake {
     /// Activated by callers, not yet taken into the root's state.
-    adopted: Vec<(AgentId, StoredPolicy)>,
+    pub(crate) adopted: Vec<(AgentId, StoredPolicy)>,
     /// The root gave up (escalated): it takes no new child.
-    failed: Option<String>,
+    pub(crate) failed: Option<String>,
 }
 
 impl Intake {
     /// Refuses a new child once the root has failed.
-    fn open(&self, node: &str) -> Result<(), AgentError> {
+    pub(crate) fn open(&self, node: &str) -> Result<(), AgentError> {
         match &self.failed {
             Some(reason) => Err(AgentError::Refused(format!(
                 "the root supervisor of {node} has failed: {reason}"
@@ -139,39 +141,39 @@ impl Intake {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Shared between the node handle and every supervisor actor: what outlives one actor.
-struct Shared {
-    host: Arc<Host>,
+pub(crate) struct Shared {
+    pub(crate) host: Arc<Host>,
     /// The root's intake.
-    intake: Mutex<Intake>,
+    pub(crate) intake: Mutex<Intake>,
     /// The actors of supervised agents that started, not yet ended: actor -> agent (see
     /// "Which agent a supervision event is about").
-    started: Mutex<HashMap<ActorId, AgentId>>,
+    pub(crate) started: Mutex<HashMap<ActorId, AgentId>>,
     /// Members of each group, in start order (a restarted group adopts them again).
-    members: Mutex<HashMap<String, Vec<(AgentId, StoredPolicy)>>>,
-    groups: Mutex<HashMap<String, ActorRef<SupMsg>>>,
+    pub(crate) members: Mutex<HashMap<String, Vec<(AgentId, StoredPolicy)>>>,
+    pub(crate) groups: Mutex<HashMap<String, ActorRef<SupMsg>>>,
 }
 
-struct SupervisorActor {
-    shared: Arc<Shared>,
-    name: String,
-    strategy: Strategy,
-    intensity: Intensity,
+pub(crate) struct SupervisorActor {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) name: String,
+    pub(crate) strategy: Strategy,
+    pub(crate) intensity: Intensity,
 }
 
-struct State {
-    core: Core,
-    children: HashMap<ChildId, ChildInfo>,
+pub(crate) struct State {
+    pub(crate) core: Core,
+    pub(crate) children: HashMap<ChildId, ChildInfo>,
     /// Agent children.
-    by_agent: HashMap<AgentId, ChildId>,
+    pub(crate) by_agent: HashMap<AgentId, ChildId>,
     /// Group children, by their supervisor's actor.
-    by_actor: HashMap<ActorId, ChildId>,
-    next: ChildId,
-    failed: Option<String>,
+    pub(crate) by_actor: HashMap<ActorId, ChildId>,
+    pub(crate) next: ChildId,
+    pub(crate) failed: Option<String>,
 }
 
 fn run_options(policy: &AgentPolicy, me: &ActorRef<SupMsg>) -> RunOptions {
@@ -185,7 +187,7 @@ fn run_options(policy: &AgentPolicy, me: &ActorRef<SupMsg>) -> RunOptions {
 
 /// Activates `a` on the host, supervised by `sup`; `created` is called as in
 /// [`Host::activate`].
-async fn activate_linked(
+pub(crate) async fn activate_linked(
     host: &Host,
     a: &AddAgent,
     sup: &ActorRef<SupMsg>,
@@ -200,23 +202,6 @@ async fn activate_linked(
         created,
     )
     .await
-}
-
-fn policy_text(p: &AgentPolicy) -> String {
-    let restart = match p.restart {
-        RestartType::Permanent => "permanent",
-        RestartType::Transient => "transient",
-        RestartType::Temporary => "temporary",
-    };
-    let mut s = format!(
-        "{restart} {}/{}s",
-        p.intensity.max_restarts,
-        p.intensity.within.as_secs_f64()
-    );
-    if let Some(t) = p.handler_timeout {
-        s.push_str(&format!(" handler<{}ms", t.as_millis()));
-    }
-    s
 }
 
 impl SupervisorActor {
@@ -326,7 +311,7 @@ impl SupervisorActor {
         &self,
         me: &ActorRef<SupMsg>,
         spec: &GroupSpec,
-    ) -> Result<ActorRef<SupMsg>, String> {
+    ) -> Result<ActorRef<SupMsg>, SupervisionError> {
         let actor = SupervisorActor {
             shared: self.shared.clone(),
             name: spec.name.clone(),
@@ -335,7 +320,7 @@ impl SupervisorActor {
         };
         let (aref, _) = Actor::spawn_linked(None, actor, (), me.get_cell())
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| SupervisionError::Start(e.to_string()))?;
         self.shared
             .groups
             .lock()
@@ -514,7 +499,7 @@ impl SupervisorActor {
                         }
                         Ok(())
                     }
-                    Err(e) => Err(e),
+                    Err(e) => Err(e.to_string()),
                 }
             }
         };
@@ -524,114 +509,6 @@ impl SupervisorActor {
             Err(reason) => Box::pin(self.on_exit(me, st, child, Exit::Failed(reason))).await,
         }
     }
-
-    async fn snapshot(&self, st: &State) -> SupervisorNode {
-        let host = &self.shared.host;
-        let mut agents = Vec::new();
-        let mut supervisors = Vec::new();
-        let mut ids: Vec<&ChildId> = st.children.keys().collect();
-        ids.sort();
-        for c in ids {
-            let info = &st.children[c];
-            let view = st.core.view(*c);
-            match &info.kind {
-                Kind::Agent { id, policy } => {
-                    let hi = host.info(id);
-                    let status = match (&view, hi.as_ref().map(|i| i.status.as_str())) {
-                        (_, Some("running")) => ChildStatus::Running,
-                        (_, Some("backing-off")) => ChildStatus::BackingOff,
-                        (_, Some("restarting")) => ChildStatus::Restarting,
-                        (Some(v), _) => v.status.clone(),
-                        (None, _) => ChildStatus::Stopped,
-                    };
-                    let p = hi.as_ref().map(|i| i.placement.clone()).unwrap_or_default();
-                    agents.push(AgentNode {
-                        id: id.to_string(),
-                        status,
-                        restarts: view.as_ref().map(|v| v.restarts).unwrap_or(0),
-                        last_failure: info.last_failure.as_deref().cloned(),
-                        uptime_ms: hi.as_ref().map(|i| i.uptime_ms).unwrap_or(0),
-                        mailbox: hi.as_ref().map(|i| i.mailbox).unwrap_or(0),
-                        epoch: hi.as_ref().map(|i| i.epoch).unwrap_or(0),
-                        placement: placement_text(&p),
-                        policy: policy_text(&policy.get()),
-                    });
-                }
-                Kind::Group { spec, actor } => {
-                    let live = match actor {
-                        Some(a)
-                            if view
-                                .as_ref()
-                                .is_some_and(|v| v.status == ChildStatus::Running) =>
-                        {
-                            a.call(SupMsg::Snapshot, Some(SNAPSHOT_TIMEOUT))
-                                .await
-                                .ok()
-                                .and_then(|r| r.success_or(()).ok())
-                        }
-                        _ => None,
-                    };
-                    let mut node = live.unwrap_or_else(|| SupervisorNode {
-                        name: spec.name.clone(),
-                        strategy: spec.strategy,
-                        status: ChildStatus::Stopped,
-                        restarts: 0,
-                        intensity: intensity_text(&spec.intensity),
-                        last_failure: None,
-                        supervisors: Vec::new(),
-                        agents: Vec::new(),
-                    });
-                    if let Some(v) = &view {
-                        if node.status == ChildStatus::Running || v.status != ChildStatus::Running {
-                            node.status = v.status.clone();
-                        }
-                        node.restarts = v.restarts;
-                    }
-                    node.last_failure = info.last_failure.as_deref().cloned();
-                    supervisors.push(node);
-                }
-            }
-        }
-        SupervisorNode {
-            name: self.name.clone(),
-            strategy: self.strategy,
-            status: if st.failed.is_some() {
-                ChildStatus::Failed
-            } else {
-                ChildStatus::Running
-            },
-            restarts: 0,
-            intensity: intensity_text(&self.intensity),
-            last_failure: st.failed.as_ref().map(|r| Failure {
-                at_unix_ms: now_unix_ms(),
-                reason: r.clone(),
-            }),
-            supervisors,
-            agents,
-        }
-    }
-}
-
-fn intensity_text(i: &Intensity) -> String {
-    format!("{}/{}s", i.max_restarts, i.within.as_secs_f64())
-}
-
-fn placement_text(p: &Placement) -> String {
-    let sens = match p.sensitivity {
-        tether_actors::Sensitivity::Public => "public",
-        tether_actors::Sensitivity::Internal => "internal",
-        tether_actors::Sensitivity::LocalOnly => "local-only",
-    };
-    let compute = match p.compute {
-        tether_actors::Compute::Light => "light",
-        tether_actors::Compute::Heavy => "heavy",
-    };
-    let prefer = match p.prefer {
-        tether_actors::Prefer::Local => "local",
-        tether_actors::Prefer::Remote => "remote",
-        tether_actors::Prefer::Any => "any",
-    };
-    format!("{sens} {compute} prefer={prefer}")
 }
 
 impl Actor for SupervisorActor {
@@ -692,8 +569,7 @@ impl Actor for SupervisorActor {
                     .values()
                     .any(|c| matches!(&c.kind, Kind::Group { spec: s, .. } if s.name == spec.name))
                 {
-                    let _ =
-                        reply.send(Err(format!("a group named {:?} exists already", spec.name)));
+                    let _ = reply.send(Err(SupervisionError::GroupExists(spec.name)));
                     return Ok(());
                 }
                 match self.start_group(&me, &spec).await {
@@ -768,186 +644,9 @@ impl Actor for SupervisorActor {
     }
 }
 
-/// A node's supervision: its root supervisor and groups.
-pub struct NodeSupervisor {
-    root: ActorRef<SupMsg>,
-    shared: Arc<Shared>,
-    node: String,
-}
-
-impl std::fmt::Debug for NodeSupervisor {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NodeSupervisor")
-            .field("node", &self.node)
-            .finish()
-    }
-}
-
-impl NodeSupervisor {
-    /// Starts the root supervisor of a node (one-for-one, `intensity` for the whole node).
-    ///
-    /// # Errors
-    /// The actor did not start.
-    pub async fn start(host: Arc<Host>, intensity: Intensity) -> Result<Self, String> {
-        let node = host.node().to_owned();
-        let shared = Arc::new(Shared {
-            host: host.clone(),
-            intake: Mutex::default(),
-            started: Mutex::default(),
-            members: Mutex::new(HashMap::new()),
-            groups: Mutex::new(HashMap::new()),
-        });
-        let weak: Weak<Shared> = Arc::downgrade(&shared);
-        let listening = host.set_start_listener(Arc::new(move |agent: &AgentId, actor| {
-            if let Some(shared) = weak.upgrade() {
-                lock(&shared.started).insert(actor, agent.clone());
-            }
-        }));
-        if !listening {
-            return Err(format!("node {node} has a supervisor already"));
-        }
-        let root = SupervisorActor {
-            shared: shared.clone(),
-            name: "root".into(),
-            strategy: Strategy::OneForOne,
-            intensity,
-        };
-        let (root, _) = Actor::spawn(None, root, ())
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(Self { root, shared, node })
-    }
-
-    /// Activates an agent under the root, or under group `group`.
-    ///
-    /// # Errors
-    /// [`AgentError`] from the host, or [`AgentError::Refused`] for an unknown group.
-    pub async fn activate(
-        &self,
-        a: AddAgent,
-        group: Option<&str>,
-    ) -> Result<Activation, AgentError> {
-        let target = match group {
-            None => return self.activate_under_root(a).await,
-            Some(g) => self
-                .shared
-                .groups
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .get(g)
-                .cloned()
-                .ok_or_else(|| {
-                    AgentError::Refused(format!("no supervisor group {g:?} on node {}", self.node))
-                })?,
-        };
-        let timeout = a.policy.start_timeout + Duration::from_secs(5);
-        match target
-            .call(|port| SupMsg::Add(Box::new(a), port), Some(timeout))
-            .await
-        {
-            Ok(ractor::rpc::CallResult::Success(r)) => r,
-            Ok(_) => Err(AgentError::Timeout {
-                ms: timeout.as_millis() as u64,
-            }),
-            Err(e) => Err(AgentError::Internal(format!("supervisor unavailable: {e}"))),
-        }
-    }
-
-    /// Activates an agent under the root in this task, and hands it to the root (see
-    /// "Spawning under the root").
-    async fn activate_under_root(&self, a: AddAgent) -> Result<Activation, AgentError> {
-        lock(&self.shared.intake).open(&self.node)?;
-        let adopt = || {
-            lock(&self.shared.intake)
-                .adopted
-                .push((a.id.clone(), a.policy.into()));
-        };
-        activate_linked(&self.shared.host, &a, &self.root, adopt).await
-    }
-
-    /// Creates a group supervisor under the root.
-    ///
-    /// # Errors
-    /// A message if the name is taken or the actor does not start.
-    pub async fn add_group(&self, spec: GroupSpec) -> Result<(), String> {
-        match self
-            .root
-            .call(|port| SupMsg::AddGroup(spec, port), Some(SNAPSHOT_TIMEOUT))
-            .await
-        {
-            Ok(ractor::rpc::CallResult::Success(r)) => r,
-            Ok(_) => Err("the root supervisor did not answer".into()),
-            Err(e) => Err(e.to_string()),
-        }
-    }
-
-    /// The node's tree.
-    ///
-    /// # Errors
-    /// A message if the root supervisor does not answer.
-    pub async fn snapshot(&self) -> Result<NodeTree, String> {
-        match self
-            .root
-            .call(SupMsg::Snapshot, Some(SNAPSHOT_TIMEOUT * 2))
-            .await
-        {
-            Ok(ractor::rpc::CallResult::Success(root)) => Ok(NodeTree {
-                node: self.node.clone(),
-                root,
-            }),
-            Ok(_) => Err("the root supervisor did not answer in time".into()),
-            Err(e) => Err(e.to_string()),
-        }
-    }
-
-    /// Stops every agent of this node for good, without restarts (the node is fenced: it is
-    /// on the losing side of a split, and the winning side will activate them anew). Returns
-    /// how many were stopped.
-    ///
-    /// # Errors
-    /// A message if the root supervisor does not answer.
-    pub async fn fence(&self) -> Result<usize, String> {
-        match self
-            .root
-            .call(SupMsg::Fence, Some(SNAPSHOT_TIMEOUT * 8))
-            .await
-        {
-            Ok(ractor::rpc::CallResult::Success(n)) => Ok(n),
-            Ok(_) => Err("the root supervisor did not answer in time".into()),
-            Err(e) => Err(e.to_string()),
-        }
-    }
-
-    /// Waits until the root has taken in every agent activated under it so far. The root
-    /// takes children in at its next message or supervision event anyway; this makes it
-    /// happen now (for measuring what a child costs it, for tests).
-    ///
-    /// # Errors
-    /// A message if the root supervisor does not answer.
-    pub async fn settle(&self) -> Result<(), String> {
-        match self.root.call(SupMsg::Settle, Some(SNAPSHOT_TIMEOUT)).await {
-            Ok(ractor::rpc::CallResult::Success(())) => Ok(()),
-            Ok(_) => Err("the root supervisor did not answer in time".into()),
-            Err(e) => Err(e.to_string()),
-        }
-    }
-
-    /// Stops the root supervisor (node shutdown).
-    pub fn stop(&self) {
-        self.root.stop(Some("node shutting down".into()));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tether_actors::builtin::{self, FlakyMsg};
-    use tether_actors::{Body, Delivery, Encoding};
-    use tokio::sync::oneshot;
-
-    fn id(s: &str) -> AgentId {
-        s.parse().unwrap()
-    }
 
     #[test]
     fn a_failed_root_takes_no_new_child() {
@@ -959,225 +658,5 @@ mod tests {
             matches!(&err, AgentError::Refused(m) if m.contains("too many restarts")),
             "{err}"
         );
-    }
-
-    async fn until(what: &str, mut ok: impl FnMut() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !ok() {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    }
-
-    fn add(key: &str) -> AddAgent {
-        let (encoding, args) = Body::encode((), Some(Encoding::Json))
-            .unwrap()
-            .into_wire()
-            .unwrap();
-        AddAgent {
-            id: id(&format!("flaky/{key}")),
-            epoch: 1,
-            record: Arc::new(SpawnRecord {
-                encoding,
-                args,
-                placement: Placement::default(),
-            }),
-            // no backoff: a restart follows its failure at once, before the events that
-            // the restart's stops caused are handled
-            policy: AgentPolicy {
-                backoff: crate::policy::Backoff::none(),
-                ..AgentPolicy::default()
-            },
-            trace: TraceContext::new_root(),
-        }
-    }
-
-    /// Asks `target` (a flaky agent) `msg`; the reply's error text on failure.
-    async fn ask(host: &Host, target: &AgentId, msg: FlakyMsg) -> Result<String, String> {
-        let (tx, rx) = oneshot::channel();
-        let d = Delivery {
-            target: target.clone(),
-            epoch: 0,
-            sender: "tester".into(),
-            seq: 0,
-            trace: TraceContext::new_root(),
-            contract: None,
-            in_process: true,
-        };
-        host.deliver(d, Body::typed(msg), Some(tx.into()))
-            .map_err(|e| e.to_string())?;
-        match rx.await {
-            Ok(Ok(b)) => b.decode::<String>(),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("no reply".into()),
-        }
-    }
-
-    async fn child(sup: &NodeSupervisor, path: &[&str], agent: &str) -> AgentNode {
-        let tree = sup.snapshot().await.unwrap();
-        let mut node = &tree.root;
-        for g in path {
-            node = node.supervisors.iter().find(|s| s.name == *g).unwrap();
-        }
-        node.agents.iter().find(|a| a.id == agent).unwrap().clone()
-    }
-
-    async fn supervised() -> (Arc<Host>, NodeSupervisor) {
-        let host = Host::new("n1", builtin::all());
-        let sup = NodeSupervisor::start(host.clone(), Intensity::default())
-            .await
-            .unwrap();
-        (host, sup)
-    }
-
-    /// A one-for-all group `g` with two flaky agents, `a` and `b`, never sent anything.
-    async fn one_for_all_pair(sup: &NodeSupervisor) -> (AgentId, AgentId) {
-        sup.add_group(GroupSpec {
-            name: "g".into(),
-            strategy: Strategy::OneForAll,
-            intensity: Intensity::default(),
-        })
-        .await
-        .unwrap();
-        let (a, b) = (add("a"), add("b"));
-        let ids = (a.id.clone(), b.id.clone());
-        sup.activate(a, Some("g")).await.unwrap();
-        sup.activate(b, Some("g")).await.unwrap();
-        ids
-    }
-
-    /// The exits for good that the host reports: agent and reason.
-    fn exits(host: &Host) -> tokio::sync::mpsc::UnboundedReceiver<(String, Option<String>)> {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        host.set_exit_listener(Arc::new(move |id: &AgentId, _, reason| {
-            let _ = tx.send((id.to_string(), reason));
-        }));
-        rx
-    }
-
-    /// An agent's actor starts at its first message, after the root took the agent in; its
-    /// failure reaches the root through the actor the host reported, and the root restarts
-    /// it. The restarted instance is dormant again, and the map of started actors is empty.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn an_agent_started_at_its_first_message_is_restarted_when_it_fails() {
-        let (host, sup) = supervised().await;
-        let a = add("lazy");
-        let flaky = a.id.clone();
-        assert!(sup.activate(a, None).await.unwrap().created);
-        assert_eq!(
-            host.actor_id(&flaky),
-            None,
-            "no actor before the first message"
-        );
-        let crashed = ask(&host, &flaky, FlakyMsg::Crash).await;
-        assert!(crashed.is_err_and(|e| e.contains("crash")));
-        until("the restart", || {
-            host.info(&flaky).is_some_and(|i| i.status == "running")
-                && lock(&sup.shared.started).is_empty()
-        })
-        .await;
-        let node = child(&sup, &[], "flaky/lazy").await;
-        assert_eq!(node.restarts, 1, "{node:?}");
-        assert_eq!(node.status, ChildStatus::Running, "{node:?}");
-        assert_eq!(host.actor_id(&flaky), None, "restarted dormant");
-        assert_eq!(ask(&host, &flaky, FlakyMsg::Ping).await.unwrap(), "pong");
-        assert_eq!(lock(&sup.shared.started).len(), 1);
-        sup.stop();
-    }
-
-    /// One-for-all: a sibling whose actor had started is stopped for the restart, and its
-    /// actor's end is reported after the restart. That event is stale (the host said which
-    /// actor the restart replaced) and must not restart the sibling a second time.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_stale_exit_of_a_replaced_instance_is_dropped() {
-        let (host, sup) = supervised().await;
-        let (fa, fb) = one_for_all_pair(&sup).await;
-        // both actors start
-        assert_eq!(ask(&host, &fa, FlakyMsg::Ping).await.unwrap(), "pong");
-        assert_eq!(ask(&host, &fb, FlakyMsg::Ping).await.unwrap(), "pong");
-        let old_b = host.actor_id(&fb).unwrap();
-        assert!(ask(&host, &fa, FlakyMsg::Crash).await.is_err());
-        until("both restarted, their old actors forgotten", || {
-            [&fa, &fb]
-                .iter()
-                .all(|id| host.info(id).is_some_and(|i| i.status == "running"))
-                && lock(&sup.shared.started).is_empty()
-        })
-        .await;
-        // give a stale event the time to be (mis)handled
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let (na, nb) = (
-            child(&sup, &["g"], "flaky/a").await,
-            child(&sup, &["g"], "flaky/b").await,
-        );
-        assert_eq!(na.restarts, 1, "{na:?}");
-        assert_eq!(nb.restarts, 1, "{nb:?}");
-        assert_eq!(nb.status, ChildStatus::Running, "{nb:?}");
-        assert_eq!(
-            host.actor_id(&fb),
-            None,
-            "b was restarted once, dormant, and not again by {old_b:?}'s end"
-        );
-        assert_eq!(ask(&host, &fb, FlakyMsg::Ping).await.unwrap(), "pong");
-        sup.stop();
-    }
-
-    /// One-for-all with a sibling that never got mail: it has no actor to stop, so the stop
-    /// runs its `on_stop` and the restart starts it dormant again, with the others.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_dormant_sibling_is_stopped_and_restarted_with_the_others() {
-        let (host, sup) = supervised().await;
-        let mut exits = exits(&host);
-        let (fa, fb) = one_for_all_pair(&sup).await;
-        assert!(ask(&host, &fa, FlakyMsg::Crash).await.is_err());
-        until("both restarted", || {
-            [&fa, &fb]
-                .iter()
-                .all(|id| host.info(id).is_some_and(|i| i.status == "running"))
-        })
-        .await;
-        let nb = child(&sup, &["g"], "flaky/b").await;
-        assert_eq!(nb.restarts, 1, "{nb:?}");
-        assert_eq!(host.actor_id(&fb), None);
-        assert_eq!(ask(&host, &fb, FlakyMsg::Ping).await.unwrap(), "pong");
-        // no exit for good was reported: a failure that is restarted is not one, nor is a
-        // stop for a sibling's restart
-        assert!(exits.try_recv().is_err());
-        sup.stop();
-    }
-
-    /// A fenced node stops its agents for good, whether their actors ever started or not;
-    /// each is reported as a clean stop and none is restarted.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn fencing_stops_dormant_and_started_agents_alike() {
-        let (host, sup) = supervised().await;
-        let mut exits = exits(&host);
-        let (a, b) = (add("started"), add("dormant"));
-        let fa = a.id.clone();
-        sup.activate(a, None).await.unwrap();
-        sup.activate(b, None).await.unwrap();
-        assert_eq!(ask(&host, &fa, FlakyMsg::Ping).await.unwrap(), "pong");
-        assert_eq!(sup.fence().await.unwrap(), 2);
-        let mut seen = Vec::new();
-        while seen.len() < 2 {
-            let e = tokio::time::timeout(Duration::from_secs(5), exits.recv())
-                .await
-                .expect("both stops are reported")
-                .unwrap();
-            seen.push(e);
-        }
-        seen.sort();
-        assert_eq!(
-            seen,
-            [
-                ("flaky/dormant".into(), None),
-                ("flaky/started".into(), None)
-            ]
-        );
-        // give a late supervision event the time to be (mis)handled: nothing restarts
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(host.list().is_empty(), "{:?}", host.list());
-        assert!(lock(&sup.shared.started).is_empty());
-        sup.stop();
     }
 }
