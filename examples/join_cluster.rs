@@ -10,8 +10,8 @@ use std::time::Duration;
 use anyhow::Context;
 use tether::actors::builtin::{Counter, CounterMsg};
 use tether::actors::{Agent, AgentId, AgentRef, Ctx, Failure};
-use tether::cluster::certs::CertDir;
-use tether::cluster::statedir::NodeDir;
+use tether::cluster::net::certs::CertDir;
+use tether::cluster::net::statedir::NodeDir;
 use tether::cluster::{Kinds, Node, NodeConfig, Role, Timing};
 
 /// An agent kind of this application: greets by name and counts greetings.

@@ -11,7 +11,7 @@ fn public_handles_are_send_sync_and_clone() {
     require_clone::<tether::cluster::Node>();
     require_send_sync::<tether::cluster::ControlClient>();
     require_clone::<tether::cluster::ControlClient>();
-    require_send_sync::<tether::cluster::fault::FaultLayer>();
+    require_send_sync::<tether::cluster::net::fault::FaultLayer>();
     require_send_sync::<tether::cluster::NodeStatus>();
     require_send_sync::<tether::cluster::NodeError>();
     require_send_sync::<tether::cluster::ControlError>();

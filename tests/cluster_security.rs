@@ -13,9 +13,10 @@ use std::time::Duration;
 use quinn::{Connection, ConnectionError, Endpoint};
 use ractor_cluster::{BoxRead, BoxWrite, ClusterBidiStream};
 use support::Cluster;
-use tether::cluster::certs::{CertDir, Identity};
-use tether::cluster::wire::{self, close, PeerMsg, StreamTag, PROTOCOL_VERSION};
-use tether::cluster::{tls, NodeInfo, Role};
+use tether::cluster::net::certs::{CertDir, Identity};
+use tether::cluster::net::tls;
+use tether::cluster::net::wire::{self, close, PeerMsg, StreamTag, PROTOCOL_VERSION};
+use tether::cluster::{NodeInfo, Role};
 
 fn endpoint(cfg: quinn::ClientConfig) -> Endpoint {
     let mut ep = Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();

@@ -16,7 +16,7 @@ use tether_cluster::agents::peer_queue::PeerQueue;
 use tether_cluster::agents::protocol::Request;
 use tether_cluster::detector::{Detector, DetectorConfig};
 use tether_cluster::link::{self, LinkView};
-use tether_cluster::wire::{self, FrameBuf, Layout};
+use tether_cluster::net::wire::{self, FrameBuf, Layout};
 
 /// Times `op` (which does `per_call` operations) and prints ns per operation.
 fn bench(filter: Option<&str>, name: &str, per_call: u64, mut op: impl FnMut()) {

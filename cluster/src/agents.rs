@@ -69,8 +69,8 @@ use tracing::{debug, error, info, warn};
 
 use crate::detector::PeerState;
 use crate::identity::Role;
+use crate::net::wire::{self, StreamTag, WireError};
 use crate::node::Shared;
-use crate::wire::{self, StreamTag, WireError};
 use directory::{Candidate, PlacementError};
 use protocol::{Answer, EntryCopy, Location, Request, Response, MAX_AGENT_FRAME};
 

@@ -1,7 +1,7 @@
 //! The operator's control plane: the CLI talks to each node over QUIC with the operator's
 //! certificate (ALPN `tether-ctl/1`). One request per bidi stream, one response back.
 //!
-//! Fault rules never apply to these connections (see [`crate::fault`]), so a partitioned node
+//! Fault rules never apply to these connections (see [`crate::net::fault`]), so a partitioned node
 //! can always be inspected and healed.
 
 use std::net::SocketAddr;
@@ -22,14 +22,14 @@ use tether_supervision::tree::NodeTree;
 use tether_supervision::{AgentPolicy, GroupSpec, Intensity, Strategy};
 
 use crate::agents::{AgentCounters, OutboxCounters, Sent, SpawnOptions, Target};
-use crate::certs::Identity;
 use crate::detector::PeerState;
-use crate::fault::FaultRule;
 use crate::identity::Role;
+use crate::net::certs::Identity;
+use crate::net::fault::FaultRule;
+use crate::net::tls::ANY_NODE_SNI;
+use crate::net::transport;
+use crate::net::wire::{self, WireError, MAX_CONTROL_FRAME};
 use crate::node::Shared;
-use crate::tls::ANY_NODE_SNI;
-use crate::transport;
-use crate::wire::{self, WireError, MAX_CONTROL_FRAME};
 
 /// Longest wait a [`ControlRequest::WaitPeers`] may ask for.
 pub const MAX_WAIT: Duration = Duration::from_secs(600);

@@ -21,18 +21,13 @@
 //! - [`control`]: the operator's control plane: status, waits, fault rules, agents, shutdown.
 
 pub mod agents;
-pub mod certs;
 pub mod control;
 pub mod detector;
-pub mod fault;
 pub mod identity;
 pub mod link;
+pub mod net;
 pub mod node;
 pub mod sbr;
-pub mod statedir;
-pub mod tls;
-pub mod transport;
-pub mod wire;
 
 pub use agents::{SpawnOptions, Target};
 pub use control::{

@@ -39,16 +39,16 @@ use tether_actors::{Agent, AgentError, AgentId, AgentRef, Body, Host, Kinds};
 
 use crate::agents::outbox::{self, Outbox, OutboxError};
 use crate::agents::{AgentSystem, SpawnOptions, Target};
-use crate::certs::{CertDir, CertError};
 use crate::control::{NodeMode, NodeStatus, PeerStatus};
 use crate::detector::{Detector, DetectorConfig, PeerState, Transition};
-use crate::fault::FaultLayer;
 use crate::identity::{designated_dialer, validate_name, NameError, NodeInfo, Role};
 use crate::link::{self, DialConfig};
+use crate::net::certs::{CertDir, CertError};
+use crate::net::fault::FaultLayer;
+use crate::net::statedir::{NodeDir, NodeRecord};
+use crate::net::transport::{self, ConnTasks, QuicTiming, TransportError};
+use crate::net::wire::{self, close, PeerMsg};
 use crate::sbr::{Action, Resolver, SbrConfig};
-use crate::statedir::{NodeDir, NodeRecord};
-use crate::transport::{self, ConnTasks, QuicTiming, TransportError};
-use crate::wire::{self, close, PeerMsg};
 
 /// All of a node's timers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -373,7 +373,7 @@ impl Node {
         let cert_name = id
             .chain
             .first()
-            .and_then(crate::tls::cert_name)
+            .and_then(crate::net::tls::cert_name)
             .unwrap_or_default();
         if cert_name != cfg.name {
             return Err(NodeError::WrongCertificate {

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Subcommand;
-use tether_cluster::certs::CertDir;
+use tether_cluster::net::certs::CertDir;
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum CertsCommand {

@@ -5,8 +5,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::bail;
-use tether_cluster::certs::{CertDir, Identity};
-use tether_cluster::statedir::{NodeDir, NodeRecord};
+use tether_cluster::net::certs::{CertDir, Identity};
+use tether_cluster::net::statedir::{NodeDir, NodeRecord};
 use tether_cluster::{ControlClient, ControlRequest, ControlResponse, NodeStatus};
 use tokio::task::JoinSet;
 

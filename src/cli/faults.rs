@@ -9,8 +9,8 @@ use std::process::ExitCode;
 
 use anyhow::bail;
 use clap::Args;
-use tether_cluster::fault::{Action, Direction, FaultRule, PeerMatch};
-use tether_cluster::statedir::NodeRecord;
+use tether_cluster::net::fault::{Action, Direction, FaultRule, PeerMatch};
+use tether_cluster::net::statedir::NodeRecord;
 use tether_cluster::{ControlRequest, ControlResponse};
 
 use super::common::{call_each, connect_all, Found, CONTROL_TIMEOUT};

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use tether_cluster::certs::CertDir;
-use tether_cluster::statedir::NodeDir;
+use tether_cluster::net::certs::CertDir;
+use tether_cluster::net::statedir::NodeDir;
 use tether_cluster::{Kinds, NodeConfig, Role, Timing};
 use tracing::info;
 

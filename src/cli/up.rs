@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use tether_cluster::certs::CertDir;
+use tether_cluster::net::certs::CertDir;
 use tether_cluster::{ControlRequest, ControlResponse, NodeStatus, PeerState, Role};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};

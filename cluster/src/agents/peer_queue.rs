@@ -40,7 +40,7 @@ use quinn::SendStream;
 use serde::Serialize;
 use tokio::sync::Notify;
 
-use crate::wire::{self, WireError};
+use crate::net::wire::{self, WireError};
 
 /// A first-in first-out queue with one consumer that parks when it is empty, and may lend
 /// its sink `S` to senders while it is parked.

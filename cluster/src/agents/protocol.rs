@@ -21,7 +21,7 @@
 //!                                  it again unless a newer one exists
 //! ```
 //!
-//! [`StreamTag::Agents`]: crate::wire::StreamTag::Agents
+//! [`StreamTag::Agents`]: crate::net::wire::StreamTag::Agents
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};

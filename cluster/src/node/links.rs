@@ -14,9 +14,9 @@ use tracing::{debug, info, warn};
 use super::{Link, Shared};
 use crate::identity::{validate_name, NodeInfo, ADMIN_NAME};
 use crate::link::{self, Decision, LinkView};
-use crate::tls::{self, ALPN_CONTROL, ALPN_PEER, ANY_NODE_SNI};
-use crate::transport::{self, ConnTasks};
-use crate::wire::{
+use crate::net::tls::{self, ALPN_CONTROL, ALPN_PEER, ANY_NODE_SNI};
+use crate::net::transport::{self, ConnTasks};
+use crate::net::wire::{
     self, close, PeerMsg, StreamTag, WireError, MAX_CONTROL_FRAME, PROTOCOL_VERSION,
 };
 

@@ -25,7 +25,7 @@ use tracing::{debug, warn};
 
 use super::Shared;
 use crate::identity::NodeInfo;
-use crate::wire::{self, close, StreamTag};
+use crate::net::wire::{self, close, StreamTag};
 
 /// The host part of every ractor node name; the node part is the tether node name.
 const RACTOR_HOST: &str = "tether";

@@ -26,9 +26,9 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader as TokioBufReader, BufWriter};
 
 use super::report::percentile;
-use tether_cluster::certs::CertDir;
-use tether_cluster::fault::FaultLayer;
-use tether_cluster::transport::{node_endpoint, QuicTiming};
+use tether_cluster::net::certs::CertDir;
+use tether_cluster::net::fault::FaultLayer;
+use tether_cluster::net::transport::{node_endpoint, QuicTiming};
 
 /// Size of every payload the remote rows send.
 pub(super) const PAYLOAD: usize = 64;

@@ -81,7 +81,7 @@ fn measure(dir: &Path) -> anyhow::Result<(f64, f64, f64)> {
     tether(dir, &["wait", "--state", "up", "--timeout", "10s"])?;
     let heal = t0.elapsed().as_secs_f64();
 
-    let rec = tether_cluster::statedir::NodeDir::new(dir.join("nodes").join("r2"))
+    let rec = tether_cluster::net::statedir::NodeDir::new(dir.join("nodes").join("r2"))
         .read_record()
         .context("no record of r2")?;
     let t0 = Instant::now();

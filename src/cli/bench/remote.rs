@@ -14,7 +14,7 @@ use anyhow::{bail, Context};
 use bytes::Bytes;
 use tether_actors::builtin::{Sink, SinkMsg, SinkReply};
 use tether_actors::AgentRef;
-use tether_cluster::certs::CertDir;
+use tether_cluster::net::certs::CertDir;
 use tether_cluster::Node;
 
 use super::anchors::PAYLOAD;

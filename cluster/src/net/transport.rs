@@ -3,7 +3,7 @@
 //! Settings every node shares: keep-alive every second and a ten-second idle timeout, so a
 //! short partition is ridden out by the connection itself; liveness is the failure detector's
 //! call, not the idle timeout's. The stateless-reset key and the connection-id key come from
-//! the node's secret (see [`statedir`](crate::statedir)), so a restarted node resets its old
+//! the node's secret (see [`statedir`](crate::net::statedir)), so a restarted node resets its old
 //! connections at the first packet a peer sends.
 //!
 //! A node endpoint runs on [`NodeRuntime`]: each connection's driver and the readers of its
@@ -20,10 +20,10 @@ pub mod conn_task;
 
 pub use conn_task::{capture, ConnTasks, NodeRuntime, SubTask};
 
-use crate::certs::Identity;
-use crate::fault::{FaultLayer, FaultSocket};
-use crate::statedir::derive_key;
-use crate::tls::{self, TlsError};
+use crate::net::certs::Identity;
+use crate::net::fault::{FaultLayer, FaultSocket};
+use crate::net::statedir::derive_key;
+use crate::net::tls::{self, TlsError};
 
 /// Why an endpoint could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -150,7 +150,7 @@ pub fn control_endpoint(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::certs::CertDir;
+    use crate::net::certs::CertDir;
     use std::time::Duration;
     use tokio::time::timeout;
 

@@ -18,7 +18,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
-use crate::certs::Identity;
+use crate::net::certs::Identity;
 
 /// ALPN of node-to-node connections.
 pub const ALPN_PEER: &[u8] = b"tether/1";

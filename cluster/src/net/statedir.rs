@@ -20,8 +20,8 @@ use std::path::{Path, PathBuf};
 use ring::hmac;
 use serde::{Deserialize, Serialize};
 
-use crate::certs::{write_file, CertError};
 use crate::identity::Role;
+use crate::net::certs::{write_file, CertError};
 
 /// What `node.json` holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
