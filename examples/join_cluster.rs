@@ -12,7 +12,7 @@ use tether::actors::builtin::{Counter, CounterMsg};
 use tether::actors::{Agent, AgentId, AgentRef, Ctx, Failure};
 use tether::cluster::net::certs::CertDir;
 use tether::cluster::net::statedir::NodeDir;
-use tether::cluster::{Kinds, Node, NodeConfig, Role, Timing};
+use tether::{Kinds, Node, Role};
 
 /// An agent kind of this application: greets by name and counts greetings.
 #[derive(Default)]
@@ -69,24 +69,15 @@ async fn main() -> anyhow::Result<()> {
         dir.display()
     );
 
-    let node = Node::start(NodeConfig {
-        name: "example".into(),
-        role: Role::Local,
-        listen: "127.0.0.1:0".parse()?,
-        advertise: None,
-        seeds: seeds.clone(),
-        certs,
-        node_dir: NodeDir::new(dir.join("nodes").join("example")),
-        timing: Timing::default(),
-        fault_seed: 7,
-        kinds: Kinds::builtin().register::<Greeter>(),
-        root_intensity: tether::supervision::Intensity::node_root(),
-        outbox_max: tether::cluster::node::DEFAULT_OUTBOX_MAX,
-    })
-    .await?;
+    let node = Node::builder("example")
+        .role(Role::Local)
+        .state_dir(&dir)
+        .seeds(seeds.clone())
+        .kinds(Kinds::builtin().register::<Greeter>())
+        .start()
+        .await?;
     node.wait_peers_up(seeds.len(), Duration::from_secs(10))
-        .await
-        .map_err(anyhow::Error::msg)?;
+        .await?;
     println!(
         "joined the cluster as {} ({})",
         node.info().name,
@@ -94,7 +85,7 @@ async fn main() -> anyhow::Result<()> {
     );
 
     // a built-in kind on a remote node, talked to with typed messages
-    let counter = node.spawn_on::<Counter>("r1", "from-example", None).await?;
+    let counter = node.spawn::<Counter>("from-example", None).on("r1").await?;
     for _ in 0..100 {
         counter.tell(CounterMsg::Inc)?;
     }

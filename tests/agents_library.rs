@@ -8,7 +8,7 @@ use std::time::Duration;
 use support::Cluster;
 use tether::actors::builtin::{Counter, CounterMsg};
 use tether::actors::{Agent, AgentError, AgentId, AgentRef, Ctx, Failure, Placement};
-use tether::cluster::{Kinds, Node, NodeConfig, Role};
+use tether::{Kinds, Node, Role};
 
 /// Replies with its greeting and the caller's name.
 #[derive(Default)]
@@ -67,13 +67,14 @@ thread_local! {
 
 async fn join(c: &Cluster, name: &str, kinds: Kinds, peers: usize) -> Node {
     let seed = c.record("r1").0.parse().unwrap();
-    let node = Node::start(NodeConfig {
-        seeds: vec![seed],
-        kinds,
-        ..NodeConfig::in_dir(name, Role::Local, &c.dir).unwrap()
-    })
-    .await
-    .unwrap();
+    let node = Node::builder(name)
+        .role(Role::Local)
+        .state_dir(&c.dir)
+        .seed(seed)
+        .kinds(kinds)
+        .start()
+        .await
+        .unwrap();
     node.wait_peers_up(peers, Duration::from_secs(10))
         .await
         .unwrap();
@@ -86,7 +87,7 @@ async fn an_application_node_spawns_remotely_and_hosts_its_own_kind() {
     let node = join(&c, "app", Kinds::builtin().register::<Greeter>(), 3).await;
 
     // typed messages to a built-in kind on a remote node, in order
-    let counter = node.spawn_on::<Counter>("r2", "typed", None).await.unwrap();
+    let counter = node.spawn::<Counter>("typed", None).on("r2").await.unwrap();
     for _ in 0..1000 {
         counter.tell(CounterMsg::Inc).unwrap();
     }
@@ -124,7 +125,8 @@ async fn an_application_node_spawns_remotely_and_hosts_its_own_kind() {
 
     // a node without the kind cannot host it, and says what it has
     let e = node
-        .spawn_on::<Greeter>("r1", "elsewhere", "Hi".into())
+        .spawn::<Greeter>("elsewhere", "Hi".into())
+        .on("r1")
         .await
         .unwrap_err();
     assert!(
@@ -141,7 +143,8 @@ async fn a_local_only_agent_cannot_send_off_its_node() {
     AGENTS.with(|n| {
         let _ = n.set(node.clone());
     });
-    node.spawn_on::<tether::actors::builtin::Echo>("r1", "remote", serde_json::Value::Null)
+    node.spawn::<tether::actors::builtin::Echo>("remote", serde_json::Value::Null)
+        .on("r1")
         .await
         .unwrap();
     node.spawn::<tether::actors::builtin::Echo>("nearby", serde_json::Value::Null)
@@ -170,8 +173,8 @@ async fn a_local_only_agent_cannot_send_off_its_node() {
         "nothing from the diary reached r1"
     );
     // and it cannot be placed on a remote node at all
-    let e = node.spawn_on::<Diary>("r1", "far", ()).await.unwrap_err();
-    assert!(matches!(e, AgentError::Refused(_)), "{e}");
+    let e = node.spawn::<Diary>("far", ()).on("r1").await.unwrap_err();
+    assert!(matches!(e, AgentError::LocalOnly { .. }), "{e}");
     node.shutdown().await;
 }
 

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use tether::actors::builtin::{Counter, CounterMsg, Flaky, FlakyMsg};
 use tether::actors::AgentRef;
-use tether::cluster::{Node, NodeConfig, Role, SpawnOptions, Target};
 use tether::supervision::{AgentPolicy, Backoff, Intensity};
+use tether::{Kinds, Node};
 
 const DEADLINE: Duration = Duration::from_secs(5);
 
@@ -16,34 +16,33 @@ const DEADLINE: Duration = Duration::from_secs(5);
 async fn node(tag: &str) -> (Node, PathBuf) {
     let dir = std::env::temp_dir().join(format!("tether-local-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let node = Node::start(NodeConfig {
-        root_intensity: Intensity {
+    let node = Node::builder("n")
+        .state_dir(&dir)
+        .kinds(Kinds::builtin())
+        .root_intensity(Intensity {
             max_restarts: 1_000,
             within: Duration::from_secs(1),
-        },
-        ..NodeConfig::in_dir("n", Role::Remote, &dir).unwrap()
-    })
-    .await
-    .unwrap();
+        })
+        .start()
+        .await
+        .unwrap();
     (node, dir)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handle_follows_its_agent_through_restarts() {
     let (node, dir) = node("restarts").await;
-    let opts = SpawnOptions {
-        policy: AgentPolicy {
-            backoff: Backoff::none(),
-            intensity: Intensity {
-                max_restarts: 1_000,
-                within: Duration::from_secs(1),
-            },
-            ..AgentPolicy::default()
+    let policy = AgentPolicy {
+        backoff: Backoff::none(),
+        intensity: Intensity {
+            max_restarts: 1_000,
+            within: Duration::from_secs(1),
         },
-        ..SpawnOptions::default()
+        ..AgentPolicy::default()
     };
     let f: AgentRef<Flaky> = node
-        .spawn_with::<Flaky>("f", serde_json::Value::Null, opts, Target::Here)
+        .spawn::<Flaky>("f", serde_json::Value::Null)
+        .policy(policy)
         .await
         .unwrap();
     for round in 0..50 {

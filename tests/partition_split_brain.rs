@@ -10,7 +10,7 @@ mod support;
 use std::time::Duration;
 
 use support::Cluster;
-use tether_cluster::agents::directory;
+use tether_cluster::directory;
 
 /// `n` counter keys, some of whose directory owner is `owner` (the owner's backup fails
 /// those over when the owner itself goes down).

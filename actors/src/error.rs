@@ -1,21 +1,39 @@
 //! [`AgentError`]: why an operation on an agent failed. It travels on the wire, so the sender of
 //! a message that failed on another node gets the same typed error as for a local one.
+//!
+//! The variants say what a caller can do next: [`AgentError::is_retryable`] is true for the
+//! conditions that pass (a node unreachable, fenced or paused, the directory out of reach, a
+//! timeout), false for answers that stay true until something changes (no such agent, a kind
+//! not registered, a payload or contract that does not fit, a placement rule).
 
 use serde::{Deserialize, Serialize};
 
 use crate::id::AgentId;
 
-/// Why an operation on an agent failed. Travels on the wire, so the sender of a message that
-/// failed on another node gets the same typed error as for a local one.
+/// Why an operation on an agent failed (see the module doc).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum AgentError {
-    /// No such agent in the cluster.
+    /// No such agent in the cluster: its directory owner knows of no activation of it.
     #[error("no agent {id}")]
     NotFound {
         /// The id asked for.
         id: String,
     },
+    /// The agent cannot be reached now, and whether it exists cannot be told from here: its
+    /// directory owner is fenced or cut off, or its host is gone and it is being placed again.
+    /// Retry later (unlike [`AgentError::NotFound`], which its owner says for sure).
+    #[error("{id} is unavailable now: {reason}")]
+    Unavailable {
+        /// The agent.
+        id: String,
+        /// Why, and what is under way.
+        reason: String,
+    },
+    /// The agent id is not a valid `KIND/KEY`.
+    #[error("bad agent id: {0}")]
+    BadId(String),
     /// The kind is not registered on the node that was asked to host it.
     #[error("node {node} cannot host kind {kind:?} (registered there: {registered})")]
     UnknownKind {
@@ -48,6 +66,12 @@ pub enum AgentError {
     #[error("node {node} is unreachable")]
     NodeUnreachable {
         /// The node.
+        node: String,
+    },
+    /// No node of that name is known in the cluster.
+    #[error("no node named {node:?} in this cluster")]
+    NoSuchNode {
+        /// The name asked for.
         node: String,
     },
     /// No answer within the deadline.
@@ -84,13 +108,64 @@ pub enum AgentError {
         /// The message's number.
         seq: u64,
     },
-    /// The sending node keeps the message for later, but its outbox is full: the message
-    /// was not queued.
-    #[error("{0}")]
-    OutboxFull(String),
-    /// The operation is not allowed (placement, sensitivity...).
-    #[error("refused: {0}")]
-    Refused(String),
+    /// The sending node keeps messages for agents it cannot reach, and its outbox is full:
+    /// this one was not queued.
+    #[error(
+        "the outbox is full: {max} messages already wait for agents this node cannot reach \
+         (raise --outbox-max, or wait until the cluster is reachable); this message was not queued"
+    )]
+    OutboxFull {
+        /// The bound.
+        max: usize,
+    },
+    /// The agent holds as many waiting messages as it may (it is restarting).
+    #[error("{id} is restarting and already holds {held} messages")]
+    MailboxFull {
+        /// The agent.
+        id: String,
+        /// How many wait.
+        held: usize,
+    },
+    /// The node is fenced: on the losing side of a split, it hosts and activates nothing
+    /// until it sees every remote node again.
+    #[error("node {node} is fenced (on the losing side of a split); it hosts no agent")]
+    Fenced {
+        /// The node.
+        node: String,
+    },
+    /// The node was paused past its lease (a SIGSTOP, a VM freeze): it refuses work until it
+    /// has fenced.
+    #[error("node {node} was paused past its lease; it refuses work until it has fenced")]
+    PausedPastLease {
+        /// The node.
+        node: String,
+    },
+    /// The sending node was decided down and has not fenced since: its requests are refused
+    /// until it does.
+    #[error("node {node} was decided down and has not fenced since; its requests are refused")]
+    Quarantined {
+        /// The node refused.
+        node: String,
+    },
+    /// A local-only agent's data would leave its node: refused.
+    #[error("local-only: {reason}")]
+    LocalOnly {
+        /// What was refused, and why.
+        reason: String,
+    },
+    /// The placement labels rule the requested node (or every node) out.
+    #[error("placement: {reason}")]
+    Placement {
+        /// Which rule.
+        reason: String,
+    },
+    /// The node's supervision cannot take the agent (its supervisor failed, or the named
+    /// group does not exist).
+    #[error("supervision: {reason}")]
+    Supervision {
+        /// What is wrong.
+        reason: String,
+    },
     /// The cluster directory cannot be reached.
     #[error("directory unavailable: {0}")]
     NoDirectory(String),
@@ -108,5 +183,23 @@ impl AgentError {
             reason: "the instance failed before handling this message (it was in its mailbox)"
                 .into(),
         }
+    }
+
+    /// Whether trying again later may succeed with nothing else changed: the condition is
+    /// transient (a node unreachable, fenced, paused or quarantined, the directory out of
+    /// reach, a timeout, a full outbox or mailbox).
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            AgentError::NodeUnreachable { .. }
+                | AgentError::Unavailable { .. }
+                | AgentError::Timeout { .. }
+                | AgentError::OutboxFull { .. }
+                | AgentError::MailboxFull { .. }
+                | AgentError::Fenced { .. }
+                | AgentError::PausedPastLease { .. }
+                | AgentError::Quarantined { .. }
+                | AgentError::NoDirectory(_)
+        )
     }
 }

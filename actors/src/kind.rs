@@ -70,11 +70,11 @@ pub struct SpawnSpec {
     pub gate: Option<Gate>,
 }
 
-/// Asked before each message reaches the handler: `Some(reason)` means the node must not act
+/// Asked before each message reaches the handler: `Some(error)` means the node must not act
 /// now (it was paused past its lease, or it is fenced), and the message is refused with the
 /// reason instead of handled. This catches what was already in a mailbox when the node was
 /// paused (SIGSTOP, a VM freeze), which resumes before the node's ticker can fence it.
-pub type Gate = Arc<dyn Fn() -> Option<String> + Send + Sync>;
+pub type Gate = Arc<dyn Fn() -> Option<AgentError> + Send + Sync>;
 
 /// A kind as the node sees it: by name, without its types.
 pub trait ErasedKind: Send + Sync {

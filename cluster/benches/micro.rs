@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tether_actors::{AgentId, Contract, Encoding, Envelope, TellRun, TraceContext};
-use tether_cluster::agents::directory;
 use tether_cluster::agents::peer_queue::PeerQueue;
 use tether_cluster::agents::protocol::Request;
-use tether_cluster::detector::{Detector, DetectorConfig};
-use tether_cluster::link::{self, LinkView};
+use tether_cluster::directory::placement as directory;
+use tether_cluster::membership::detector::{Detector, DetectorConfig};
+use tether_cluster::membership::link::{self, LinkView};
 use tether_cluster::net::wire::{self, FrameBuf, Layout};
 
 /// Times `op` (which does `per_call` operations) and prints ns per operation.

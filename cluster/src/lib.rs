@@ -1,39 +1,41 @@
-//! tether-cluster: nodes, their QUIC transport, and how they see each other.
+//! tether-cluster: the mechanism every node shares.
 //!
-//! Where to start reading: [`node`] runs a node; [`link`] and [`detector`] are the two state
-//! machines it drives, written without I/O and tested on virtual time.
+//! Where to start reading: [`core`], a node's cluster core as a sans-IO state machine, and
+//! [`role`], how the two node roles (`tether-node-local`, `tether-node-remote`) plug into it;
+//! then [`node`], which drives it over QUIC.
 //!
-//! Map of the crate:
+//! Map of the crate, from the bottom up:
 //! - [`identity`]: node names, roles, [`NodeInfo`], who dials whom.
-//! - [`certs`]: the cluster CA and node/operator certificates (rcgen), on disk.
-//! - [`tls`]: rustls configurations for mutual TLS; the peer's name comes from its certificate.
-//! - [`transport`]: quinn endpoints (keep-alive, idle timeout, keys from the node secret);
-//!   [`transport::conn_task`]: a connection's driver and its agent streams' readers in one task.
-//! - [`fault`]: the fault layer: ordered drop/loss/delay rules on every datagram.
-//! - [`wire`]: framing of tether's own streams and heartbeat datagrams.
-//! - [`link`]: the link protocol: one connection per pair, agreed by both sides (sans-IO).
-//! - [`detector`]: the failure detector: up / unreachable (sans-IO).
-//! - [`sbr`]: the split-brain resolver: keep-majority over remote nodes; fence or down (sans-IO).
-//! - [`statedir`]: what a node keeps on disk: secret, incarnation, `node.json`.
-//! - [`node`]: the running node: accept, dial, heartbeats, gossip, ractor_cluster bridge.
-//! - [`agents`]: the agent runtime: spawn by kind anywhere, route by id, the directory;
-//!   a local node's durable outbox ([`agents::outbox`]) for tells it cannot deliver yet.
-//! - [`control`]: the operator's control plane: status, waits, fault rules, agents, shutdown.
+//! - [`net`]: certificates and mutual TLS, the QUIC endpoint and its fault layer, framing of
+//!   tether's own streams and datagrams, the live links, what a node keeps on disk.
+//! - [`membership`]: the membership table, the failure detector and the link rule (sans-IO).
+//! - [`directory`]: where agents run: the owner of an id, placement, the directory's messages.
+//! - [`role`]: the [`role::RoleCore`] trait a node role implements, and what the core lends it.
+//! - [`effects`]: what a core asks its node to do, and its requests in flight.
+//! - [`core`]: [`core::ClusterCore`], membership + directory + the role, sans-IO.
+//! - [`sim`]: a deterministic simulator of N cores on a virtual clock; seeded fault schedules.
+//! - [`agents`]: the data plane: sends by agent id, a peer's streams, the peer queues.
+//! - [`control`]: the operator's control plane: protocol, server, client.
+//! - [`node`]: the running node: the core's driver, ticker, links, ractor_cluster bridge.
 
 pub mod agents;
 pub mod control;
-pub mod detector;
+pub mod core;
+pub mod directory;
+pub mod effects;
 pub mod identity;
-pub mod link;
+pub mod membership;
 pub mod net;
 pub mod node;
-pub mod sbr;
+pub mod role;
+pub mod sim;
 
 pub use agents::{SpawnOptions, Target};
 pub use control::{
-    ControlClient, ControlError, ControlRequest, ControlResponse, NodeMode, NodeStatus, PeerStatus,
+    ControlClient, ControlError, ControlRequest, ControlResponse, NodeStatus, PeerStatus,
 };
-pub use detector::PeerState;
 pub use identity::{NodeInfo, Role};
+pub use membership::detector::PeerState;
 pub use node::{Node, NodeConfig, NodeError, Timing};
+pub use role::NodeMode;
 pub use tether_actors::Kinds;

@@ -7,10 +7,12 @@
 //!   [`transport::conn_task`]: a connection's driver and its agent streams' readers in one task.
 //! - [`fault`]: the fault layer: ordered drop/loss/delay rules on every datagram.
 //! - [`wire`]: framing of tether's own streams and heartbeat datagrams.
+//! - [`links`]: the live links to peers, and waiting for one.
 //! - [`statedir`]: what a node keeps on disk: secret, incarnation, `node.json`.
 
 pub mod certs;
 pub mod fault;
+pub mod links;
 pub mod statedir;
 pub mod tls;
 pub mod transport;

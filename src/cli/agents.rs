@@ -153,7 +153,7 @@ pub(crate) async fn spawn(a: SpawnArgs) -> anyhow::Result<ExitCode> {
     match call(
         &f,
         req,
-        tether_cluster::agents::SPAWN_TIMEOUT + CONTROL_TIMEOUT,
+        tether_cluster::core::SPAWN_TIMEOUT + CONTROL_TIMEOUT,
     )
     .await?
     {

@@ -130,9 +130,9 @@ mod tests {
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
+    use tether::{Kinds, Node};
     use tether_actors::agent::{Agent, Ctx, Failure};
     use tether_actors::AgentRef;
-    use tether_cluster::{Kinds, Node, NodeConfig, Role};
 
     /// An agent whose handler logs at `info`.
     #[derive(Default)]
@@ -186,13 +186,12 @@ mod tests {
         let (lines, _guard) = capture(filter);
         let dir = std::env::temp_dir().join(format!("tether-log-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let node = Node::start(NodeConfig {
-            kinds: Kinds::builtin().register::<Chatty>(),
-            root_intensity: Default::default(),
-            ..NodeConfig::in_dir("n", Role::Remote, &dir).unwrap()
-        })
-        .await
-        .unwrap();
+        let node = Node::builder("n")
+            .state_dir(&dir)
+            .kinds(Kinds::builtin().register::<Chatty>())
+            .start()
+            .await
+            .unwrap();
         let c: AgentRef<Chatty> = node.spawn("a", ()).await.unwrap();
         let root = tether_actors::envelope::TraceContext::new_root();
         let reply = root

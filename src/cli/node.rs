@@ -92,10 +92,7 @@ pub(crate) async fn run(a: NodeArgs) -> anyhow::Result<ExitCode> {
         root_intensity: tether_supervision::Intensity::node_root(),
         outbox_max: a.outbox_max,
     };
-    let node = match cfg.role {
-        Role::Local => tether_node_local::start(cfg).await?,
-        Role::Remote => tether_node_remote::start(cfg).await?,
-    };
+    let node = tether::start(cfg).await?;
     let me = node.info();
     // one machine-readable line on stdout: `tether up` waits for it; logs go to stderr
     println!(

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use clap::Args;
 use serde_json::json;
-use tether_cluster::{ControlRequest, ControlResponse, PeerState};
+use tether_cluster::{ControlRequest, ControlResponse, NodeStatus, PeerState};
 
-use super::common::{self, connect_all, human_ms, parse_duration, print_table, statuses};
+use super::common::{self, connect_all, human_ms, parse_duration, print_table, statuses, Found};
 use super::StateDirArg;
 
 #[derive(Debug, Args)]
@@ -47,6 +47,25 @@ pub(crate) async fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
 
+    print_nodes(&found, &sts);
+    print_view(&found, &sts);
+    let mut any_fault = false;
+    for s in sts.iter().flatten() {
+        if !s.faults.is_empty() {
+            if !any_fault {
+                println!("\nFAULTS (heal with `tether heal`)");
+                any_fault = true;
+            }
+            for r in &s.faults {
+                println!("{}: {r}", s.name);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The table of nodes: one row each, with its state, mode and outbox.
+fn print_nodes(found: &[Found], sts: &[Result<NodeStatus, String>]) {
     let mut rows = vec![vec![
         "NODE".into(),
         "ROLE".into(),
@@ -58,7 +77,7 @@ pub(crate) async fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
         "MODE".into(),
         "OUTBOX".into(),
     ]];
-    for (f, s) in found.iter().zip(&sts) {
+    for (f, s) in found.iter().zip(sts) {
         let r = &f.record;
         match s {
             Ok(s) => rows.push(vec![
@@ -87,14 +106,16 @@ pub(crate) async fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
         }
     }
     print_table(&rows);
+}
 
-    // the view matrix: row = observer, column = observed
+/// The view matrix: how each node (row) sees each other (column).
+fn print_view(found: &[Found], sts: &[Result<NodeStatus, String>]) {
     let names: Vec<&str> = found.iter().map(|f| f.record.name.as_str()).collect();
     println!("\nVIEW (row sees column)");
     let mut m = vec![std::iter::once(String::new())
         .chain(names.iter().map(|n| n.to_string()))
         .collect::<Vec<_>>()];
-    for (f, s) in found.iter().zip(&sts) {
+    for (f, s) in found.iter().zip(sts) {
         let mut row = vec![f.record.name.clone()];
         for n in &names {
             let cell = match s {
@@ -113,20 +134,6 @@ pub(crate) async fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
         m.push(row);
     }
     print_table(&m);
-
-    let mut any_fault = false;
-    for s in sts.iter().flatten() {
-        if !s.faults.is_empty() {
-            if !any_fault {
-                println!("\nFAULTS (heal with `tether heal`)");
-                any_fault = true;
-            }
-            for r in &s.faults {
-                println!("{}: {r}", s.name);
-            }
-        }
-    }
-    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Debug, Args)]

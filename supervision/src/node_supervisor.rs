@@ -83,8 +83,8 @@ impl NodeSupervisor {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .get(g)
                 .cloned()
-                .ok_or_else(|| {
-                    AgentError::Refused(format!("no supervisor group {g:?} on node {}", self.node))
+                .ok_or_else(|| AgentError::Supervision {
+                    reason: format!("no supervisor group {g:?} on node {}", self.node),
                 })?,
         };
         let timeout = a.policy.start_timeout + Duration::from_secs(5);

@@ -133,9 +133,9 @@ impl Intake {
     /// Refuses a new child once the root has failed.
     pub(crate) fn open(&self, node: &str) -> Result<(), AgentError> {
         match &self.failed {
-            Some(reason) => Err(AgentError::Refused(format!(
-                "the root supervisor of {node} has failed: {reason}"
-            ))),
+            Some(reason) => Err(AgentError::Supervision {
+                reason: format!("the root supervisor of {node} has failed: {reason}"),
+            }),
             None => Ok(()),
         }
     }
@@ -221,10 +221,9 @@ impl SupervisorActor {
         a: AddAgent,
     ) -> Result<Activation, AgentError> {
         if let Some(reason) = &st.failed {
-            return Err(AgentError::Refused(format!(
-                "supervisor {} has failed: {reason}",
-                self.name
-            )));
+            return Err(AgentError::Supervision {
+                reason: format!("supervisor {} has failed: {reason}", self.name),
+            });
         }
         let act = activate_linked(&self.shared.host, &a, me, || {}).await?;
         if act.created {
@@ -655,7 +654,7 @@ mod tests {
         intake.failed = Some("too many restarts".into());
         let err = intake.open("n1").err().unwrap();
         assert!(
-            matches!(&err, AgentError::Refused(m) if m.contains("too many restarts")),
+            matches!(&err, AgentError::Supervision { reason } if reason.contains("too many restarts")),
             "{err}"
         );
     }

@@ -523,8 +523,7 @@ impl Workload {
 /// also loses the directory entry, which its backup must fail over), the second not.
 pub fn keys(owner: &str) -> (String, String) {
     let owned = |k: &String| {
-        tether_cluster::agents::directory::owner(&format!("ledger/{k}"), ["r1", "r2", "r3"])
-            == Some(owner)
+        tether_cluster::directory::owner(&format!("ledger/{k}"), ["r1", "r2", "r3"]) == Some(owner)
     };
     let all: Vec<String> = (0..).map(|i| format!("k{i}")).take(50).collect();
     let a = all

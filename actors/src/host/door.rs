@@ -50,10 +50,10 @@ impl Host {
                 .get_mut()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             if queue.len() >= MAX_QUEUED_WHILE_DOWN {
-                let e = AgentError::Refused(format!(
-                    "{} is restarting and already holds {MAX_QUEUED_WHILE_DOWN} messages",
-                    d.target
-                ));
+                let e = AgentError::MailboxFull {
+                    id: d.target.to_string(),
+                    held: MAX_QUEUED_WHILE_DOWN,
+                };
                 return Err((e, reply));
             }
             stats.received.fetch_add(1, Ordering::Relaxed);

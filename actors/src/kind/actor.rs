@@ -275,10 +275,10 @@ impl<A: Agent> AgentActor<A> {
     ) -> Result<(), ActorProcessingErr> {
         // counted in the stats once per batch, or at once if this call fails the agent
         *handled += 1;
-        if let Some(reason) = self.gate.as_ref().and_then(|g| g()) {
-            warn!(id = %st.ctx.id, trace_id = %call.trace.trace_id_hex(), %reason, "message refused before its handler");
+        if let Some(refusal) = self.gate.as_ref().and_then(|g| g()) {
+            warn!(id = %st.ctx.id, trace_id = %call.trace.trace_id_hex(), %refusal, "message refused before its handler");
             if let Some(r) = call.reply {
-                let _ = r.send(Err(AgentError::Refused(reason)));
+                let _ = r.send(Err(refusal));
             }
             return Ok(());
         }

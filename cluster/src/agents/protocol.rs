@@ -2,45 +2,28 @@
 //!
 //! Each node opens one such stream to each peer it talks to, lazily; requests go out on it in
 //! order (so one sender's messages to one agent arrive in the order sent) and the answers
-//! come back on the same stream, matched by request id.
+//! come back on the same stream, matched by request id. The directory's messages travel on
+//! the same stream ([`Request::Dir`]), one-way: their answers are directory messages too.
 //!
 //! ```text
 //! requester                                   peer
 //!   Tell{env}                 ──▶  deliver; on failure ◀── TellFailed{target, seq, error}
 //!   Tells{run}                ──▶  the same, per message of the run
-//!   Ask{req, env, deadline}   ──▶  deliver, await reply ◀── Response{req, Reply}
-//!   Claim{req, id, ...}       ──▶  (directory owner) get-or-spawn ◀── Response{req, Activation}
-//!   Lookup{req, id}           ──▶  (directory owner) ◀── Response{req, Location}
-//!   Activate{req, id, epoch}  ──▶  (host) start it ◀── Response{req, Activation}
-//!   Probe{req, id}            ──▶  (host) do you run it? ◀── Response{req, Location}
-//!   Exited{id, epoch, reason} ──▶  (directory owner and backup) forget or mark failed
-//!   Backup{entry}             ──▶  (the id's backup) keep a copy of the owner's entry
-//!   Handoff{entry}            ──▶  (the id's owner in the sender's view) take this entry;
-//!                                  fail the agent over if its node is down
-//!   Evicted{id, epoch}        ──▶  (directory owner) a fence stopped this activation: place
-//!                                  it again unless a newer one exists
+//!   Deliver{req, env}         ──▶  deliver ◀── Done{req, Delivered}   (a local node's outbox)
+//!   Ask{req, env, deadline}   ──▶  deliver, await reply ◀── Done{req, Reply}
+//!   Dir(msg)                  ──▶  the node's cluster core (see `crate::directory`)
 //! ```
 //!
 //! [`StreamTag::Agents`]: crate::net::wire::StreamTag::Agents
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use tether_actors::{
-    Activation, AgentError, AgentId, Encoding, Envelope, Placement, TellRun, TraceContext,
-};
-use tether_supervision::AgentPolicy;
+use tether_actors::{AgentError, AgentId, Encoding, Envelope, TellRun};
+
+use crate::directory::DirMsg;
 
 /// Largest agent frame accepted from a peer (the codec's bound).
 pub const MAX_AGENT_FRAME: usize = tether_actors::MAX_FRAME_LEN;
-
-/// Where an agent runs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Location {
-    /// Hosting node.
-    pub node: String,
-    /// Activation epoch.
-    pub epoch: u64,
-}
 
 /// A request or notice, requester to peer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -68,126 +51,17 @@ pub enum Request {
         /// Milliseconds the asker will wait.
         deadline_ms: u64,
     },
-    /// Get-or-spawn, to the id's directory owner.
-    Claim {
-        /// Request id.
-        req: u64,
-        /// The agent.
-        id: AgentId,
-        /// Spawn arguments.
-        args_encoding: Encoding,
-        /// Spawn arguments.
-        args: Bytes,
-        /// Labels (computed by the requester, or given by the user).
-        placement: Placement,
-        /// The node to run on, if the requester named one.
-        target: Option<String>,
-        /// Trace of the spawn.
-        trace: TraceContext,
-        /// How it is supervised (boxed: it is most of the request's size, and every request
-        /// is moved through the peer's queue).
-        #[serde(default)]
-        policy: Box<AgentPolicy>,
-        /// The supervisor group on the target node, if any.
-        #[serde(default)]
-        group: Option<String>,
-    },
-    /// Where does the agent run? To the id's directory owner.
-    Lookup {
-        /// Request id.
-        req: u64,
-        /// The agent.
-        id: AgentId,
-    },
-    /// Start the agent here with this epoch (from its directory owner).
-    Activate {
-        /// Request id.
-        req: u64,
-        /// The agent.
-        id: AgentId,
-        /// Its epoch.
-        epoch: u64,
-        /// Spawn arguments.
-        args_encoding: Encoding,
-        /// Spawn arguments.
-        args: Bytes,
-        /// Labels.
-        placement: Placement,
-        /// Trace of the spawn.
-        trace: TraceContext,
-        /// How it is supervised (boxed: it is most of the request's size, and every request
-        /// is moved through the peer's queue).
-        #[serde(default)]
-        policy: Box<AgentPolicy>,
-        /// The supervisor group, if any.
-        #[serde(default)]
-        group: Option<String>,
-    },
-    /// Do you run this agent? (An owner rebuilding its entry asks the hosts.)
-    Probe {
-        /// Request id.
-        req: u64,
-        /// The agent.
-        id: AgentId,
-    },
-    /// A copy of a directory entry for the id's backup (fire and forget).
-    Backup {
-        /// The entry.
-        entry: EntryCopy,
-    },
-    /// A directory entry for the id's owner (ownership moved, or the sender holds an entry
-    /// for an agent whose node went down). Fire and forget.
-    Handoff {
-        /// The entry.
-        entry: EntryCopy,
-    },
-    /// A fence stopped this activation on the sender (to the id's directory owner).
-    Evicted {
-        /// The agent.
-        id: AgentId,
-        /// The activation the fence stopped.
-        epoch: u64,
-    },
     /// Consecutive tells from one sender to one agent in one frame (see [`TellRun`]); the
     /// peer handles it as the tells one by one, failures answered per message.
     Tells {
         /// The messages and what they share.
         run: TellRun,
     },
-    /// An agent ended on its host (to its directory owner).
-    Exited {
-        /// The agent.
-        id: AgentId,
-        /// The activation that ended.
-        epoch: u64,
-        /// The failure, if it failed.
-        reason: Option<String>,
-    },
+    /// A directory message (boxed: it is rare, and most of a request's size).
+    Dir(Box<DirMsg>),
 }
 
-/// A directory entry as it travels between remote nodes: where the agent runs, and how it was
-/// spawned (so that whoever holds it can activate the agent again elsewhere).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EntryCopy {
-    /// The agent.
-    pub id: AgentId,
-    /// Its host.
-    pub node: String,
-    /// Its activation epoch.
-    pub epoch: u64,
-    /// Spawn arguments.
-    pub args_encoding: Encoding,
-    /// Spawn arguments.
-    pub args: Bytes,
-    /// Labels.
-    pub placement: Placement,
-    /// How it is supervised.
-    pub policy: AgentPolicy,
-    /// The supervisor group, if any.
-    pub group: Option<String>,
-}
-
-/// What a successful request yields.
+/// What a successful data request yields.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Answer {
@@ -200,38 +74,6 @@ pub enum Answer {
     },
     /// A `Deliver` reached the agent's mailbox.
     Delivered,
-    /// A claim's or activation's result.
-    Activation(Activation),
-    /// A lookup's or probe's result.
-    Location(Option<Location>),
-}
-
-impl Answer {
-    /// The activation a claim or activation answered with.
-    ///
-    /// # Errors
-    /// [`AgentError::Internal`] if the peer answered something else.
-    pub fn into_activation(self) -> Result<Activation, AgentError> {
-        match self {
-            Answer::Activation(a) => Ok(a),
-            other => Err(AgentError::Internal(format!(
-                "expected an activation, got {other:?}"
-            ))),
-        }
-    }
-
-    /// The location a lookup or probe answered with.
-    ///
-    /// # Errors
-    /// [`AgentError::Internal`] if the peer answered something else.
-    pub fn into_location(self) -> Result<Option<Location>, AgentError> {
-        match self {
-            Answer::Location(l) => Ok(l),
-            other => Err(AgentError::Internal(format!(
-                "expected a location, got {other:?}"
-            ))),
-        }
-    }
 }
 
 /// An answer, peer to requester.
@@ -261,7 +103,7 @@ mod tests {
     use super::*;
     use std::sync::Arc;
     use tether_actors::codec::{self, Layout};
-    use tether_actors::{Contract, MAX_RUN_BYTES};
+    use tether_actors::{Contract, TraceContext, MAX_RUN_BYTES};
 
     fn env(target: &str, sender: &str, seq: u64, len: usize) -> Envelope {
         Envelope {

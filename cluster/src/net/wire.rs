@@ -16,7 +16,7 @@ pub use tether_actors::codec::Layout;
 use tether_actors::codec::{self, CodecError};
 
 use crate::identity::NodeInfo;
-use crate::link::Refusal;
+use crate::membership::link::Refusal;
 
 /// Version of the link protocol; a hello with another version is refused.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -75,29 +75,6 @@ pub enum PeerMsg {
         /// The members.
         members: Vec<NodeInfo>,
     },
-}
-
-/// A heartbeat datagram.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Heartbeat {
-    /// The sender's incarnation.
-    pub incarnation: u64,
-    /// Sequence number, for loss accounting.
-    pub seq: u64,
-    /// How many fences the sender has completed in this incarnation (a node decided down is
-    /// taken back only once it has fenced since).
-    #[serde(default)]
-    pub fences: u64,
-    /// The sender is fenced now (it hosts nothing).
-    #[serde(default)]
-    pub fenced: bool,
-    /// "You were decided down in my view: fence before rejoining."
-    #[serde(default)]
-    pub down: bool,
-    /// The remote members the sender sees unreachable (or down). A majority downs a node
-    /// only if every member on its side reports it unreachable (see [`crate::sbr`]).
-    #[serde(default)]
-    pub unreachable: Vec<String>,
 }
 
 /// Why a frame could not be read or written.

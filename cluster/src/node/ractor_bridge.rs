@@ -132,17 +132,16 @@ fn on_authenticated(shared: &Shared, ses: NodeServerSessionInformation) {
         .map(|n| n.name.clone())
         .unwrap_or_default();
     let announced_node = announced.split('@').next().unwrap_or_default();
-    let Some(mut p) = shared.peers.get_mut(peer) else {
+    if !shared.dials.contains_key(peer) {
         ses.actor.stop(Some("unknown peer".into()));
         return;
-    };
-    let conn = p
-        .link
-        .as_ref()
+    }
+    let conn = shared
+        .links
+        .get(peer)
         .filter(|l| l.conn.stable_id() == id)
-        .map(|l| l.conn.clone());
+        .map(|l| l.conn);
     if announced_node != peer {
-        drop(p);
         warn!(%peer, %announced, "ractor handshake announced another node name than the certificate; closing");
         ses.actor
             .stop(Some("announced name differs from certificate".into()));
@@ -155,10 +154,10 @@ fn on_authenticated(shared: &Shared, ses: NodeServerSessionInformation) {
         return;
     }
     if conn.is_some() {
-        p.session = true;
-        drop(p);
+        if let Some(mut d) = shared.dials.get_mut(peer) {
+            d.session = true;
+        }
         debug!(%peer, "ractor session authenticated");
-        shared.bump();
     }
 }
 
@@ -166,12 +165,13 @@ fn on_disconnected(shared: &Shared, ses: NodeServerSessionInformation) {
     let Some((peer, id)) = parse_label(&ses.peer_addr) else {
         return;
     };
-    if let Some(mut p) = shared.peers.get_mut(peer) {
-        if p.link_id() == Some(id) && p.session {
-            p.session = false;
-            drop(p);
+    if shared.links.id_of(peer) != Some(id) {
+        return;
+    }
+    if let Some(mut d) = shared.dials.get_mut(peer) {
+        if d.session {
+            d.session = false;
             debug!(%peer, "ractor session ended");
-            shared.bump();
         }
     }
 }

@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tether::{Kinds, Node};
 use tether_actors::builtin::{Counter, CounterMsg, Flaky, FlakyMsg};
 use tether_actors::AgentRef;
-use tether_cluster::{Node, NodeConfig, Role, SpawnOptions, Target};
 use tether_supervision::{AgentPolicy, Backoff, Intensity};
 
 // ---------------------------------------------------------------- the bare ractor anchor
@@ -70,15 +70,16 @@ pub(super) async fn node_in(
     name: &str,
     seeds: Vec<std::net::SocketAddr>,
 ) -> anyhow::Result<Node> {
-    Ok(Node::start(NodeConfig {
-        seeds,
-        root_intensity: Intensity {
+    Ok(Node::builder(name)
+        .state_dir(dir)
+        .seeds(seeds)
+        .kinds(Kinds::builtin())
+        .root_intensity(Intensity {
             max_restarts: 1_000_000,
             within: Duration::from_secs(1),
-        },
-        ..NodeConfig::in_dir(name, Role::Remote, dir)?
-    })
-    .await?)
+        })
+        .start()
+        .await?)
 }
 
 // ---------------------------------------------------------------- measurements
@@ -238,12 +239,9 @@ pub(super) async fn restart_latencies(node: &Node, n: usize) -> anyhow::Result<V
         },
         ..AgentPolicy::default()
     };
-    let opts = SpawnOptions {
-        policy,
-        ..SpawnOptions::default()
-    };
     let f: AgentRef<Flaky> = node
-        .spawn_with::<Flaky>("restart", serde_json::Value::Null, opts, Target::Here)
+        .spawn::<Flaky>("restart", serde_json::Value::Null)
+        .policy(policy)
         .await?;
     f.ask(FlakyMsg::Ping, Duration::from_secs(5)).await?;
     let mut out = Vec::with_capacity(n);
@@ -295,11 +293,7 @@ pub(super) async fn measure_memory(what: &str, n: usize) -> anyhow::Result<f64> 
                 }
             }
             // the root supervisor takes new children in at its next message: count them
-            node.agents()
-                .supervisor()
-                .settle()
-                .await
-                .map_err(anyhow::Error::msg)?;
+            node.inner().supervisor().settle().await?;
             let after = rss_bytes();
             let _ = std::fs::remove_dir_all(dir);
             (after.saturating_sub(before)) as f64 / n as f64

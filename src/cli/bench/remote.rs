@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
+use tether::Node;
 use tether_actors::builtin::{Sink, SinkMsg, SinkReply};
 use tether_actors::AgentRef;
 use tether_cluster::net::certs::CertDir;
-use tether_cluster::Node;
 
 use super::anchors::PAYLOAD;
 use super::local::node_in;
@@ -102,7 +102,8 @@ async fn count(sink: &AgentRef<Sink>) -> anyhow::Result<u64> {
 pub(super) async fn tell_throughput(pair: &Pair, n: u64, key: &str) -> anyhow::Result<f64> {
     let sink: AgentRef<Sink> = pair
         .node
-        .spawn_on("b2", key, serde_json::Value::Null)
+        .spawn(key, serde_json::Value::Null)
+        .on("b2")
         .await?;
     anyhow::ensure!(count(&sink).await? == 0, "sink {key} is not fresh");
     let payload = Bytes::from(vec![7u8; PAYLOAD]);
@@ -126,7 +127,8 @@ pub(super) async fn tell_throughput(pair: &Pair, n: u64, key: &str) -> anyhow::R
 pub(super) async fn ask_rtt(pair: &Pair, n: u64, key: &str) -> anyhow::Result<(f64, f64)> {
     let sink: AgentRef<Sink> = pair
         .node
-        .spawn_on("b2", key, serde_json::Value::Null)
+        .spawn(key, serde_json::Value::Null)
+        .on("b2")
         .await?;
     let payload = Bytes::from(vec![7u8; PAYLOAD]);
     let mut rtts = Vec::with_capacity(n as usize);
@@ -147,7 +149,8 @@ pub(super) async fn spawn_latency(pair: &Pair, n: u64, round: usize) -> anyhow::
     for i in 0..n {
         let t = Instant::now();
         pair.node
-            .spawn_on::<Sink>("b2", &format!("spawn-{round}-{i}"), serde_json::Value::Null)
+            .spawn::<Sink>(&format!("spawn-{round}-{i}"), serde_json::Value::Null)
+            .on("b2")
             .await?;
         lat.push(t.elapsed().as_secs_f64() * 1e3);
     }

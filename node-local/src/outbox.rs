@@ -1,11 +1,11 @@
 //! The outbox of a local node: tells to agents it cannot reach wait here, on disk, until they
-//! can be delivered.
+//! can be delivered (by the drain passes of [`crate::drain`]).
 //!
 //! A local node (the user's device) may be cut from every remote node; its agents keep
 //! running and keep sending. A tell whose target cannot be reached is *queued* instead of
 //! failing: appended to `outbox.log` in the node's state directory, so it survives a crash or
 //! restart of the node, and delivered in order once the target can be reached again (see the
-//! drainer in [`super`]). The outbox is bounded: when it holds `max` messages a tell is refused
+//! drainer in [`crate::drain`]). The outbox is bounded: when it holds `max` messages a tell is refused
 //! with [`OutboxError::Full`] and the sender sees the error; nothing is dropped silently.
 //!
 //! **Order.** Per target, messages leave in the order they were queued, and while a target has
@@ -25,14 +25,17 @@
 //! (a bad checksum or an undecodable record before the end) is an error naming the file and the
 //! offset: the node refuses to start rather than lose or reorder what the file holds.
 
+mod store;
+
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use tether_actors::{AgentId, Envelope};
+use tether_cluster::role::Queued;
 use tracing::warn;
+
+pub use store::{FileStore, MemStore, Store};
 
 /// The outbox file in a node's state directory.
 pub const FILE_NAME: &str = "outbox.log";
@@ -60,17 +63,6 @@ pub enum Record {
         /// Its number.
         id: u64,
     },
-}
-
-/// A message waiting in the outbox.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Queued {
-    /// Its number in this outbox (increasing with the order of queueing).
-    pub id: u64,
-    /// When it was queued (unix ms).
-    pub queued_ms: u64,
-    /// The message.
-    pub env: Envelope,
 }
 
 /// What can go wrong with the outbox.
@@ -108,11 +100,12 @@ pub enum OutboxError {
     },
 }
 
-/// The durable queue. Not thread-safe by itself: the runtime keeps it behind a mutex.
+/// The durable queue. Not thread-safe by itself: the node keeps it in its core, behind the
+/// core's lock.
 #[derive(Debug)]
-pub struct Outbox {
+pub struct Outbox<S = FileStore> {
     path: PathBuf,
-    file: File,
+    store: S,
     live: BTreeMap<u64, Queued>,
     per_target: HashMap<AgentId, usize>,
     next_id: u64,
@@ -122,40 +115,38 @@ pub struct Outbox {
     max: usize,
 }
 
-impl Outbox {
+impl Outbox<FileStore> {
     /// Opens (or creates) the outbox at `path`, holding at most `max` messages. Messages left
     /// from before a restart are live again, in their order. A torn last record is cut off.
     ///
     /// # Errors
     /// [`OutboxError::Corrupt`] if the file is damaged before its end; [`OutboxError::Io`].
-    pub fn open(path: &Path, max: usize) -> Result<Outbox, OutboxError> {
+    pub fn open(path: &Path, max: usize) -> Result<Self, OutboxError> {
+        Self::with_store(path, FileStore::new(path), max)
+    }
+}
+
+impl<S: Store> Outbox<S> {
+    /// Opens the outbox kept in `store` (named `path` in errors), holding at most `max`
+    /// messages.
+    ///
+    /// # Errors
+    /// As [`Outbox::open`].
+    pub fn with_store(path: &Path, mut store: S, max: usize) -> Result<Self, OutboxError> {
         let io = |source| OutboxError::Io {
             path: path.to_owned(),
             source,
         };
-        let mut bytes = Vec::new();
-        match File::open(path) {
-            Ok(mut f) => {
-                f.read_to_end(&mut bytes).map_err(io)?;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io(e)),
-        }
+        let bytes = store.read_all().map_err(io)?;
         let (records, good) = parse(path, &bytes)?;
         if good < bytes.len() {
             warn!(path = %path.display(), cut = bytes.len() - good,
                 "outbox: a torn last record (the node stopped while writing it) was cut off");
-            let f = OpenOptions::new().write(true).open(path).map_err(io)?;
-            f.set_len(good as u64).map_err(io)?;
+            store.truncate(good as u64).map_err(io)?;
         }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(io)?;
         let mut ob = Outbox {
             path: path.to_owned(),
-            file,
+            store,
             live: BTreeMap::new(),
             per_target: HashMap::new(),
             next_id: 1,
@@ -258,7 +249,7 @@ impl Outbox {
 
     fn append(&mut self, rec: &Record) -> Result<(), OutboxError> {
         let buf = frame(rec);
-        self.file.write_all(&buf).map_err(|source| OutboxError::Io {
+        self.store.append(&buf).map_err(|source| OutboxError::Io {
             path: self.path.clone(),
             source,
         })
@@ -270,7 +261,6 @@ impl Outbox {
             path: self.path.clone(),
             source,
         };
-        let tmp = self.path.with_extension("log.tmp");
         let mut buf = Vec::new();
         for q in self.live.values() {
             buf.extend(frame(&Record::Put {
@@ -279,14 +269,7 @@ impl Outbox {
                 env: q.env.clone(),
             }));
         }
-        let mut f = File::create(&tmp).map_err(io)?;
-        f.write_all(&buf).map_err(io)?;
-        f.sync_all().map_err(io)?;
-        std::fs::rename(&tmp, &self.path).map_err(io)?;
-        self.file = OpenOptions::new()
-            .append(true)
-            .open(&self.path)
-            .map_err(io)?;
+        self.store.replace(&buf).map_err(io)?;
         self.dead_records = 0;
         Ok(())
     }
@@ -359,6 +342,7 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 mod tests {
     use super::*;
     use bytes::Bytes;
+    use std::fs::OpenOptions;
     use tether_actors::{Contract, Encoding, TraceContext};
 
     fn env(target: &str, seq: u64) -> Envelope {

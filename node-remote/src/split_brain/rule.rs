@@ -1,4 +1,4 @@
-//! The split-brain resolver: who keeps running when the remote nodes are split (sans-IO).
+//! The split-brain rule: who keeps running when the remote nodes are split (sans-IO).
 //!
 //! Only remote nodes run it, and only remote nodes count. Local nodes are never downed by a
 //! partition: cut off from the remote nodes they go `offline` and keep their agents running.
@@ -6,10 +6,11 @@
 //! **Rule: keep-majority over the remote members, after a stability window.**
 //!
 //! ```text
-//!   members   = remote nodes not decided down (this node included)
-//!   reachable = members this node sees up (itself included)
+//!   members   = every remote node that has not left (this node included; one decided
+//!               down still counts: it may be back on the other side of the split)
+//!   reachable = members this node sees up, and that hear it (itself included)
 //!
-//!   every member reachable ─────────────────────────────▶ healthy (a fence is lifted)
+//!   every member reachable, or a winning side stable for `stable_after` ─▶ a fence is lifted
 //!   otherwise wait until the unreachable set has not changed for `stable_after`, then:
 //!     2·|reachable| >  |members|   majority ─┐
 //!     2·|reachable| == |members|   tie: the side holding the lowest member name wins
@@ -42,25 +43,9 @@
 //! rule to what it sees, and a node that sees a minority fences itself even if others see it.
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-/// The resolver's timers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SbrConfig {
-    /// How long the set of unreachable members must stay the same before deciding.
-    pub stable_after: Duration,
-    /// How much longer the winning side waits before deciding the others down.
-    pub down_margin: Duration,
-}
-
-impl Default for SbrConfig {
-    fn default() -> Self {
-        Self {
-            stable_after: Duration::from_secs(3),
-            down_margin: Duration::from_secs(2),
-        }
-    }
-}
+use tether_cluster::role::SbrConfig;
 
 /// What the node should do now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,6 +143,12 @@ impl Resolver {
                 self.fenced = true;
                 Action::Fence
             }
+            // back on the winning side for a stable window (a member that stays away, dead for
+            // good, must not keep the rest fenced forever)
+            Side::Wins if self.fenced && stable_for >= self.cfg.stable_after => {
+                self.fenced = false;
+                Action::Unfence
+            }
             Side::Wins
                 if !self.fenced && stable_for >= self.cfg.stable_after + self.cfg.down_margin =>
             {
@@ -172,6 +163,7 @@ impl Resolver {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::time::Duration;
 
     fn set(names: &[&str]) -> BTreeSet<String> {
         names.iter().map(|s| (*s).to_owned()).collect()

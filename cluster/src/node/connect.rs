@@ -1,6 +1,7 @@
 //! Connections between nodes: accepting, dialing, and the tasks of an established link.
 //!
-//! See [`crate::link`] for the protocol and the acceptor's rule; this file is its I/O.
+//! See [`crate::membership::link`] for the protocol and the acceptor's rule; this file is its
+//! I/O.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,9 +12,10 @@ use tokio::sync::mpsc;
 use tokio::time::timeout;
 use tracing::{debug, info, warn};
 
-use super::{Link, Shared};
+use super::Shared;
 use crate::identity::{validate_name, NodeInfo, ADMIN_NAME};
-use crate::link::{self, Decision, LinkView};
+use crate::membership::link::{self, Decision, LinkView};
+use crate::net::links::Link;
 use crate::net::tls::{self, ALPN_CONTROL, ALPN_PEER, ANY_NODE_SNI};
 use crate::net::transport::{self, ConnTasks};
 use crate::net::wire::{
@@ -89,7 +91,8 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
     };
     match tls::alpn(&conn).as_deref() {
         Some(ALPN_CONTROL) if name == ADMIN_NAME => {
-            crate::control::serve(shared, conn).await;
+            let handler = Arc::new(super::ops::Ops(shared.clone()));
+            crate::control::server::serve(handler, conn).await;
         }
         Some(ALPN_CONTROL) => {
             warn!(%remote, peer = %name, "control connection without the operator certificate");
@@ -111,14 +114,12 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
     }
 }
 
-async fn accept_peer(
-    shared: &Arc<Shared>,
-    conn: Connection,
-    tasks: ConnTasks,
-    name: &str,
-) -> Result<(), DialError> {
-    let deadline = shared.timing.connect_timeout;
-    let (mut send, mut recv) = timeout(deadline, conn.accept_bi())
+/// The first stream of an incoming connection, and its first frame (the hello).
+async fn read_hello(
+    conn: &Connection,
+    deadline: std::time::Duration,
+) -> Result<(SendStream, RecvStream, Option<PeerMsg>), DialError> {
+    let (send, mut recv) = timeout(deadline, conn.accept_bi())
         .await
         .map_err(|_| DialError::Timeout)?
         .map_err(|e| DialError::Connect(e.to_string()))?;
@@ -135,6 +136,16 @@ async fn accept_peer(
     })
     .await
     .map_err(|_| DialError::Timeout)??;
+    Ok((send, recv, hello))
+}
+
+async fn accept_peer(
+    shared: &Arc<Shared>,
+    conn: Connection,
+    tasks: ConnTasks,
+    name: &str,
+) -> Result<(), DialError> {
+    let (mut send, recv, hello) = read_hello(&conn, shared.timing.connect_timeout).await?;
     let Some(PeerMsg::Hello {
         protocol,
         node: mut info,
@@ -160,19 +171,24 @@ async fn accept_peer(
 
     // decide against what was known before this hello (a restart must look like one), then
     // learn of the peer (a newer incarnation replaces the old life here)
-    let known_before = shared.peers.get(name).map(|p| p.info.incarnation);
-    shared.merge(info.clone());
+    let known_before = shared
+        .driver
+        .read(|c| c.members().get(name).map(|m| m.info.incarnation));
+    shared.learn(info.clone());
     let now = Instant::now();
     let decision = {
-        let Some(p) = shared.peers.get(name) else {
+        let silent = shared
+            .driver
+            .read(|c| c.members().get(name).map(|m| m.detector.is_silent(now)));
+        let Some((silent, d)) = silent.zip(shared.dials.get(name)) else {
             return Err(DialError::Refused("peer could not be registered".into()));
         };
         let view = LinkView {
-            has_current: p.link.is_some(),
-            current_silent: p.detector.is_silent(now),
-            pending_dial: p.pending_dial,
+            has_current: shared.links.id_of(name).is_some(),
+            current_silent: silent,
+            pending_dial: d.pending,
             known_incarnation: known_before,
-            i_am_designated: p.i_am_designated,
+            i_am_designated: d.i_am_designated,
         };
         link::decide(view, info.incarnation, replace)
     };
@@ -219,16 +235,16 @@ pub(super) async fn dial_peer(
 ) {
     let res = dial(&shared, addr, Some((&name, epoch)), replace).await;
     let now = Instant::now();
-    if let Some(mut p) = shared.peers.get_mut(&name) {
-        if p.dial_epoch != epoch {
+    if let Some(mut d) = shared.dials.get_mut(&name) {
+        if d.epoch != epoch {
             // a newer life of the peer was learned meanwhile; this attempt no longer counts
             return;
         }
-        p.pending_dial = false;
-        p.last_dial_end = Some(now);
+        d.pending = false;
+        d.last_end = Some(now);
         match &res {
-            Ok(()) => p.failures = 0,
-            Err(_) => p.failures = p.failures.saturating_add(1),
+            Ok(()) => d.failures = 0,
+            Err(_) => d.failures = d.failures.saturating_add(1),
         }
     }
     match res {
@@ -241,7 +257,10 @@ pub(super) async fn dial_peer(
 /// Dials a seed address, whose node name is not known in advance.
 pub(super) async fn dial_seed(shared: Arc<Shared>, addr: SocketAddr) {
     let res = dial(&shared, addr, None, false).await;
-    let mut seeds = shared.seeds.lock().expect("seeds lock");
+    let mut seeds = shared
+        .seeds
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Some(s) = seeds.iter_mut().find(|s| s.addr == addr) {
         s.pending = false;
         s.last_end = Some(Instant::now());
@@ -257,17 +276,12 @@ pub(super) async fn dial_seed(shared: Arc<Shared>, addr: SocketAddr) {
     }
 }
 
-async fn dial(
-    shared: &Arc<Shared>,
+/// A QUIC connection to `addr`, checked to be the node expected there (and not this one).
+async fn connect(
+    shared: &Shared,
     addr: SocketAddr,
-    expected: Option<(&str, u64)>,
-    replace: bool,
-) -> Result<(), DialError> {
-    let (expected, epoch) = match expected {
-        Some((n, e)) => (Some(n), Some(e)),
-        None => (None, None),
-    };
-    let deadline = shared.timing.connect_timeout;
+    expected: Option<&str>,
+) -> Result<(Connection, ConnTasks, String), DialError> {
     let (connecting, tasks) = transport::capture(|| {
         shared.endpoint.connect_with(
             shared.client_cfg.clone(),
@@ -276,7 +290,7 @@ async fn dial(
         )
     });
     let connecting = connecting.map_err(|e| DialError::Connect(e.to_string()))?;
-    let conn = timeout(deadline, connecting)
+    let conn = timeout(shared.timing.connect_timeout, connecting)
         .await
         .map_err(|_| DialError::Timeout)?
         .map_err(|e| DialError::Connect(e.to_string()))?;
@@ -294,17 +308,35 @@ async fn dial(
         conn.close(close::REFUSED.into(), b"self");
         return Err(DialError::SelfDial);
     }
+    Ok((conn, tasks, name))
+}
+
+async fn dial(
+    shared: &Arc<Shared>,
+    addr: SocketAddr,
+    expected: Option<(&str, u64)>,
+    replace: bool,
+) -> Result<(), DialError> {
+    let (expected, epoch) = match expected {
+        Some((n, e)) => (Some(n), Some(e)),
+        None => (None, None),
+    };
+    let deadline = shared.timing.connect_timeout;
+    let (conn, tasks, name) = connect(shared, addr, expected).await?;
     // while this dial was in flight, the pair may have got a working link (the peer dialed
     // in, or a newer life of the peer was learned): then a hello would only make it flap
-    let superseded = shared.peers.get(&name).is_some_and(|p| {
-        let healthy_link = p
-            .link
-            .as_ref()
-            .is_some_and(|l| l.conn.stable_id() != conn.stable_id())
-            && !p.detector.is_silent(Instant::now());
-        let stale_epoch = epoch.is_some_and(|e| e != p.dial_epoch);
-        healthy_link || stale_epoch
+    let now = Instant::now();
+    let silent = shared.driver.read(|c| {
+        c.members()
+            .get(&name)
+            .is_none_or(|m| m.detector.is_silent(now))
     });
+    let other_link = shared
+        .links
+        .id_of(&name)
+        .is_some_and(|id| id != conn.stable_id());
+    let stale_epoch = epoch.is_some_and(|e| shared.dials.get(&name).is_some_and(|d| d.epoch != e));
+    let superseded = (other_link && !silent) || stale_epoch;
     if superseded {
         conn.close(close::REFUSED.into(), b"already linked");
         return Err(DialError::AlreadyLinked);
@@ -347,7 +379,7 @@ async fn dial(
     if info.addr.ip().is_unspecified() {
         info.addr = SocketAddr::new(addr.ip(), info.addr.port());
     }
-    shared.merge(info.clone());
+    shared.learn(info.clone());
     if !accepted {
         conn.close(close::REFUSED.into(), b"refused");
         return Err(DialError::Refused(
@@ -371,26 +403,33 @@ fn install_link(
     dialed: bool,
 ) {
     let (tx, rx) = mpsc::channel(LINK_QUEUE);
-    let old = {
-        let Some(mut p) = shared.peers.get_mut(&info.name) else {
+    let known = shared
+        .driver
+        .read(|c| c.members().get(&info.name).map(|m| m.info.incarnation));
+    match known {
+        None => {
             conn.close(close::STALE.into(), b"unknown peer");
             return;
-        };
-        if info.incarnation < p.info.incarnation {
-            drop(p);
+        }
+        Some(k) if info.incarnation < k => {
             conn.close(close::STALE.into(), b"stale incarnation");
             return;
         }
-        let old = p.link.replace(Link {
+        Some(_) => {}
+    }
+    let old = shared.links.install(
+        &info.name,
+        Link {
             conn: conn.clone(),
             tasks: tasks.clone(),
             tx: tx.clone(),
-        });
-        p.unlinked_since = None;
-        p.session = false;
-        p.left = false;
-        old
-    };
+        },
+    );
+    if let Some(mut d) = shared.dials.get_mut(&info.name) {
+        d.unlinked_since = None;
+        d.session = false;
+    }
+    shared.driver.with(|c, _| c.linked(&info.name));
     if let Some(old) = old {
         if old.conn.stable_id() != conn.stable_id() {
             old.conn
@@ -399,10 +438,8 @@ fn install_link(
     }
     info!(peer = %info.name, dialed, remote = %conn.remote_address(), "link established");
     // introduce ourselves and everyone we know at once
-    let _ = tx.try_send(PeerMsg::Gossip {
-        members: shared.members(),
-    });
-    shared.bump();
+    let members = shared.driver.read(|c| c.members().infos());
+    let _ = tx.try_send(PeerMsg::Gossip { members });
     tokio::spawn(run_link(
         shared.clone(),
         info.name.clone(),
@@ -436,29 +473,17 @@ async fn run_link(
     let left = matches!(&reason, quinn::ConnectionError::ApplicationClosed(c)
         if c.error_code == close::SHUTDOWN.into());
     let now = Instant::now();
-    let mut changed = false;
-    if let Some(mut p) = shared.peers.get_mut(&peer) {
-        if p.link_id() == Some(id) {
-            p.link = None;
-            p.unlinked_since = Some(now);
-            p.session = false;
-            changed = true;
-            if left {
-                p.left = true;
-                if let Some(t) = p.detector.left(now) {
-                    shared.log_transition(&peer, t);
-                }
-            }
+    if shared.links.remove_if(&peer, id) {
+        if let Some(mut d) = shared.dials.get_mut(&peer) {
+            d.unlinked_since = Some(now);
+            d.session = false;
         }
-    }
-    if changed {
+        shared.driver.with(|c, now| c.link_closed(&peer, left, now));
         if left {
             info!(%peer, "peer left the cluster");
-            shared.agents.peer_lost(&peer);
         } else {
             info!(%peer, %reason, "link closed");
         }
-        shared.bump();
     }
 }
 
@@ -471,7 +496,7 @@ async fn read_link(
         match wire::read_frame::<PeerMsg>(&mut recv, MAX_CONTROL_FRAME).await {
             Ok(Some(PeerMsg::Gossip { members })) => {
                 for m in members {
-                    shared.merge(m);
+                    shared.learn(m);
                 }
             }
             Ok(Some(other)) => {
@@ -517,47 +542,10 @@ async fn read_datagrams(
         let Ok(bytes) = conn.read_datagram().await else {
             return Ok(());
         };
-        let hb: wire::Heartbeat = tether_actors::codec::decode(&bytes)?;
-        let now = Instant::now();
-        let mut changed = false;
-        let mut released = false;
-        if let Some(mut p) = shared.peers.get_mut(peer) {
-            if p.link_id() == Some(id) {
-                p.says_im_down = hb.down;
-                p.reports_unreachable = hb.unreachable;
-                if hb.incarnation == p.detector.incarnation() {
-                    p.fences_seen = p.fences_seen.max(hb.fences);
-                    p.fenced_seen = hb.fenced;
-                }
-                // a peer decided down is heard again only once it has fenced since (or was
-                // fenced then and still is, or restarted): until then it may still run the
-                // activations that were failed over
-                let held = p.down_at_fences.is_some_and(|(at, was_fenced)| {
-                    let same_life = hb.incarnation <= p.detector.incarnation();
-                    let fenced_since =
-                        hb.fences > at || (was_fenced && hb.fenced && hb.fences == at);
-                    same_life && !fenced_since
-                });
-                if !held {
-                    if p.down_at_fences.take().is_some() {
-                        released = true;
-                    }
-                    if let Some(t) = p.detector.heartbeat(hb.incarnation, now) {
-                        shared.log_transition(peer, t);
-                        changed = true;
-                    }
-                }
-            }
-        }
-        if released {
-            tracing::info!(
-                peer,
-                "a node decided down has fenced (or restarted): taken back"
-            );
-            shared.agents.set_quarantined(peer, false);
-        }
-        if changed {
-            shared.bump();
+        let hb: crate::membership::Heartbeat = tether_actors::codec::decode(&bytes)?;
+        // a heartbeat counts only on the pair's current link (not one being replaced)
+        if shared.links.id_of(peer) == Some(id) {
+            shared.driver.with(|c, now| c.heartbeat(peer, &hb, now));
         }
     }
 }
@@ -580,12 +568,12 @@ async fn accept_streams(
                 super::ractor_bridge::accept_session(shared, conn, peer, send, recv)
             }
             StreamTag::Agents => {
-                let sys = shared.agents.clone();
+                let inbound = shared.inbound.clone();
                 let peer = peer.to_owned();
                 let conn = conn.clone();
-                // in the connection's task: see `transport::conn_task`
+                // in the connection's task: see `net::transport::conn_task`
                 tasks.spawn(async move {
-                    if let Err(e) = sys.serve(peer.clone(), send, recv).await {
+                    if let Err(e) = inbound.serve(peer.clone(), send, recv).await {
                         warn!(%peer, error = %e, "closing link after a bad agent frame");
                         conn.close(close::PROTOCOL.into(), e.to_string().as_bytes());
                     }

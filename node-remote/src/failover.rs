@@ -1,0 +1,231 @@
+//! Keeping the directory in line with membership: failover, backups, hand-overs, evictions.
+//!
+//! Every entry an owner places is copied to the id's backup (the second rendezvous choice),
+//! which becomes the owner when the owner goes down and then holds what it needs to fail the
+//! agents over. On every membership change the reconciler walks the entries this node holds:
+//!
+//! ```text
+//! owned here,   host decided down ──▶ fail over: claim it again from its spawn record
+//!                                     (placed on a surviving node with a higher epoch)
+//! owned here,   backup changed    ──▶ copy the entry to the new backup
+//! owned elsewhere                 ──▶ hand the entry to its owner (Handoff); keep a copy only
+//!                                     as the backup, or while its host is down
+//! ```
+//!
+//! A failover whose probe could not ask every host is tried again, a few times, a second apart.
+//! A fence stops the activations of its node; when it lifts they are reported to their owners
+//! (`Evicted`), which place them again unless a newer activation exists.
+
+use std::time::{Duration, Instant};
+
+use tether_actors::{Activation, AgentError, AgentId};
+use tether_cluster::directory::DirMsg;
+use tether_cluster::membership::detector::PeerState;
+use tether_cluster::role::{Cx, RoleCounters};
+use tracing::{debug, warn};
+
+use crate::owner::{copy_to_backup, ClaimFor, Owner};
+
+/// The first pause before a failover that did not succeed is tried again; it doubles with
+/// every attempt, up to [`FAILOVER_RETRY_MAX`].
+const FAILOVER_RETRY: Duration = Duration::from_millis(500);
+/// The longest pause between two tries of a failover.
+const FAILOVER_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// The reconciler's state on one remote node.
+#[derive(Debug, Default)]
+pub(crate) struct Failover {
+    /// Failovers to try again: when, which, which attempt.
+    retries: Vec<(Instant, AgentId, u32)>,
+    /// Activations a fence stopped, reported to their owners when the fence is lifted.
+    evicted: Vec<(AgentId, u64)>,
+    pub(crate) counters: RoleCounters,
+}
+
+impl Failover {
+    /// Brings the directory in line with the current view (see the module doc).
+    pub(crate) fn reconcile(&mut self, owner: &mut Owner, cx: &mut Cx<'_>, fenced: bool) {
+        if fenced {
+            return; // a fenced node acts for no one; it reconciles when the fence lifts
+        }
+        let me = cx.me().to_owned();
+        for id in owner.entries.ids() {
+            let (o, b) = cx.owner_and_backup(&id);
+            let Some(o) = o else { return };
+            let Some(e) = owner.entries.get(&id).cloned() else {
+                continue;
+            };
+            let dead = Owner::gone(cx, &id, &e);
+            if o == me {
+                if dead {
+                    self.fail_over(owner, cx, id, 1);
+                } else if e.copied_to.as_deref() != b.as_deref() {
+                    copy_to_backup(&mut owner.entries, cx, &id);
+                }
+                continue;
+            }
+            if let Some(copy) = e.copy(&id) {
+                cx.send(&o, DirMsg::Handoff { entry: copy });
+            }
+            if b.as_deref() != Some(me.as_str()) && !dead {
+                owner.entries.remove(&id);
+            }
+        }
+    }
+
+    /// Activates `id` again (its host is down, or a fence stopped it), from the spawn record
+    /// in its entry. The claim probes the hosts first, so a newer activation that exists
+    /// elsewhere is adopted rather than doubled.
+    pub(crate) fn fail_over(
+        &mut self,
+        owner: &mut Owner,
+        cx: &mut Cx<'_>,
+        id: AgentId,
+        attempt: u32,
+    ) {
+        let Some(e) = owner.entries.get(&id) else {
+            return;
+        };
+        let Some(spec) = e.spec.clone() else {
+            self.counters.unavailable += 1;
+            warn!(agent = %id, node = %e.node, "unavailable: its node is down and no spawn record of it is held here");
+            return;
+        };
+        let claim = Owner::failover_claim(cx.me(), &id, &spec);
+        owner.claim(cx, false, ClaimFor::Failover(attempt), claim);
+        self.account(owner, cx);
+    }
+
+    /// Accounts for the failover claims that ended.
+    pub(crate) fn account(&mut self, owner: &mut Owner, cx: &mut Cx<'_>) {
+        for (id, who, result) in std::mem::take(&mut owner.finished) {
+            let ClaimFor::Failover(attempt) = who else {
+                continue;
+            };
+            self.failover_ended(cx, id, attempt, result);
+        }
+    }
+
+    fn failover_ended(
+        &mut self,
+        cx: &Cx<'_>,
+        id: AgentId,
+        attempt: u32,
+        result: Result<Activation, AgentError>,
+    ) {
+        match result {
+            Ok(a) if a.created => {
+                self.counters.failovers += 1;
+                warn!(agent = %id, to = %a.node, epoch = a.epoch, "failed over");
+            }
+            Ok(a) => {
+                debug!(agent = %id, node = %a.node, epoch = a.epoch, "already active elsewhere")
+            }
+            // no node could take it now, or a host could not be asked whether it runs a newer
+            // activation (placing one then could double it): tried again, with a growing pause,
+            // for as long as its entry says it is gone and this node owns it
+            Err(err) => {
+                if attempt == 1 {
+                    self.counters.unavailable += 1;
+                    warn!(agent = %id, error = %err, "unavailable for now: it cannot run on any eligible node; retrying");
+                } else {
+                    debug!(agent = %id, attempt, error = %err, "failover not done yet");
+                }
+                let pause = FAILOVER_RETRY
+                    .saturating_mul(1 << (attempt - 1).min(8))
+                    .min(FAILOVER_RETRY_MAX);
+                self.retries.push((cx.now + pause, id, attempt + 1));
+            }
+        }
+    }
+
+    /// Runs the failovers due again: those whose entry still says the agent is gone, on a
+    /// node that still owns it and is not fenced.
+    pub(crate) fn retry_due(&mut self, owner: &mut Owner, cx: &mut Cx<'_>, fenced: bool) {
+        let now = cx.now;
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.retries)
+            .into_iter()
+            .partition(|(at, _, _)| *at <= now);
+        self.retries = later;
+        for (at, id, attempt) in due {
+            if fenced {
+                // not now: the fence's lift reconciles everything it holds
+                self.retries.push((at, id, attempt));
+                continue;
+            }
+            let (o, _) = cx.owner_and_backup(&id);
+            let still_gone = owner
+                .entries
+                .get(&id)
+                .is_some_and(|e| e.failed.is_some() || Owner::gone(cx, &id, e));
+            if o.as_deref() == Some(cx.me()) && still_gone {
+                self.fail_over(owner, cx, id, attempt);
+            }
+        }
+    }
+
+    /// An activation of this node ended while fenced: its owner learns it when the fence
+    /// lifts.
+    pub(crate) fn evicted_here(&mut self, id: AgentId, epoch: u64) {
+        self.evicted.push((id, epoch));
+    }
+
+    /// The fence lifted: the activations it stopped are reported to their owners.
+    pub(crate) fn fence_lifted(&mut self, owner: &mut Owner, cx: &mut Cx<'_>) {
+        for (id, epoch) in std::mem::take(&mut self.evicted) {
+            let (o, _) = cx.owner_and_backup(&id);
+            match o {
+                Some(o) if o == cx.me() => {
+                    let me = o.clone();
+                    self.evicted_from(owner, cx, id, epoch, &me);
+                }
+                Some(o) => cx.send(&o, DirMsg::Evicted { id, epoch }),
+                None => {
+                    warn!(agent = %id, "a fence stopped it, and no owner is reachable to place it again")
+                }
+            }
+        }
+        self.reconcile(owner, cx, false);
+    }
+
+    /// Owner side of `Evicted`: a fence on `from` stopped activation `epoch` of `id`.
+    pub(crate) fn evicted_from(
+        &mut self,
+        owner: &mut Owner,
+        cx: &mut Cx<'_>,
+        id: AgentId,
+        epoch: u64,
+        from: &str,
+    ) {
+        let matches = match owner.entries.get_mut(&id) {
+            Some(e) if &*e.node == from && e.epoch == epoch => {
+                e.failed = Some(format!("stopped by a fence on {from}").into());
+                true
+            }
+            _ => false,
+        };
+        if matches {
+            self.fail_over(owner, cx, id, 1);
+        } else {
+            debug!(agent = %id, epoch, %from, "eviction of an activation that is no longer current");
+        }
+    }
+
+    /// Owner side of `Handoff`: the entry is merged, and failed over if its host is down.
+    pub(crate) fn handoff(
+        &mut self,
+        owner: &mut Owner,
+        cx: &mut Cx<'_>,
+        entry: tether_cluster::directory::EntryCopy,
+    ) {
+        let id = entry.id.clone();
+        owner.entries.merge(entry);
+        let dead = owner
+            .entries
+            .get(&id)
+            .is_some_and(|e| *e.node != *cx.me() && cx.state_of(&e.node) == Some(PeerState::Down));
+        if dead {
+            self.fail_over(owner, cx, id, 1);
+        }
+    }
+}

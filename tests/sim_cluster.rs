@@ -1,0 +1,110 @@
+//! The cluster core under seeded fault schedules, in the deterministic simulator
+//! (`tether_cluster::sim`): the real cores with their real roles, on a virtual clock.
+//!
+//! Each test runs a range of seeds; a failure prints the seed, its faults and the violated
+//! invariant. Replay one with its trace: `TETHER_SIM_SEED=<seed> cargo test --test
+//! sim_cluster replay -- --nocapture`. The `stress_` variant runs many more seeds and is
+//! ignored by default: `cargo test --release --test sim_cluster stress -- --ignored`.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use tether::cluster::role::RoleCore;
+use tether::cluster::sim::schedule;
+use tether::cluster::{NodeInfo, Role};
+use tether::node_local::outbox::MemStore;
+use tether::node_local::LocalRole;
+use tether::node_remote::RemoteRole;
+
+/// The real roles, each local node's outbox kept in memory across its crashes.
+fn roles() -> impl FnMut(&NodeInfo, Instant) -> Box<dyn RoleCore> {
+    let mut disks: HashMap<String, MemStore> = HashMap::new();
+    move |node: &NodeInfo, now: Instant| -> Box<dyn RoleCore> {
+        match node.role {
+            Role::Remote => Box::new(RemoteRole::new(Default::default(), Default::default(), now)),
+            Role::Local => {
+                let store = disks.entry(node.name.clone()).or_default().clone();
+                let path = std::path::Path::new("outbox.log");
+                Box::new(LocalRole::new(path, Box::new(store), 10_000).expect("an empty outbox"))
+            }
+        }
+    }
+}
+
+/// Runs `seeds`; fails with every violation found.
+fn run(seeds: std::ops::Range<u64>) {
+    let t0 = Instant::now();
+    let n = seeds.end - seeds.start;
+    let (mut acked, mut messages) = (0, 0);
+    let mut failures = Vec::new();
+    for seed in seeds {
+        match schedule::run(seed, roles()) {
+            Ok(o) => {
+                acked += o.acked;
+                messages += o.messages;
+            }
+            Err(e) => failures.push(e),
+        }
+    }
+    eprintln!(
+        "{n} seeded schedules in {:.1}s: {acked} client operations acknowledged, {messages} \
+         messages carried, {} failed",
+        t0.elapsed().as_secs_f64(),
+        failures.len()
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+// 1 000 schedules in all, in four tests so that they run in parallel
+#[test]
+fn schedules_0000_0250_keep_every_invariant() {
+    run(0..250);
+}
+
+#[test]
+fn schedules_0250_0500_keep_every_invariant() {
+    run(250..500);
+}
+
+#[test]
+fn schedules_0500_0750_keep_every_invariant() {
+    run(500..750);
+}
+
+#[test]
+fn schedules_0750_1000_keep_every_invariant() {
+    run(750..1000);
+}
+
+#[test]
+#[ignore = "slow: run with --release --ignored"]
+fn stress_schedules_keep_every_invariant() {
+    let n: u64 = std::env::var("TETHER_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20_000);
+    run(1_000..1_000 + n);
+}
+
+/// Replays one seed with its trace (see the module doc); does nothing without the variable.
+#[test]
+fn replay() {
+    let Some(seed) = std::env::var("TETHER_SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    else {
+        return;
+    };
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+    let sub = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .without_time()
+        .with_target(false)
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(sub);
+    let r = schedule::run_traced(seed, roles(), true);
+    eprintln!("{r:?}");
+    assert!(r.is_ok());
+}
