@@ -25,13 +25,13 @@ impl Agent for Greeter {
     type Reply = String;
     type State = (String, u64);
 
-    async fn init(&self, _ctx: &Ctx, greeting: String) -> Result<(String, u64), Failure> {
+    async fn init(&self, _ctx: &Ctx<Self>, greeting: String) -> Result<(String, u64), Failure> {
         Ok((greeting, 0))
     }
 
     async fn handle(
         &self,
-        ctx: &Ctx,
+        ctx: &Ctx<Self>,
         state: &mut (String, u64),
         name: String,
     ) -> Result<String, Failure> {

@@ -21,11 +21,16 @@ impl Agent for Greeter {
     type Reply = String;
     type State = String;
 
-    async fn init(&self, _ctx: &Ctx, greeting: String) -> Result<String, Failure> {
+    async fn init(&self, _ctx: &Ctx<Self>, greeting: String) -> Result<String, Failure> {
         Ok(greeting)
     }
 
-    async fn handle(&self, _ctx: &Ctx, g: &mut String, name: String) -> Result<String, Failure> {
+    async fn handle(
+        &self,
+        _ctx: &Ctx<Self>,
+        g: &mut String,
+        name: String,
+    ) -> Result<String, Failure> {
         Ok(format!("{g}, {name}"))
     }
 }
@@ -46,11 +51,16 @@ impl Agent for Diary {
         Placement::local_only()
     }
 
-    async fn init(&self, _ctx: &Ctx, _args: ()) -> Result<(), Failure> {
+    async fn init(&self, _ctx: &Ctx<Self>, _args: ()) -> Result<(), Failure> {
         Ok(())
     }
 
-    async fn handle(&self, _ctx: &Ctx, _s: &mut (), target: String) -> Result<String, Failure> {
+    async fn handle(
+        &self,
+        _ctx: &Ctx<Self>,
+        _s: &mut (),
+        target: String,
+    ) -> Result<String, Failure> {
         let id: AgentId = target.parse()?;
         let r: AgentRef<tether::actors::builtin::Echo> =
             AGENTS.with(|n| n.get().expect("node set").agent_ref(id));

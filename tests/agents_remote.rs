@@ -12,7 +12,7 @@ use support::{Cluster, TETHER};
 fn counter_on_a_remote_node_counts_10000_tells_from_the_local_node_in_order() {
     let c = Cluster::up("fifo", 2, 1);
     let out = c.ok(&["spawn", "counter", "c", "--on", "r1", "--via", "l1"]);
-    assert!(out.contains("counter/c  node=r1  epoch=1"), "{out}");
+    assert!(out.contains("counter/c  node=r1  epoch=1."), "{out}");
     c.ok(&[
         "tell",
         "counter/c",

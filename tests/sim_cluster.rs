@@ -55,6 +55,93 @@ fn run(seeds: std::ops::Range<u64>) {
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
+/// Seeds that once broke an invariant, and what they found (each fixed since; the schedule
+/// generator is deterministic, so each still replays the schedule that found it).
+const FOUND: &[(u64, &str)] = &[
+    (22, "a restarted host's agents were never failed over"),
+    (
+        24,
+        "a failover that hit a fenced node was given up for good",
+    ),
+    (30, "a restarted host's agents were never failed over"),
+    (
+        64,
+        "an owner placed a second activation where the host was merely unreachable",
+    ),
+    (
+        98,
+        "the split-brain veto used a silent candidate's stale report",
+    ),
+    (
+        717,
+        "a node cut off kept a downed node out of its count and won a tie",
+    ),
+    (
+        866,
+        "an ask overtook tells waiting in the outbox, which were then lost",
+    ),
+    (
+        1283,
+        "a backup that restarted lost its copy; the owner believed it held one",
+    ),
+    (
+        2155,
+        "a restarted node stayed quarantined: its handshake raised the life compared",
+    ),
+    (
+        3722,
+        "a hand-over dropped that a fence had stopped the activation",
+    ),
+    (
+        5291,
+        "a claim of an old owner raced the new owner's: two activations",
+    ),
+    (
+        5624,
+        "a fenced owner refused a hand-over, then reused an epoch",
+    ),
+    (
+        6831,
+        "a pause while fenced asked for a fence that never came: fenced for good",
+    ),
+    (
+        7702,
+        "a lookup's probe replaced an entry and dropped its spawn record",
+    ),
+    (
+        9290,
+        "an owner placed again an agent whose host was joining, not gone: two activations",
+    ),
+    (
+        12707,
+        "an eviction reached a restarted owner before the entry did, and was lost",
+    ),
+    (
+        17942,
+        "a losing side restarted its clock when a paused member came back: two activations",
+    ),
+    // found when their fix was taken out on purpose (the simulator must catch it)
+    (
+        1000,
+        "a cluster stopping by `tether down` placed agents again",
+    ),
+    (
+        1013,
+        "a failover placed an agent that prefers neither side on the device",
+    ),
+];
+
+#[test]
+fn seeds_that_found_bugs_keep_every_invariant() {
+    let mut failures = Vec::new();
+    for (seed, found) in FOUND {
+        if let Err(e) = schedule::run(*seed, roles()) {
+            failures.push(format!("(once found: {found})\n{e}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
 // 1 000 schedules in all, in four tests so that they run in parallel
 #[test]
 fn schedules_0000_0250_keep_every_invariant() {

@@ -8,8 +8,15 @@
 //! A handler that returns `Err` fails the agent: it stops (its supervisor decides what next)
 //! and the asker gets [`AgentError::Failed`]. An application error that should not stop the
 //! agent belongs in the reply type (`type Reply = Result<T, MyError>`).
+//!
+//! **One reply type per kind.** A kind has one message type and one reply type, not a reply
+//! type per message (as kameo's `Message<M>` has): a kind's messages cross nodes, come from the
+//! CLI as JSON and are decoded by kind name alone, so a kind's contract is one message schema
+//! and one reply schema, which a peer or an operator can check without the Rust types. A kind
+//! that answers different messages differently uses an enum as its `Reply`.
 
 use std::future::Future;
+use std::marker::PhantomData;
 use std::sync::Arc;
 
 use serde::{de::DeserializeOwned, Serialize};
@@ -17,26 +24,56 @@ use serde::{de::DeserializeOwned, Serialize};
 use crate::envelope::TraceContext;
 pub use crate::error::AgentError;
 use crate::id::AgentId;
+use crate::origin::Origin;
 use crate::placement::Placement;
+use crate::router::{Router, SendAs};
 
 /// What a failing `init` or `handle` returns: any error, or a message (`"reason".into()`).
 pub type Failure = Box<dyn std::error::Error + Send + Sync>;
 
-/// What an agent knows about itself and the message it is handling.
-#[derive(Debug, Clone)]
-pub struct Ctx {
-    pub(crate) id: AgentId,
+/// What an agent knows about itself and the message it is handling, and what it can do from
+/// there: talk to other agents ([`Ctx::tell`], [`Ctx::ask`], [`Ctx::agent_ref`]), spawn one
+/// ([`Ctx::spawn`]), get a handle on itself ([`Ctx::myself`]) or stop ([`Ctx::stop`]).
+///
+/// Handles made here send as this agent, in whatever task they are used: a task the handler
+/// starts (`tokio::spawn`) still sends as the agent, and a local-only agent's sends still stay
+/// on its node.
+pub struct Ctx<A: ?Sized> {
+    pub(crate) origin: Arc<Origin>,
     pub(crate) epoch: u64,
-    pub(crate) node: Arc<str>,
     pub(crate) trace: TraceContext,
     pub(crate) sender: Option<Arc<str>>,
     pub(crate) seq: u64,
+    pub(crate) _kind: PhantomData<fn(&A)>,
 }
 
-impl Ctx {
+impl<A: ?Sized> std::fmt::Debug for Ctx<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ctx")
+            .field("id", &self.origin.id)
+            .field("epoch", &self.epoch)
+            .field("node", &self.origin.node)
+            .field("seq", &self.seq)
+            .finish()
+    }
+}
+
+impl<A: ?Sized> Ctx<A> {
+    /// A context for `origin`'s activation `epoch`, in trace `trace`.
+    pub(crate) fn new(origin: Arc<Origin>, epoch: u64, trace: TraceContext) -> Self {
+        Self {
+            origin,
+            epoch,
+            trace,
+            sender: None,
+            seq: 0,
+            _kind: PhantomData,
+        }
+    }
+
     /// This agent's id.
     pub fn id(&self) -> &AgentId {
-        &self.id
+        &self.origin.id
     }
 
     /// This activation's epoch.
@@ -46,7 +83,7 @@ impl Ctx {
 
     /// The node hosting this agent.
     pub fn node(&self) -> &str {
-        &self.node
+        &self.origin.node
     }
 
     /// The trace of the message being handled (or of the spawn, in `init`).
@@ -62,6 +99,26 @@ impl Ctx {
     /// The sender's sequence number for this message (per sender and target, from 1).
     pub fn seq(&self) -> u64 {
         self.seq
+    }
+
+    /// This agent as a sender.
+    pub(crate) fn send_as(&self) -> SendAs {
+        SendAs {
+            sender: self.origin.sender(),
+            local_only: self.origin.local_only,
+        }
+    }
+
+    pub(crate) fn router(&self) -> Result<Arc<dyn Router>, AgentError> {
+        self.origin
+            .router()
+            .ok_or_else(|| AgentError::Internal(format!("{} runs on no node", self.id())))
+    }
+
+    /// Stops this agent for good once the current message is handled (its `on_stop` runs; its
+    /// supervisor does not restart it).
+    pub fn stop(&self) {
+        self.origin.request_stop();
     }
 }
 
@@ -90,20 +147,20 @@ pub trait Agent: Send + Sync + 'static {
     /// Builds the initial state.
     fn init(
         &self,
-        ctx: &Ctx,
+        ctx: &Ctx<Self>,
         args: Self::Args,
     ) -> impl Future<Output = Result<Self::State, Failure>> + Send;
 
     /// Handles one message.
     fn handle(
         &self,
-        ctx: &Ctx,
+        ctx: &Ctx<Self>,
         state: &mut Self::State,
         msg: Self::Msg,
     ) -> impl Future<Output = Result<Self::Reply, Failure>> + Send;
 
     /// Runs when the agent stops cleanly.
-    fn on_stop(&self, ctx: &Ctx, state: &mut Self::State) -> impl Future<Output = ()> + Send {
+    fn on_stop(&self, ctx: &Ctx<Self>, state: &mut Self::State) -> impl Future<Output = ()> + Send {
         let _ = (ctx, state);
         async {}
     }

@@ -5,99 +5,15 @@
 //! typed value; remote sends encode it with the wire codec.
 
 use std::marker::PhantomData;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::agent::{Agent, AgentError};
+use crate::agent::{Agent, AgentError, Ctx};
 use crate::body::Body;
 use crate::envelope::Contract;
-use crate::host::LocalPort;
 use crate::id::AgentId;
-
-/// Where the reply to an ask comes: the router sends the request with its sender.
-pub type ReplyRx = tokio::sync::oneshot::Receiver<Result<Body, AgentError>>;
-
-/// Where a handle last found its agent running on this node: a [`LocalPort`] into that
-/// instance, which the router fills on a local send and uses for the typed sends after it,
-/// so that they skip the route and host look-ups. A stale port (the instance ended) refuses
-/// the message, the router sends it the long way and forgets the port. Each handle has its
-/// own; a clone starts with the port of the handle it came from.
-#[derive(Default)]
-pub struct PortCache(Mutex<Option<LocalPort>>);
-
-impl PortCache {
-    /// The cached port, locked: the caller sends through it while holding the lock (sends
-    /// through one handle take its mailbox's lock in turn anyway).
-    pub fn lock(&self) -> MutexGuard<'_, Option<LocalPort>> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-impl Clone for PortCache {
-    fn clone(&self) -> Self {
-        Self(Mutex::new(self.lock().clone()))
-    }
-}
-
-/// Sends messages by agent id; implemented by the node runtime.
-pub trait Router: Send + Sync + 'static {
-    /// Fire and forget. On an error found before the message left, the body comes back.
-    ///
-    /// # Errors
-    /// The [`AgentError`] and the unsent body.
-    fn tell(
-        &self,
-        target: &AgentId,
-        port: &PortCache,
-        body: Body,
-        contract: Contract,
-    ) -> Result<(), (AgentError, Body)>;
-
-    /// Sends a request; its reply comes on the returned receiver, within `deadline` or not at
-    /// all ([`ask`] waits for it). Every path answers an ask it gives up on, except the
-    /// mailbox of a local instance that failed with the message still in it: there the
-    /// receiver closes unanswered.
-    ///
-    /// # Errors
-    /// The same as `tell`, found before the request left.
-    fn send_ask(
-        &self,
-        target: &AgentId,
-        port: &PortCache,
-        body: Body,
-        contract: Contract,
-        deadline: Duration,
-    ) -> Result<ReplyRx, AgentError>;
-
-    /// No reply to an ask to `target` came within its deadline.
-    fn ask_timed_out(&self, target: &AgentId);
-}
-
-/// Request and reply through `router`, within `deadline` (`port`: see [`PortCache`]).
-///
-/// # Errors
-/// [`AgentError::Timeout`] past the deadline; what [`Router::send_ask`] returns; the agent's
-/// error.
-pub async fn ask(
-    router: &dyn Router,
-    target: &AgentId,
-    port: &PortCache,
-    body: Body,
-    contract: Contract,
-    deadline: Duration,
-) -> Result<Body, AgentError> {
-    let rx = router.send_ask(target, port, body, contract, deadline)?;
-    match tokio::time::timeout(deadline, rx).await {
-        Ok(Ok(reply)) => reply,
-        Ok(Err(_)) => Err(AgentError::lost_with_failed_instance(target)),
-        Err(_) => {
-            router.ask_timed_out(target);
-            Err(AgentError::Timeout {
-                ms: deadline.as_millis() as u64,
-            })
-        }
-    }
-}
+use crate::port::PortCache;
+use crate::router::{ask, Router, SendAs};
 
 /// Why a `tell` failed; gives the message back.
 #[derive(Debug, thiserror::Error)]
@@ -110,10 +26,15 @@ pub struct TellError<M> {
 }
 
 /// A handle on agent `A` by id.
+///
+/// A handle made from an agent's context ([`Ctx::agent_ref`](crate::Ctx::agent_ref)) sends as
+/// that agent wherever it is used, also from a task the agent's handler started: its messages
+/// carry the agent as their sender, and a local-only agent's stay on its node.
 pub struct AgentRef<A> {
     id: AgentId,
     router: Arc<dyn Router>,
     port: PortCache,
+    from: Option<SendAs>,
     _kind: PhantomData<fn(A)>,
 }
 
@@ -123,6 +44,7 @@ impl<A> Clone for AgentRef<A> {
             id: self.id.clone(),
             router: self.router.clone(),
             port: self.port.clone(),
+            from: self.from.clone(),
             _kind: PhantomData,
         }
     }
@@ -141,7 +63,16 @@ impl<A: Agent> AgentRef<A> {
             id,
             router,
             port: PortCache::default(),
+            from: None,
             _kind: PhantomData,
+        }
+    }
+
+    /// A handle on `id` through `router` that sends as `from`.
+    pub fn sending_as(id: AgentId, router: Arc<dyn Router>, from: SendAs) -> Self {
+        Self {
+            from: Some(from),
+            ..Self::new(id, router)
         }
     }
 
@@ -165,7 +96,13 @@ impl<A: Agent> AgentRef<A> {
     /// host, local-only rule). A failure on the receiving side is reported to this node's log.
     pub fn tell(&self, msg: A::Msg) -> Result<(), TellError<A::Msg>> {
         self.router
-            .tell(&self.id, &self.port, Body::typed(msg), Self::contract())
+            .tell(
+                &self.id,
+                &self.port,
+                Body::typed(msg),
+                Self::contract(),
+                self.from.as_ref(),
+            )
             .map_err(|(error, body)| TellError {
                 error,
                 message: body.decode().ok(),
@@ -184,14 +121,79 @@ impl<A: Agent> AgentRef<A> {
             self.router.as_ref(),
             &self.id,
             &self.port,
-            Body::typed(msg),
-            Self::contract(),
+            (Body::typed(msg), Self::contract()),
             deadline,
+            self.from.as_ref(),
         )
         .await?;
         body.decode().map_err(|reason| AgentError::BadPayload {
             id: format!("reply of {}", self.id),
             reason,
         })
+    }
+}
+
+/// How an agent talks to others: handles, tells, asks and spawns that send as it.
+impl<A: ?Sized> Ctx<A> {
+    /// A handle on agent `id` of kind `B` that sends as this agent.
+    ///
+    /// # Errors
+    /// [`AgentError::Internal`] if this agent runs on no node (a test host without one).
+    pub fn agent_ref<B: Agent>(&self, id: AgentId) -> Result<AgentRef<B>, AgentError> {
+        Ok(AgentRef::sending_as(id, self.router()?, self.send_as()))
+    }
+
+    /// Tells agent `to` of kind `B` `msg`, as this agent.
+    ///
+    /// # Errors
+    /// As [`AgentRef::tell`]: the message comes back.
+    pub fn tell<B: Agent>(&self, to: &AgentId, msg: B::Msg) -> Result<(), TellError<B::Msg>> {
+        match self.agent_ref::<B>(to.clone()) {
+            Ok(r) => r.tell(msg),
+            Err(error) => Err(TellError {
+                error,
+                message: Some(msg),
+            }),
+        }
+    }
+
+    /// Asks agent `to` of kind `B` `msg`, as this agent, and waits at most `deadline`.
+    ///
+    /// # Errors
+    /// As [`AgentRef::ask`].
+    pub async fn ask<B: Agent>(
+        &self,
+        to: &AgentId,
+        msg: B::Msg,
+        deadline: Duration,
+    ) -> Result<B::Reply, AgentError> {
+        self.agent_ref::<B>(to.clone())?.ask(msg, deadline).await
+    }
+
+    /// Gets or spawns agent `key` of kind `B` on this agent's node.
+    ///
+    /// # Errors
+    /// As a node's spawn: an unknown kind, a failed `init`, placement rules.
+    pub async fn spawn<B: Agent>(
+        &self,
+        key: &str,
+        args: B::Args,
+    ) -> Result<AgentRef<B>, AgentError> {
+        let id = AgentId::new(B::KIND, key).map_err(|e| AgentError::BadId(e.to_string()))?;
+        let args = Body::typed(args);
+        let router = self.router()?;
+        let from = self.send_as();
+        router.spawn_here(id.clone(), args, Some(&from)).await?;
+        Ok(AgentRef::sending_as(id, router, from))
+    }
+}
+
+impl<A: Agent> Ctx<A> {
+    /// A handle on this agent itself, sending as it.
+    ///
+    /// # Errors
+    /// [`AgentError::Internal`] if this agent runs on no node (a test host without one).
+    pub fn myself(&self) -> Result<AgentRef<A>, AgentError> {
+        self.agent_ref::<A>(self.id().clone())
     }
 }

@@ -38,11 +38,16 @@ impl Agent for Echo {
     type Reply = Value;
     type State = ();
 
-    async fn init(&self, _ctx: &Ctx, _args: Value) -> Result<(), Failure> {
+    async fn init(&self, _ctx: &Ctx<Self>, _args: Value) -> Result<(), Failure> {
         Ok(())
     }
 
-    async fn handle(&self, _ctx: &Ctx, _state: &mut (), msg: Value) -> Result<Value, Failure> {
+    async fn handle(
+        &self,
+        _ctx: &Ctx<Self>,
+        _state: &mut (),
+        msg: Value,
+    ) -> Result<Value, Failure> {
         Ok(msg)
     }
 }
@@ -78,11 +83,11 @@ impl Agent for Counter {
     type Reply = i64;
     type State = i64;
 
-    async fn init(&self, _ctx: &Ctx, args: Option<CounterArgs>) -> Result<i64, Failure> {
+    async fn init(&self, _ctx: &Ctx<Self>, args: Option<CounterArgs>) -> Result<i64, Failure> {
         Ok(args.unwrap_or_default().start)
     }
 
-    async fn handle(&self, _ctx: &Ctx, n: &mut i64, msg: CounterMsg) -> Result<i64, Failure> {
+    async fn handle(&self, _ctx: &Ctx<Self>, n: &mut i64, msg: CounterMsg) -> Result<i64, Failure> {
         match msg {
             CounterMsg::Inc => *n = n.checked_add(1).ok_or("counter overflow")?,
             CounterMsg::Add(k) => *n = n.checked_add(k).ok_or("counter overflow")?,
@@ -113,11 +118,16 @@ impl Agent for Flaky {
     type Reply = String;
     type State = ();
 
-    async fn init(&self, _ctx: &Ctx, _args: Value) -> Result<(), Failure> {
+    async fn init(&self, _ctx: &Ctx<Self>, _args: Value) -> Result<(), Failure> {
         Ok(())
     }
 
-    async fn handle(&self, _ctx: &Ctx, _state: &mut (), msg: FlakyMsg) -> Result<String, Failure> {
+    async fn handle(
+        &self,
+        _ctx: &Ctx<Self>,
+        _state: &mut (),
+        msg: FlakyMsg,
+    ) -> Result<String, Failure> {
         match msg {
             FlakyMsg::Ping => Ok("pong".into()),
             FlakyMsg::Crash => Err("crash requested".into()),
@@ -144,11 +154,16 @@ impl Agent for Sleeper {
     type Reply = String;
     type State = ();
 
-    async fn init(&self, _ctx: &Ctx, _args: Value) -> Result<(), Failure> {
+    async fn init(&self, _ctx: &Ctx<Self>, _args: Value) -> Result<(), Failure> {
         Ok(())
     }
 
-    async fn handle(&self, _ctx: &Ctx, _state: &mut (), msg: SleepMsg) -> Result<String, Failure> {
+    async fn handle(
+        &self,
+        _ctx: &Ctx<Self>,
+        _state: &mut (),
+        msg: SleepMsg,
+    ) -> Result<String, Failure> {
         tokio::time::sleep(Duration::from_millis(msg.sleep_ms)).await;
         Ok("done".into())
     }
@@ -187,11 +202,16 @@ impl Agent for Sink {
     type Reply = SinkReply;
     type State = u64;
 
-    async fn init(&self, _ctx: &Ctx, _args: Value) -> Result<u64, Failure> {
+    async fn init(&self, _ctx: &Ctx<Self>, _args: Value) -> Result<u64, Failure> {
         Ok(0)
     }
 
-    async fn handle(&self, _ctx: &Ctx, n: &mut u64, msg: SinkMsg) -> Result<SinkReply, Failure> {
+    async fn handle(
+        &self,
+        _ctx: &Ctx<Self>,
+        n: &mut u64,
+        msg: SinkMsg,
+    ) -> Result<SinkReply, Failure> {
         match msg {
             SinkMsg::Data(_) => {
                 *n += 1;
@@ -267,7 +287,7 @@ impl Agent for Ledger {
     type Reply = u64;
     type State = LedgerState;
 
-    async fn init(&self, ctx: &Ctx, args: LedgerArgs) -> Result<LedgerState, Failure> {
+    async fn init(&self, ctx: &Ctx<Self>, args: LedgerArgs) -> Result<LedgerState, Failure> {
         std::fs::create_dir_all(&args.dir)
             .map_err(|e| format!("ledger dir {}: {e}", args.dir.display()))?;
         let path = args.dir.join(format!(
@@ -287,7 +307,7 @@ impl Agent for Ledger {
 
     async fn handle(
         &self,
-        _ctx: &Ctx,
+        _ctx: &Ctx<Self>,
         st: &mut LedgerState,
         msg: LedgerMsg,
     ) -> Result<u64, Failure> {
@@ -301,7 +321,7 @@ impl Agent for Ledger {
         Ok(st.len)
     }
 
-    async fn on_stop(&self, _ctx: &Ctx, st: &mut LedgerState) {
+    async fn on_stop(&self, _ctx: &Ctx<Self>, st: &mut LedgerState) {
         let _ = journal_line(&mut st.journal, "stop");
     }
 }

@@ -15,11 +15,23 @@ use crate::id::AgentId;
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum AgentError {
-    /// No such agent in the cluster: its directory owner knows of no activation of it.
-    #[error("no agent {id}")]
+    /// No such agent in the cluster: its directory owner knows of no activation of it (never
+    /// spawned, or stopped). Spawn it to create it.
+    #[error("no agent {id}: its directory owner knows of none (spawn it to create it)")]
     NotFound {
         /// The id asked for.
         id: String,
+    },
+    /// The message reached a node that does not run the agent (it moved, or the route was
+    /// stale): it was not delivered. Retry: the route is looked up again.
+    #[error(
+        "{id} does not run on {node} (it moved or the route was stale); not delivered, ask again"
+    )]
+    NotHere {
+        /// The agent.
+        id: String,
+        /// The node the message reached.
+        node: String,
     },
     /// The agent cannot be reached now, and whether it exists cannot be told from here: its
     /// directory owner is fenced or cut off, or its host is gone and it is being placed again.
@@ -192,6 +204,7 @@ impl AgentError {
         matches!(
             self,
             AgentError::NodeUnreachable { .. }
+                | AgentError::NotHere { .. }
                 | AgentError::Unavailable { .. }
                 | AgentError::Timeout { .. }
                 | AgentError::OutboxFull { .. }

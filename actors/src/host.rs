@@ -50,13 +50,15 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use crate::body::Body;
-use crate::call::{Call, ReplyTx};
+use crate::call::ReplyTx;
 use crate::envelope::{Contract, Envelope, TraceContext};
 use crate::error::AgentError;
 use crate::id::{AgentId, IdHash};
 use crate::kind::{ErasedKind, ExitHook, Gate, StartHook};
 use crate::mailbox::AgentActorRef;
 use crate::placement::Placement;
+pub use crate::port::LocalPort;
+pub use crate::record::Activation;
 use crate::record::SpawnRecord;
 use crate::stats::AgentStats;
 
@@ -149,31 +151,6 @@ struct Hosted {
     stats: Arc<AgentStats>,
 }
 
-/// A direct way into one running instance of an agent of this node (see the module doc).
-#[derive(Clone)]
-pub struct LocalPort {
-    actor: AgentActorRef,
-    stats: Arc<AgentStats>,
-}
-
-impl std::fmt::Debug for LocalPort {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("LocalPort")
-    }
-}
-
-impl LocalPort {
-    /// Hands a typed call from this process to the instance, as [`Host::deliver`] would.
-    ///
-    /// # Errors
-    /// The call, untouched, when the instance is no longer the running one: send it the long
-    /// way.
-    pub fn send(&self, call: Call) -> Result<(), Box<Call>> {
-        self.stats.received.fetch_add(1, Ordering::Relaxed);
-        self.actor.send(call).inspect_err(|_| self.stats.settle(1))
-    }
-}
-
 /// Why a down agent is not running.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -229,19 +206,6 @@ pub struct AgentInfo {
     pub lost: u64,
 }
 
-/// The result of an activation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Activation {
-    /// The agent.
-    pub id: AgentId,
-    /// Where it runs.
-    pub node: String,
-    /// Its epoch.
-    pub epoch: u64,
-    /// `false` when it was running already (get-or-spawn).
-    pub created: bool,
-}
-
 /// Message metadata checked at the door.
 #[derive(Debug, Clone)]
 pub struct Delivery {
@@ -289,6 +253,8 @@ pub struct Host {
     exit_listener: std::sync::OnceLock<ExitHook>,
     start_listener: std::sync::OnceLock<StartHook>,
     gate: std::sync::OnceLock<Gate>,
+    /// The node's runtime, which agents' contexts send through (set once the node built it).
+    router: std::sync::OnceLock<Weak<dyn crate::router::Router>>,
     /// What every instance calls when it ends (one for the host, shared by all agents).
     on_exit: ExitHook,
 }
@@ -326,6 +292,7 @@ impl Host {
             exit_listener: std::sync::OnceLock::new(),
             start_listener: std::sync::OnceLock::new(),
             gate: std::sync::OnceLock::new(),
+            router: std::sync::OnceLock::new(),
             on_exit: {
                 let me = me.clone();
                 Arc::new(move |id: &AgentId, epoch: u64, reason: Option<String>| {
@@ -361,6 +328,13 @@ impl Host {
         self.gate.set(g).is_ok()
     }
 
+    /// Registers the node's runtime, which the contexts of agents started from now on send
+    /// through ([`crate::Ctx::tell`], [`crate::Ctx::spawn`]...). Returns false if one was
+    /// registered already.
+    pub fn set_router(&self, router: Weak<dyn crate::router::Router>) -> bool {
+        self.router.set(router).is_ok()
+    }
+
     /// The kind names this node can host.
     pub fn kinds(&self) -> Vec<String> {
         self.kinds.keys().cloned().collect()
@@ -391,10 +365,9 @@ impl Host {
 
     /// A port into `id`'s running instance, if it runs here (see the module doc).
     pub fn port(&self, id: &AgentId) -> Option<LocalPort> {
-        self.agents.get(id).map(|h| LocalPort {
-            actor: h.actor.clone(),
-            stats: h.stats.clone(),
-        })
+        self.agents
+            .get(id)
+            .map(|h| LocalPort::new(h.actor.clone(), h.stats.clone()))
     }
 
     /// One agent's report.
@@ -504,6 +477,7 @@ pub fn now_unix_ms() -> u64 {
 mod tests {
     use super::*;
     use crate::builtin::{self, CounterMsg};
+    use crate::call::Call;
     use crate::envelope::{Encoding, TellRun};
     use bytes::Bytes;
     use tokio::sync::oneshot;
@@ -899,7 +873,7 @@ mod tests {
 
         async fn init(
             &self,
-            _: &crate::agent::Ctx,
+            _: &crate::agent::Ctx<Self>,
             _: serde_json::Value,
         ) -> Result<(), crate::agent::Failure> {
             panic!("init went wrong")
@@ -907,7 +881,7 @@ mod tests {
 
         async fn handle(
             &self,
-            _: &crate::agent::Ctx,
+            _: &crate::agent::Ctx<Self>,
             _: &mut (),
             _: (),
         ) -> Result<(), crate::agent::Failure> {

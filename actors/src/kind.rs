@@ -27,11 +27,15 @@ use crate::envelope::{Contract, TraceContext};
 use crate::error::AgentError;
 use crate::id::AgentId;
 use crate::mailbox::AgentActorRef;
-use crate::origin::CURRENT_AGENT;
+use crate::origin::{Origin, CURRENT_AGENT};
 use crate::placement::Placement;
 use crate::record::SpawnRecord;
 use crate::stats::AgentStats;
 use actor::{AgentActor, Prepared};
+
+/// The stop reason of an agent that stopped itself ([`Ctx::stop`]): its supervisor removes it
+/// rather than restart it.
+pub const SELF_STOP: &str = "stopped by itself";
 
 /// Called once when an agent's actor ends: `None` for a clean stop, else the failure.
 pub type ExitHook = Arc<dyn Fn(&AgentId, u64, Option<String>) + Send + Sync>;
@@ -68,6 +72,8 @@ pub struct SpawnSpec {
     pub start_timeout: std::time::Duration,
     /// Asked before each message is handled; a reason closes the door (see [`Gate`]).
     pub gate: Option<Gate>,
+    /// The node's runtime, which the agent's context sends through.
+    pub router: Option<std::sync::Weak<dyn crate::router::Router>>,
 }
 
 /// Asked before each message reaches the handler: `Some(error)` means the node must not act
@@ -143,27 +149,25 @@ impl<A: Agent> ErasedKind for KindImpl<A> {
                         reason,
                     }
                 })?;
-            let ctx = Ctx {
-                id: spec.id,
-                epoch: spec.epoch,
-                node: spec.node,
-                trace: spec.trace,
-                sender: None,
-                seq: 0,
-            };
+            let origin = Arc::new(Origin::new(
+                spec.id,
+                spec.node,
+                spec.local_only,
+                spec.router,
+            ));
+            let ctx = Ctx::<A>::new(origin, spec.epoch, spec.trace);
             let actor = AgentActor::<A> {
                 behaviour,
-                local_only: spec.local_only,
                 handler_timeout: spec.handler_timeout,
                 gate: spec.gate,
             };
             // `init` runs here, in the spawner's task: its errors are the spawn's, and the
             // actor starts at the first message (see `crate::mailbox`)
             let span =
-                tracing::debug_span!("agent", id = %ctx.id, trace_id = %ctx.trace.trace_id_hex());
+                tracing::debug_span!("agent", id = %ctx.id(), trace_id = %ctx.trace.trace_id_hex());
             let init = CURRENT_AGENT
                 .scope(
-                    actor.origin(&ctx),
+                    ctx.origin.clone(),
                     ctx.trace.scope(actor.behaviour.init(&ctx, args)),
                 )
                 .instrument(span);

@@ -6,14 +6,17 @@
 //! - [`id`]: `AgentId` = `kind/key`, deterministic.
 //! - [`placement`]: placement labels (sensitivity, compute, needs, prefer).
 //! - [`codec`]: the wire codec (MessagePack), bounded and fallible.
+//! - [`epoch`]: activation epochs: a generation that orders them, a tag that keeps them unique.
 //! - [`envelope`]: envelopes (sender, sequence, epoch, W3C trace context, contract).
 //! - [`error`]: [`AgentError`], the typed error every operation on an agent returns (it travels
 //!   on the wire).
 //! - [`body`]: message bodies, typed or encoded.
 //! - [`call`]: one message into a mailbox, and where its reply goes.
-//! - [`origin`]: which agent the current task works for (sender, local-only).
 //! - [`stats`]: an agent's counters.
-//! - [`record`]: how an agent was spawned.
+//! - [`record`]: how an agent was spawned, and where and as which epoch it runs.
+//! - [`port`]: a handle's direct way into a running instance of its node.
+//! - [`router`]: the [`Router`] that sends by agent id (the node's runtime implements it).
+//! - [`origin`]: which agent a send comes from.
 //! - [`agent`]: the `Agent` trait and its context.
 //! - [`mailbox`]: an agent's mailbox, taken by its actor in batches.
 //! - [`kind`]: erased kinds: decode, handle, encode; each agent is a ractor actor.
@@ -29,6 +32,7 @@ pub mod builtin;
 pub mod call;
 pub mod codec;
 pub mod envelope;
+pub mod epoch;
 pub mod error;
 pub mod host;
 pub mod id;
@@ -37,17 +41,21 @@ pub mod kinds;
 pub mod mailbox;
 pub mod origin;
 pub mod placement;
+pub mod port;
 pub mod record;
+pub mod router;
 pub mod stats;
 
 pub use agent::{Agent, Ctx, Failure};
-pub use agent_ref::{AgentRef, PortCache, Router, TellError};
+pub use agent_ref::{AgentRef, TellError};
 pub use body::Body;
 pub use codec::{decode, encode, CodecError, MAX_FRAME_LEN};
 pub use envelope::{Contract, Encoding, Envelope, RunMsg, TellRun, TraceContext, MAX_RUN_BYTES};
 pub use error::AgentError;
-pub use host::{Activation, AgentInfo, Delivery, Host, LocalPort};
+pub use host::{AgentInfo, Delivery, Host};
 pub use id::{AgentId, IdHash};
 pub use kinds::Kinds;
 pub use placement::{Compute, Placement, Prefer, Sensitivity};
-pub use record::SpawnRecord;
+pub use port::{LocalPort, PortCache};
+pub use record::{Activation, SpawnRecord};
+pub use router::{Router, SendAs};

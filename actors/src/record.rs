@@ -1,6 +1,10 @@
-//! [`SpawnRecord`]: how an agent was spawned, kept to start it again (a restart, a failover).
+//! [`SpawnRecord`]: how an agent was spawned, kept to start it again (a restart, a failover);
+//! [`Activation`]: where and as which epoch it runs.
 
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::id::AgentId;
 
 use crate::envelope::Encoding;
 use crate::placement::Placement;
@@ -17,4 +21,17 @@ pub struct SpawnRecord {
     pub args: Bytes,
     /// The labels it was placed by.
     pub placement: Placement,
+}
+
+/// The result of an activation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Activation {
+    /// The agent.
+    pub id: AgentId,
+    /// Where it runs.
+    pub node: String,
+    /// Its epoch.
+    pub epoch: u64,
+    /// `false` when it was running already (get-or-spawn).
+    pub created: bool,
 }

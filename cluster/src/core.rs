@@ -40,6 +40,7 @@ use crate::effects::{ActivationFor, Effects, Waiter, Want};
 use crate::identity::NodeInfo;
 use crate::membership::detector::{DetectorConfig, PeerState, Transition};
 use crate::membership::{Heartbeat, Learned, Members, UpView};
+use crate::notices::Try;
 use crate::role::{Claim, Cx, NodeMode, ReplyTo, RoleCore, RoleCounters, Standing};
 
 /// One node's cluster core (see the module doc).
@@ -50,6 +51,18 @@ pub struct ClusterCore {
     io: Effects,
     last_tick: Option<Instant>,
     hb_seq: u64,
+    stopping: bool,
+}
+
+/// How a link ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkEnd {
+    /// Broken, or closed without a word about why: the detector decides what it means.
+    Broken,
+    /// The peer left the cluster cleanly.
+    Left,
+    /// The peer stopped with the whole cluster.
+    ClusterDown,
 }
 
 impl std::fmt::Debug for ClusterCore {
@@ -97,7 +110,20 @@ impl ClusterCore {
                 self.raw_call(now, |role, cx| role.membership_changed(cx));
                 continue;
             }
-            return;
+            let tries = self
+                .io
+                .notices
+                .due(&self.members, now, &mut self.io.next_id);
+            if tries.is_empty() {
+                return;
+            }
+            let me = self.me().to_owned();
+            for t in tries {
+                match t {
+                    Try::Send { to, msg } => self.io.send(&to, msg),
+                    Try::Here(msg) => self.raw_call(now, |role, cx| role.notice(cx, &me, msg)),
+                }
+            }
         }
     }
 
@@ -115,6 +141,7 @@ impl ClusterCore {
             io: Effects::default(),
             last_tick: None,
             hb_seq: 0,
+            stopping: false,
         }
     }
 
@@ -151,6 +178,11 @@ impl ClusterCore {
     /// Requests of this node still waiting.
     pub fn pending(&self) -> usize {
         self.io.tickets.len()
+    }
+
+    /// Directory notices of this node not acknowledged yet.
+    pub fn notices_pending(&self) -> usize {
+        self.io.notices.len()
     }
 
     /// The next output, if any.
@@ -199,10 +231,21 @@ impl ClusterCore {
         }
     }
 
-    /// The link to `peer` closed; `left` when it closed with the shutdown code.
-    pub fn link_closed(&mut self, peer: &str, left: bool, now: Instant) {
-        if !left {
-            return;
+    /// This node is stopping with the whole cluster: the agents of the nodes that stop are not
+    /// placed again (see [`RoleCore::cluster_stopping`]).
+    pub fn cluster_stopping(&mut self, now: Instant) {
+        if !std::mem::replace(&mut self.stopping, true) {
+            tracing::info!("the cluster is stopping: nothing is placed again");
+            self.call(now, |role, cx| role.cluster_stopping(cx));
+        }
+    }
+
+    /// The link to `peer` closed, and how.
+    pub fn link_closed(&mut self, peer: &str, end: LinkEnd, now: Instant) {
+        match end {
+            LinkEnd::Broken => return,
+            LinkEnd::Left => {}
+            LinkEnd::ClusterDown => self.cluster_stopping(now),
         }
         match self.members.left(peer, now) {
             Some(t) => self.transitions(now, vec![(peer.to_owned(), t)]),
@@ -233,8 +276,9 @@ impl ClusterCore {
         self.settle(now);
     }
 
-    /// Fails every request waiting on `peer`.
+    /// Fails every request waiting on `peer`; its notices in flight are tried again.
     fn fail_waiters(&mut self, peer: &str, now: Instant) {
+        self.io.notices.peer_lost(peer, now);
         let mut lost: Vec<u64> = self
             .io
             .sent
@@ -478,25 +522,39 @@ impl ClusterCore {
                 trace,
             } => self.activate_for_peer(from, req, id, epoch, *spec, trace),
             DirMsg::Probe { req, id } => {
-                let here = self
-                    .host
-                    .epoch_of(&id)
-                    .filter(|_| !self.host.is_local_only(&id));
-                let loc = here.map(|epoch| Location {
-                    node: self.me().to_owned(),
-                    epoch,
-                });
-                let result = Ok(DirAnswer::Location(loc));
+                let result = self.probed(&id);
                 self.io.send(from, DirMsg::Answer { req, result });
             }
-            notice @ (DirMsg::Backup { .. }
-            | DirMsg::Handoff { .. }
-            | DirMsg::Evicted { .. }
-            | DirMsg::Exited { .. }) => {
+            notice @ (DirMsg::Backup { req, .. }
+            | DirMsg::Handoff { req, .. }
+            | DirMsg::Evicted { req, .. }
+            | DirMsg::Exited { req, .. }) => {
                 self.call(now, |role, cx| role.notice(cx, from, notice));
+                let result = Ok(DirAnswer::Ack);
+                self.io.send(from, DirMsg::Answer { req, result });
             }
             DirMsg::Answer { .. } => unreachable!("handled above"),
         }
+    }
+
+    /// Host side of `Probe`: whether `id` runs here (a local-only agent is invisible), or,
+    /// if this node is placing it as its owner, that it cannot tell yet.
+    fn probed(&self, id: &AgentId) -> Result<DirAnswer, AgentError> {
+        if self.role.placing(id) {
+            return Err(AgentError::Unavailable {
+                id: id.to_string(),
+                reason: format!("{} is placing it now", self.me()),
+            });
+        }
+        let here = self
+            .host
+            .epoch_of(id)
+            .filter(|_| !self.host.is_local_only(id));
+        let loc = here.map(|epoch| Location {
+            node: self.me().to_owned(),
+            epoch,
+        });
+        Ok(DirAnswer::Location(loc))
     }
 
     fn reply(&mut self, to: ReplyTo, result: Result<DirAnswer, AgentError>) {
@@ -545,6 +603,9 @@ impl ClusterCore {
 
     /// The answer to request `req` (or its failure).
     fn answered(&mut self, req: u64, result: Result<DirAnswer, AgentError>, now: Instant) {
+        if self.io.notices.owns(req) {
+            return self.io.notices.answered(req, result.map(drop), now);
+        }
         let Some(sent) = self.io.sent.remove(&req) else {
             return; // a late answer, past its deadline
         };

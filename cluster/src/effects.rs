@@ -14,6 +14,7 @@ use tether_supervision::AgentPolicy;
 use crate::directory::{DirAnswer, DirMsg};
 use crate::membership::detector::PeerState;
 use crate::membership::{Heartbeat, Members};
+use crate::notices::Notices;
 
 /// How long a spawn may take end to end (claim, placement, activation).
 pub const SPAWN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -184,6 +185,9 @@ pub struct Effects {
     pub(crate) tickets: HashMap<Ticket, TicketWait>,
     pub(crate) sent: HashMap<u64, Sent>,
     pub(crate) activations: HashMap<u64, ActivationFor>,
+    pub(crate) notices: Notices,
+    /// Epochs this node allocated in this incarnation.
+    pub(crate) epochs: u64,
 }
 
 impl Effects {

@@ -27,6 +27,7 @@ pub mod identity;
 pub mod membership;
 pub mod net;
 pub mod node;
+pub mod notices;
 pub mod role;
 pub mod sim;
 

@@ -89,6 +89,8 @@ pub(crate) struct Shared {
     dials: DashMap<String, DialState>,
     seeds: Mutex<Vec<Seed>>,
     shutdown: watch::Sender<bool>,
+    /// The shutdown is part of stopping the whole cluster.
+    cluster_down: std::sync::atomic::AtomicBool,
     ractor: ractor::ActorRef<ractor_cluster::NodeServerMessage>,
     started: Instant,
     node_dir: NodeDir,
@@ -168,6 +170,8 @@ impl Node {
             driver.clone(),
             (io, routes, counters.clone()),
         );
+        let weak: std::sync::Weak<dyn tether_actors::Router> = Arc::downgrade(&router) as _;
+        host.set_router(weak);
         let inbound = Inbound::new(host.clone(), driver.clone(), counters.clone());
         let seeds = cfg
             .seeds
@@ -190,6 +194,7 @@ impl Node {
             dials: DashMap::with_shard_amount(2),
             seeds: Mutex::new(seeds),
             shutdown,
+            cluster_down: std::sync::atomic::AtomicBool::new(false),
             ractor,
             started: Instant::now(),
             node_dir: cfg.node_dir.clone(),
@@ -347,9 +352,18 @@ impl Node {
         self.shared.shutdown.send_replace(true);
         self.shared.sup.stop();
         self.shared.host.stop_all();
+        let code = if self
+            .shared
+            .cluster_down
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            close::CLUSTER_DOWN
+        } else {
+            close::SHUTDOWN
+        };
         self.shared
             .endpoint
-            .close(close::SHUTDOWN.into(), b"node shutting down");
+            .close(code.into(), b"node shutting down");
         let _ =
             tokio::time::timeout(Duration::from_secs(1), self.shared.endpoint.wait_idle()).await;
         self.shared.ractor.stop(Some("node shutting down".into()));

@@ -29,6 +29,7 @@ use crate::identity::Role;
 use crate::membership::detector::PeerState;
 use crate::membership::Heartbeat;
 use crate::membership::{Members, UpView};
+pub use crate::notices::NoticeTo;
 
 /// Whether the node may act now: not fenced, and its lease (if it has one) not past. A node
 /// that was paused past its lease refuses what it finds waiting when it resumes, before its
@@ -171,6 +172,12 @@ pub trait RoleCore: Send + 'static {
         let _ = cx;
     }
 
+    /// The whole cluster is stopping (an operator's `tether down`): nodes that leave now are
+    /// not to have their agents placed again. Nothing undoes it: the node stops too.
+    fn cluster_stopping(&mut self, cx: &mut Cx<'_>) {
+        let _ = cx;
+    }
+
     /// Why a directory request from `from` is refused now, if it is (a quarantined peer; a
     /// fenced or paused node).
     fn refusal(&self, cx: &Cx<'_>, from: &str, msg: &DirMsg) -> Option<AgentError> {
@@ -190,11 +197,19 @@ pub trait RoleCore: Send + 'static {
         cx.reply(reply, Err(not_an_owner(cx)));
     }
 
+    /// Whether this node, as an owner, is placing `id` now (a probe from another owner is
+    /// then answered "unavailable": its placement could double this one).
+    fn placing(&self, id: &AgentId) -> bool {
+        let _ = id;
+        false
+    }
+
     /// A spawn of a local-only agent on this node.
     fn spawn_private(&mut self, cx: &mut Cx<'_>, reply: Ticket, claim: Claim);
 
     /// A directory notice for owners and backups (`Backup`, `Handoff`, `Evicted`,
-    /// `Exited`).
+    /// `Exited`), from a peer or from this node (see [`Cx::notify`]); the core acknowledges it
+    /// when this returns. It may come more than once: applying it again must change nothing.
     fn notice(&mut self, cx: &mut Cx<'_>, from: &str, msg: DirMsg) {
         let _ = (cx, from, msg);
     }
@@ -301,6 +316,16 @@ impl Cx<'_> {
         self.members.get(node).map(|m| m.info.incarnation)
     }
 
+    /// A new epoch for an activation, one generation past `newest` (the newest this node
+    /// knows of, 0 if none), tagged so that no other allocation, on any node or in any
+    /// incarnation, yields it (see [`tether_actors::epoch`]).
+    pub fn new_epoch(&mut self, newest: u64) -> u64 {
+        self.io.epochs += 1;
+        let me = self.members.me();
+        let tag = tether_actors::epoch::tag_of(&me.name, me.incarnation, self.io.epochs);
+        tether_actors::epoch::next(newest, tag)
+    }
+
     /// A peer's state (`None`: unknown).
     pub fn state_of(&self, node: &str) -> Option<PeerState> {
         self.members.state_of(node)
@@ -383,18 +408,24 @@ impl Cx<'_> {
         self.io.emit(out);
     }
 
+    /// Sends notice `msg` (`Backup`, `Handoff`, `Evicted` or `Exited`; its `req` is set at
+    /// every try) to the id's owner or backup, until it is acknowledged or a newer notice of
+    /// the same kind about the same id replaces it (see [`crate::notices`]). A notice for this
+    /// very node comes to [`RoleCore::notice`] once the current call returns.
+    pub fn notify(&mut self, to: NoticeTo, msg: DirMsg) {
+        self.io.notices.add(to, msg, self.now);
+    }
+
     /// Reports that an agent of this node ended to its owner and backup (`Exited`).
     pub fn report_exit(&mut self, id: AgentId, epoch: u64, reason: Option<String>) {
-        let (owner, backup) = self.owner_and_backup(&id);
-        for to in [owner, backup].into_iter().flatten() {
-            if to != self.me() {
-                let msg = DirMsg::Exited {
-                    id: id.clone(),
-                    epoch,
-                    reason: reason.clone(),
-                };
-                self.send(&to, msg);
-            }
+        for to in [NoticeTo::Owner, NoticeTo::Backup] {
+            let msg = DirMsg::Exited {
+                req: 0,
+                id: id.clone(),
+                epoch,
+                reason: reason.clone(),
+            };
+            self.notify(to, msg);
         }
     }
 }

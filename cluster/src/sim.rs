@@ -220,6 +220,8 @@ pub(crate) struct SimNode {
     /// Bumped at every restart: events of an older life are dropped.
     pub(crate) life: u64,
     pub(crate) paused_until: Option<Duration>,
+    /// When it last resumed from a pause (its ticker runs late once then).
+    pub(crate) resumed_at: Duration,
     /// Events that came while paused, handled at resume in order.
     pub(crate) deferred: Vec<Kind>,
     pub(crate) tickets: BTreeMap<Ticket, Purpose>,
@@ -301,6 +303,7 @@ impl<R: Roles> Sim<R> {
                 host: Arc::default(),
                 life: 0,
                 paused_until: None,
+                resumed_at: Duration::ZERO,
                 deferred: Vec::new(),
                 tickets: BTreeMap::new(),
                 delivers: BTreeMap::new(),
@@ -452,6 +455,7 @@ impl<R: Roles> Sim<R> {
         for i in 0..self.nodes.len() {
             if self.nodes[i].paused_until.is_some_and(|t| t <= self.now) {
                 self.nodes[i].paused_until = None;
+                self.nodes[i].resumed_at = self.now;
                 let deferred = std::mem::take(&mut self.nodes[i].deferred);
                 for kind in deferred {
                     self.handle_at_node(kind);

@@ -41,6 +41,8 @@ pub struct LocalRole {
     drain: Drain,
     delivered: u64,
     dropped: u64,
+    /// The cluster is stopping: the outbox is kept as it is for the next start.
+    stopping: bool,
 }
 
 impl LocalRole {
@@ -56,11 +58,16 @@ impl LocalRole {
             drain: Drain::default(),
             delivered: 0,
             dropped: 0,
+            stopping: false,
         })
     }
 
     fn apply(&mut self, settled: Vec<Settled>) {
         for Settled::Ack(id, delivered) in settled {
+            if !delivered && self.stopping {
+                // what the directory says while the cluster stops is no reason to give up
+                continue;
+            }
             if delivered {
                 self.delivered += 1;
             } else {
@@ -74,7 +81,7 @@ impl LocalRole {
     }
 
     fn drain(&mut self, cx: &mut Cx<'_>, by_time: bool) {
-        if self.outbox.depth() == 0 || self.drain.running() {
+        if self.outbox.depth() == 0 || self.drain.running() || self.stopping {
             return;
         }
         let settled = self.drain.start(cx, self.outbox.pending(), by_time);
@@ -100,6 +107,10 @@ impl RoleCore for LocalRole {
         self.drain(cx, true);
     }
 
+    fn cluster_stopping(&mut self, _cx: &mut Cx<'_>) {
+        self.stopping = true;
+    }
+
     fn membership_changed(&mut self, cx: &mut Cx<'_>) {
         self.drain(cx, false);
     }
@@ -116,7 +127,10 @@ impl RoleCore for LocalRole {
             };
             return cx.complete(reply, Err(e));
         }
-        let epoch = cx.host.epoch_of(&claim.id).unwrap_or(0).max(1);
+        let epoch = match cx.host.epoch_of(&claim.id) {
+            Some(running) => running,
+            None => cx.new_epoch(0),
+        };
         let order = ActivateOrder {
             token: 0,
             record: claim.spec.record(),

@@ -20,8 +20,7 @@ use std::time::{Duration, Instant};
 
 use tether_actors::{Activation, AgentError, AgentId};
 use tether_cluster::directory::DirMsg;
-use tether_cluster::membership::detector::PeerState;
-use tether_cluster::role::{Cx, RoleCounters};
+use tether_cluster::role::{Cx, NoticeTo, RoleCounters};
 use tracing::{debug, warn};
 
 use crate::owner::{copy_to_backup, ClaimFor, Owner};
@@ -57,15 +56,18 @@ impl Failover {
             };
             let dead = Owner::gone(cx, &id, &e);
             if o == me {
-                if dead {
+                let replace = Owner::replaceable(cx, &id, &e);
+                let backup_now = b.as_deref().map(|b| (b, cx.life_of(b).unwrap_or_default()));
+                let copied = e.copied_to.as_ref().map(|(n, life)| (&**n, *life));
+                if replace {
                     self.fail_over(owner, cx, id, 1);
-                } else if e.copied_to.as_deref() != b.as_deref() {
+                } else if copied != backup_now {
                     copy_to_backup(&mut owner.entries, cx, &id);
                 }
                 continue;
             }
-            if let Some(copy) = e.copy(&id) {
-                cx.send(&o, DirMsg::Handoff { entry: copy });
+            if let Some(entry) = e.copy(&id) {
+                cx.notify(NoticeTo::Owner, DirMsg::Handoff { req: 0, entry });
             }
             if b.as_deref() != Some(me.as_str()) && !dead {
                 owner.entries.remove(&id);
@@ -86,6 +88,10 @@ impl Failover {
         let Some(e) = owner.entries.get(&id) else {
             return;
         };
+        if owner.stopping {
+            debug!(agent = %id, "not placed again: the cluster is stopping");
+            return;
+        }
         let Some(spec) = e.spec.clone() else {
             self.counters.unavailable += 1;
             warn!(agent = %id, node = %e.node, "unavailable: its node is down and no spawn record of it is held here");
@@ -157,9 +163,16 @@ impl Failover {
             let still_gone = owner
                 .entries
                 .get(&id)
-                .is_some_and(|e| e.failed.is_some() || Owner::gone(cx, &id, e));
-            if o.as_deref() == Some(cx.me()) && still_gone {
+                .is_some_and(|e| Owner::replaceable(cx, &id, e));
+            if !still_gone {
+                continue;
+            }
+            if o.as_deref() == Some(cx.me()) {
                 self.fail_over(owner, cx, id, attempt);
+            } else {
+                // the id moved to another owner meanwhile: it places the agent, from this
+                // node's entry (which may be the only one that knows the agent is gone)
+                copy_to_backup(&mut owner.entries, cx, &id);
             }
         }
     }
@@ -173,58 +186,62 @@ impl Failover {
     /// The fence lifted: the activations it stopped are reported to their owners.
     pub(crate) fn fence_lifted(&mut self, owner: &mut Owner, cx: &mut Cx<'_>) {
         for (id, epoch) in std::mem::take(&mut self.evicted) {
-            let (o, _) = cx.owner_and_backup(&id);
-            match o {
-                Some(o) if o == cx.me() => {
-                    let me = o.clone();
-                    self.evicted_from(owner, cx, id, epoch, &me);
-                }
-                Some(o) => cx.send(&o, DirMsg::Evicted { id, epoch }),
-                None => {
-                    warn!(agent = %id, "a fence stopped it, and no owner is reachable to place it again")
-                }
-            }
+            cx.notify(NoticeTo::Owner, DirMsg::Evicted { req: 0, id, epoch });
         }
         self.reconcile(owner, cx, false);
     }
 
-    /// Owner side of `Evicted`: a fence on `from` stopped activation `epoch` of `id`.
+    /// Owner side of `Evicted`: a fence on `from` stopped activation `epoch` of `id`. A
+    /// fenced node records it and places the agent again when its own fence lifts.
     pub(crate) fn evicted_from(
         &mut self,
         owner: &mut Owner,
         cx: &mut Cx<'_>,
-        id: AgentId,
-        epoch: u64,
+        (id, epoch): (AgentId, u64),
         from: &str,
+        fenced: bool,
     ) {
         let matches = match owner.entries.get_mut(&id) {
             Some(e) if &*e.node == from && e.epoch == epoch => {
-                e.failed = Some(format!("stopped by a fence on {from}").into());
+                e.evicted = true;
                 true
             }
-            _ => false,
+            Some(e) if e.epoch >= epoch => false,
+            // not known here yet (this owner restarted, or took over before the entry's
+            // hand-over came): the fact is kept, and the hand-over brings the spawn record
+            _ => {
+                let life = cx.life_of(from).unwrap_or_default();
+                owner.entries.found(&id, from, life, epoch);
+                if let Some(e) = owner.entries.get_mut(&id) {
+                    e.evicted = true;
+                }
+                true
+            }
         };
-        if matches {
-            self.fail_over(owner, cx, id, 1);
-        } else {
+        if !matches {
             debug!(agent = %id, epoch, %from, "eviction of an activation that is no longer current");
+        } else if !fenced {
+            self.fail_over(owner, cx, id, 1);
         }
     }
 
-    /// Owner side of `Handoff`: the entry is merged, and failed over if its host is down.
+    /// Owner side of `Handoff`: the entry is merged (the newest epoch wins, so a fenced node
+    /// learns of activations placed while it was cut off), and failed over if its activation
+    /// is gone and this node may act.
     pub(crate) fn handoff(
         &mut self,
         owner: &mut Owner,
         cx: &mut Cx<'_>,
         entry: tether_cluster::directory::EntryCopy,
+        fenced: bool,
     ) {
         let id = entry.id.clone();
         owner.entries.merge(entry);
-        let dead = owner
+        let replace = owner
             .entries
             .get(&id)
-            .is_some_and(|e| *e.node != *cx.me() && cx.state_of(&e.node) == Some(PeerState::Down));
-        if dead {
+            .is_some_and(|e| Owner::replaceable(cx, &id, e));
+        if replace && !fenced {
             self.fail_over(owner, cx, id, 1);
         }
     }

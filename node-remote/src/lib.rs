@@ -133,6 +133,10 @@ impl RoleCore for RemoteRole {
         self.failover.account(&mut self.owner, cx);
     }
 
+    fn cluster_stopping(&mut self, _cx: &mut Cx<'_>) {
+        self.owner.stopping = true;
+    }
+
     fn refusal(&self, cx: &Cx<'_>, from: &str, msg: &DirMsg) -> Option<AgentError> {
         if self.quarantine.is_held(from) {
             return Some(AgentError::Quarantined {
@@ -140,7 +144,9 @@ impl RoleCore for RemoteRole {
             });
         }
         match msg {
-            DirMsg::Claim { .. } | DirMsg::Activate { .. } => {
+            // a fenced node may have missed what the other side placed meanwhile: it answers
+            // no lookup ("unavailable now", never "no such agent")
+            DirMsg::Claim { .. } | DirMsg::Activate { .. } | DirMsg::Lookup { .. } => {
                 self.standing().refusal(cx.me(), cx.now)
             }
             _ => None,
@@ -159,6 +165,10 @@ impl RoleCore for RemoteRole {
         self.failover.account(&mut self.owner, cx);
     }
 
+    fn placing(&self, id: &AgentId) -> bool {
+        self.owner.placing(id)
+    }
+
     fn spawn_private(&mut self, cx: &mut Cx<'_>, reply: u64, claim: Claim) {
         let e = AgentError::LocalOnly {
             reason: format!(
@@ -173,15 +183,19 @@ impl RoleCore for RemoteRole {
 
     fn notice(&mut self, cx: &mut Cx<'_>, from: &str, msg: DirMsg) {
         match msg {
-            DirMsg::Backup { entry } => self.owner.entries.merge(entry),
-            DirMsg::Handoff { entry } => self.failover.handoff(&mut self.owner, cx, entry),
-            DirMsg::Evicted { id, epoch } => {
+            DirMsg::Backup { entry, .. } => self.owner.entries.merge(entry),
+            DirMsg::Handoff { entry, .. } => {
                 self.failover
-                    .evicted_from(&mut self.owner, cx, id, epoch, from)
+                    .handoff(&mut self.owner, cx, entry, self.split.fenced())
             }
-            DirMsg::Exited { id, epoch, reason } => {
-                self.owner.entries.record_exit(&id, epoch, reason)
+            DirMsg::Evicted { id, epoch, .. } => {
+                let fenced = self.split.fenced();
+                self.failover
+                    .evicted_from(&mut self.owner, cx, (id, epoch), from, fenced)
             }
+            DirMsg::Exited {
+                id, epoch, reason, ..
+            } => self.owner.entries.record_exit(&id, epoch, reason),
             _ => {}
         }
         self.failover.account(&mut self.owner, cx);
@@ -204,19 +218,7 @@ impl RoleCore for RemoteRole {
             self.failover.evicted_here(id, epoch);
             return;
         }
-        let (owner, backup) = cx.owner_and_backup(&id);
-        for to in [owner, backup].into_iter().flatten() {
-            if to == cx.me() {
-                self.owner.entries.record_exit(&id, epoch, reason.clone());
-            } else {
-                let msg = DirMsg::Exited {
-                    id: id.clone(),
-                    epoch,
-                    reason: reason.clone(),
-                };
-                cx.send(&to, msg);
-            }
-        }
+        cx.report_exit(id, epoch, reason);
     }
 
     fn fence_done(&mut self, _cx: &mut Cx<'_>, stopped: usize) {

@@ -8,10 +8,12 @@
 //! claim ──▶ entry known, not failed, its host alive ─────────────────▶ answer (created: false)
 //!       ──▶ otherwise probe the hosts ── a newer activation found, alive ─▶ adopt it, answer
 //!                                     ── none (or its host is gone) ──▶ place: choose a node,
-//!                                        epoch = last known + 1, Activate there ──▶ record the
+//!                                        a new epoch (next generation), Activate there ──▶ record the
 //!                                        entry, copy it to the backup, answer (created: true)
 //! lookup ─▶ entry known ─▶ answer; else probe the hosts ─▶ answer what they say
 //! ```
+//!
+//! A failover places an agent that prefers neither side on a remote node if one fits.
 //!
 //! A probe asks every up node that registered the kind whether it runs the agent; a node that
 //! does not answer fails the probe ([`AgentError::NoDirectory`]): without its answer a new
@@ -24,11 +26,11 @@ pub(crate) mod entries;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
-use tether_actors::{Activation, AgentError, AgentId, IdHash, TraceContext};
+use tether_actors::{Activation, AgentError, AgentId, IdHash, Prefer, TraceContext};
 use tether_cluster::core::{LOOKUP_TIMEOUT, SPAWN_TIMEOUT};
 use tether_cluster::directory::{self, Candidate, DirAnswer, DirMsg, Location, PlacementError};
 use tether_cluster::membership::detector::PeerState;
-use tether_cluster::role::{Claim, Cx, ReplyTo};
+use tether_cluster::role::{Claim, Cx, NoticeTo, ReplyTo};
 use tether_cluster::Role;
 use tracing::debug;
 
@@ -84,6 +86,8 @@ pub(crate) struct Owner {
     waits: HashMap<u64, AgentId>,
     /// Failover claims that ended, for [`crate::failover`] to account for.
     pub(crate) finished: Vec<Finished>,
+    /// The whole cluster is stopping: no claim places anything.
+    pub(crate) stopping: bool,
 }
 
 impl Owner {
@@ -92,6 +96,13 @@ impl Owner {
         if fenced {
             let e = AgentError::Fenced {
                 node: cx.me().to_owned(),
+            };
+            return self.finish(cx, claim.id.clone(), who, Err(e));
+        }
+        if self.stopping {
+            let e = AgentError::Unavailable {
+                id: claim.id.to_string(),
+                reason: "the cluster is stopping".into(),
             };
             return self.finish(cx, claim.id.clone(), who, Err(e));
         }
@@ -105,13 +116,13 @@ impl Owner {
         self.step(cx, &id);
     }
 
-    /// A lookup for an id this node owns. An entry whose activation is gone is failed over
-    /// first: the lookup is answered once that is done.
+    /// A lookup for an id this node owns. An entry whose activation is gone (and did not fail
+    /// for good) is failed over first: the lookup is answered once that is done.
     pub(crate) fn lookup(&mut self, cx: &mut Cx<'_>, fenced: bool, reply: ReplyTo, id: AgentId) {
         let gone = self
             .entries
             .get(&id)
-            .filter(|e| Self::gone(cx, &id, e))
+            .filter(|e| Self::replaceable(cx, &id, e))
             .cloned();
         if let Some(e) = gone {
             let Some(spec) = e.spec else {
@@ -149,6 +160,13 @@ impl Owner {
         self.step(cx, &id);
     }
 
+    /// Whether a claim of `id` is under way here (probing or activating).
+    pub(crate) fn placing(&self, id: &AgentId) -> bool {
+        self.runs.get(id).is_some_and(|r| {
+            matches!(r.queue.front(), Some(Work::Claim(..))) && !matches!(r.phase, Phase::Idle)
+        })
+    }
+
     /// Whether the activation an entry names is gone for good: its host was decided down or
     /// restarted since (a new life hosts nothing of the old one), or it is this node and its
     /// host does not run it. Such an entry is failed over.
@@ -160,6 +178,12 @@ impl Owner {
             None => false,
             Some(m) => m.state() == PeerState::Down || m.info.incarnation > e.life,
         }
+    }
+
+    /// Whether an entry's agent is to be placed again: its activation is gone or was stopped
+    /// by a fence, and it did not fail for good.
+    pub(crate) fn replaceable(cx: &Cx<'_>, id: &AgentId, e: &Entry) -> bool {
+        e.failed.is_none() && (e.evicted || Self::gone(cx, id, e))
     }
 
     /// Whether the activation an entry names can be running now: not gone, and (on a peer)
@@ -200,21 +224,13 @@ impl Owner {
                 Work::Claim(..) => {
                     let known = self.entries.get(id).cloned();
                     match known {
-                        Some(e) if e.failed.is_none() && Self::alive(cx, id, &e) => {
+                        Some(e) if e.usable() && Self::alive(cx, id, &e) => {
                             self.adopt(cx, id, e);
                         }
                         // its host cannot be reached but was not decided down: the activation
                         // may still run there, and is never doubled
-                        Some(e) if e.failed.is_none() && !Self::gone(cx, id, &e) => {
-                            let err = AgentError::Unavailable {
-                                id: id.to_string(),
-                                reason: format!(
-                                    "it runs on {}, which cannot be reached now; it is placed \
-                                     again only if {} is decided down",
-                                    e.node, e.node
-                                ),
-                            };
-                            self.pop_claim(cx, id, Err(err));
+                        Some(e) if e.usable() && !Self::gone(cx, id, &e) => {
+                            self.pop_claim(cx, id, Err(out_of_reach(id, &e)));
                         }
                         // the entry's host is gone or the agent failed: a newer activation
                         // may exist that this node did not hear of (it was placed while this
@@ -244,16 +260,19 @@ impl Owner {
             };
             return Some(Ok(Some(here)));
         }
-        // every member that could host it and was not decided down: a remote node that cannot
-        // be asked fails the probe (it may run the agent). A local node that cannot be asked
-        // is skipped: it is never decided down, and what the directory placed there has an
-        // entry
+        // every remote node not decided down (it may run the agent, or, as the owner in its
+        // view, be placing it: it then answers "unavailable"), and every up local node that
+        // could host it. A remote node that cannot be asked fails the probe. A local node that
+        // cannot be asked is skipped: it is never decided down, and what the directory placed
+        // there has an entry
         let peers: Vec<String> = cx
             .members
             .peers()
-            .filter(|m| m.info.kinds.iter().any(|k| k == id.kind()))
             .filter(|m| m.state() != PeerState::Down)
-            .filter(|m| m.info.role == Role::Remote || m.state() == PeerState::Up)
+            .filter(|m| {
+                m.info.role == Role::Remote
+                    || (m.state() == PeerState::Up && m.info.kinds.iter().any(|k| k == id.kind()))
+            })
             .map(|m| m.info.name.clone())
             .collect();
         if peers.is_empty() {
@@ -301,10 +320,8 @@ impl Owner {
             .is_some_and(|w| matches!(w, Work::Lookup(_)));
         if front_is_lookup {
             if let Ok(Some(found)) = &result {
-                let node = self.entries.name(&found.node);
                 let life = cx.life_of(&found.node).unwrap_or_default();
-                self.entries
-                    .insert(id.clone(), Entry::found(node, life, found.epoch));
+                self.entries.found(id, &found.node, life, found.epoch);
             }
             return self.pop_lookup(cx, id, result);
         }
@@ -328,8 +345,13 @@ impl Owner {
         };
         let mut prev_epoch = 0;
         if let Some(e) = existing {
-            if e.failed.is_none() && Self::alive(cx, id, &e) {
+            if e.usable() && Self::alive(cx, id, &e) {
                 return self.adopt(cx, id, e);
+            }
+            if e.usable() && !Self::gone(cx, id, &e) {
+                // it runs on a node that is not up in this view (joining, or unreachable) but
+                // not gone either: never doubled
+                return self.pop_claim(cx, id, Err(out_of_reach(id, &e)));
             }
             prev_epoch = e.epoch;
         }
@@ -351,15 +373,30 @@ impl Owner {
     /// Chooses a node for the claim at the front of `id`'s queue and orders its activation
     /// with the next epoch.
     fn place(&mut self, cx: &mut Cx<'_>, id: &AgentId, prev_epoch: u64) {
-        let Some(Work::Claim(_, claim)) = self.runs.get(id).and_then(|r| r.queue.front()) else {
+        let Some(Work::Claim(who, claim)) = self.runs.get(id).and_then(|r| r.queue.front()) else {
             return;
         };
-        let claim = (**claim).clone();
+        let mut claim = (**claim).clone();
+        if matches!(who, ClaimFor::Failover(_)) && claim.spec.placement.prefer == Prefer::Any {
+            // an agent that does not ask for a device goes back to the backend when its node
+            // is lost: a device may go offline, and it was only chosen for its load
+            claim.spec.placement.prefer = Prefer::Remote;
+        }
+        let (owner, _) = cx.owner_and_backup(id);
+        if owner.as_deref() != Some(cx.me()) {
+            // the view changed while the hosts were asked: the new owner places it (a
+            // failover claim is dropped; a requester asks again)
+            let e = AgentError::NoDirectory(format!(
+                "the owner of {id} changed to {} while placing it; ask again",
+                owner.as_deref().unwrap_or("no node")
+            ));
+            return self.pop_claim(cx, id, Err(e));
+        }
         let node = match self.choose(cx, &claim) {
             Ok(n) => n,
             Err(e) => return self.pop_claim(cx, id, Err(e)),
         };
-        let epoch = prev_epoch + 1;
+        let epoch = cx.new_epoch(prev_epoch);
         tracing::debug!(agent = %id, %node, epoch, "place");
         let record = claim.spec.record();
         let spec = Arc::new(Spec {
@@ -534,6 +571,7 @@ impl Owner {
                 life: cx.life_of(&act.node).unwrap_or_default(),
                 epoch: act.epoch,
                 failed: None,
+                evicted: false,
                 spec: Some(spec),
                 copied_to: None,
             };
@@ -594,25 +632,44 @@ impl Owner {
     }
 }
 
-/// Sends a copy of `id`'s entry to the id's backup (or to its owner, when this node holds the
-/// entry without owning it).
+/// Sends a copy of `id`'s entry to the id's backup (or hands it to its owner, when this node
+/// holds the entry without owning it). The copy is delivered at least once, to whichever node
+/// is the backup when it is tried; the entry records the backup (and its life) it was meant
+/// for, so that a new backup, or one that restarted and forgot it, gets it again.
 pub(crate) fn copy_to_backup(entries: &mut Entries, cx: &mut Cx<'_>, id: &AgentId) {
     let (owner, backup) = cx.owner_and_backup(id);
-    let to = if owner.as_deref() == Some(cx.me()) {
-        backup
-    } else {
-        owner
-    };
-    let Some(to) = to else { return };
+    let owned = owner.as_deref() == Some(cx.me());
+    let meant = backup.map(|b| {
+        let life = cx.life_of(&b).unwrap_or_default();
+        (Box::<str>::from(b), life)
+    });
     let copy = match entries.get_mut(id) {
         Some(e) => {
-            e.copied_to = Some(to.as_str().into());
+            if owned {
+                e.copied_to = meant;
+            }
             e.copy(id)
         }
         None => None,
     };
-    if let Some(entry) = copy {
-        cx.send(&to, DirMsg::Backup { entry });
+    let Some(entry) = copy else { return };
+    if owned {
+        cx.notify(NoticeTo::Backup, DirMsg::Backup { req: 0, entry });
+    } else {
+        cx.notify(NoticeTo::Owner, DirMsg::Handoff { req: 0, entry });
+    }
+}
+
+/// Why a claim of `id` cannot be answered while the node that runs it, per `e`, is out of
+/// reach (but not decided down).
+fn out_of_reach(id: &AgentId, e: &Entry) -> AgentError {
+    AgentError::Unavailable {
+        id: id.to_string(),
+        reason: format!(
+            "it runs on {}, which cannot be reached now; it is placed again only if {} is \
+             decided down",
+            e.node, e.node
+        ),
     }
 }
 

@@ -16,8 +16,16 @@ use tether_cluster::membership::{Member, Report};
 /// The peers held down, with what they reported when they were decided down.
 #[derive(Debug, Default)]
 pub(crate) struct Quarantine {
-    /// Peer -> (fences it had completed, whether it was fenced) at the decision.
-    held: HashMap<String, (u64, bool)>,
+    /// Peer -> the life decided down, and the fences it had completed and whether it was
+    /// fenced at the decision.
+    held: HashMap<String, Held>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    life: u64,
+    fences: u64,
+    fenced: bool,
 }
 
 /// What a heartbeat of a held peer does.
@@ -32,10 +40,14 @@ pub(crate) enum Verdict {
 }
 
 impl Quarantine {
-    /// Holds `peer`, decided down now, whose last report was `report`.
-    pub(crate) fn hold(&mut self, peer: &str, report: &Report) {
-        self.held
-            .insert(peer.to_owned(), (report.fences, report.fenced));
+    /// Holds life `life` of `peer`, decided down now, whose last report was `report`.
+    pub(crate) fn hold(&mut self, peer: &str, life: u64, report: &Report) {
+        let held = Held {
+            life,
+            fences: report.fences,
+            fenced: report.fenced,
+        };
+        self.held.insert(peer.to_owned(), held);
     }
 
     /// Whether `peer` is held.
@@ -45,11 +57,14 @@ impl Quarantine {
 
     /// Judges a heartbeat of `member`.
     pub(crate) fn judge(&mut self, member: &Member, hb: &Heartbeat) -> Verdict {
-        let Some(&(at, was_fenced)) = self.held.get(&member.info.name) else {
+        let Some(&held) = self.held.get(&member.info.name) else {
             return Verdict::Free;
         };
-        let same_life = hb.incarnation <= member.detector.incarnation();
-        let fenced_since = hb.fences > at || (was_fenced && hb.fenced && hb.fences == at);
+        // the life decided down, not the member's: a restart may be known (from its
+        // handshake) before its first heartbeat comes
+        let same_life = hb.incarnation <= held.life;
+        let fenced_since =
+            hb.fences > held.fences || (held.fenced && hb.fenced && hb.fences == held.fences);
         if same_life && !fenced_since {
             return Verdict::Held;
         }
@@ -98,6 +113,7 @@ mod tests {
         assert_eq!(q.judge(&m, &hb(1, 0, false)), Verdict::Free);
         q.hold(
             "r2",
+            1,
             &Report {
                 fences: 2,
                 ..Report::default()
@@ -116,14 +132,21 @@ mod tests {
         );
         assert_eq!(q.judge(&m, &hb(1, 3, false)), Verdict::Released);
         assert!(!q.is_held("r2"));
-        q.hold("r2", &Report::default());
+        q.hold("r2", 1, &Report::default());
         assert_eq!(
             q.judge(&m, &hb(2, 0, false)),
             Verdict::Released,
             "a restart"
         );
+        q.hold("r2", 1, &Report::default());
+        assert_eq!(
+            q.judge(&member(2), &hb(2, 0, false)),
+            Verdict::Released,
+            "a restart whose handshake came before its heartbeat"
+        );
         q.hold(
             "r2",
+            1,
             &Report {
                 fences: 1,
                 fenced: true,

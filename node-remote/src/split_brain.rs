@@ -102,7 +102,10 @@ impl SplitBrain {
                 "this node did not run for longer than its lease (paused or starved): the \
                  others may have decided it down, so it fences before doing anything else"
             );
-            self.self_fence = Some(self.fences_begun);
+            // the fence that answers it: the current one if this node is fenced already (its
+            // agents are stopped, or being stopped), else the next
+            let current = u64::from(self.fenced);
+            self.self_fence = Some(self.fences_begun - current);
         }
         let (members, reachable) = sides(cx);
         let downed = match self.resolver.observe(cx.now, &members, &reachable) {
@@ -223,10 +226,13 @@ fn down_peers(cx: &mut Cx<'_>, names: Vec<String>, quarantine: &mut Quarantine) 
             debug!(peer = %name, ?seen_by, "not decided down: members on this side still see it");
             continue;
         }
-        let report = cx.members.get(&name).map(|m| m.report.clone());
+        let report = cx
+            .members
+            .get(&name)
+            .map(|m| (m.report.clone(), m.info.incarnation));
         if cx.decide_down(&name) {
-            if let Some(r) = report {
-                quarantine.hold(&name, &r);
+            if let Some((r, life)) = report {
+                quarantine.hold(&name, life, &r);
             }
             cx.emit(Output::Quarantine {
                 peer: name.clone(),

@@ -165,7 +165,9 @@ pub(crate) async fn spawn(a: SpawnArgs) -> anyhow::Result<ExitCode> {
             };
             println!(
                 "{}  node={}  epoch={}  ({how})",
-                act.id, act.node, act.epoch
+                act.id,
+                act.node,
+                tether_actors::epoch::Shown(act.epoch)
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -344,7 +346,7 @@ pub(crate) async fn agents(a: AgentsArgs) -> anyhow::Result<ExitCode> {
             rows.push(vec![
                 i.id.to_string(),
                 i.node.clone(),
-                i.epoch.to_string(),
+                tether_actors::epoch::Shown(i.epoch).to_string(),
                 status,
                 i.received.to_string(),
                 i.mailbox.to_string(),

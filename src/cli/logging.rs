@@ -145,11 +145,11 @@ mod tests {
         type Msg = String;
         type Reply = String;
 
-        async fn init(&self, _: &Ctx, _: ()) -> Result<(), Failure> {
+        async fn init(&self, _: &Ctx<Self>, _: ()) -> Result<(), Failure> {
             Ok(())
         }
 
-        async fn handle(&self, _: &Ctx, _: &mut (), msg: String) -> Result<String, Failure> {
+        async fn handle(&self, _: &Ctx<Self>, _: &mut (), msg: String) -> Result<String, Failure> {
             tracing::info!(%msg, "handling in chatty");
             Ok(msg)
         }

@@ -252,7 +252,7 @@ fn agent_line(a: &AgentNode, stale: bool) -> String {
         a.id,
         status_word(&a.status),
         a.restarts,
-        a.epoch,
+        tether_actors::epoch::Shown(a.epoch),
         a.mailbox
     );
     if a.status == ChildStatus::Running {

@@ -366,7 +366,7 @@ async fn shutdown_all(dir: &Path) -> anyhow::Result<Vec<(String, u32)>> {
     // a node that does not answer is killed by the caller after its grace period
     common::call_each(
         &running,
-        |_| Some(ControlRequest::Shutdown),
+        |_| Some(ControlRequest::StopCluster),
         CONTROL_TIMEOUT,
     )
     .await;

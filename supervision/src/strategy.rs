@@ -39,8 +39,10 @@ pub type ChildId = u64;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Exit {
-    /// It stopped by itself, cleanly.
+    /// It ended cleanly (a permanent child is restarted, as in OTP).
     Normal,
+    /// It asked to stop for good: it is removed, whatever its restart type.
+    Stopped,
     /// It failed (an error, a panic, a handler past its deadline, an escalation).
     Failed(String),
 }
@@ -281,6 +283,7 @@ impl Core {
             history.last_failure = Some((now, reason.clone()));
         }
         let restart = match child.restart {
+            _ if exit == Exit::Stopped => false,
             RestartType::Permanent => true,
             RestartType::Transient => failed,
             RestartType::Temporary => false,
@@ -329,7 +332,7 @@ impl Core {
         }
         let last = match exit {
             Exit::Failed(r) => r.clone(),
-            Exit::Normal => "stopped".into(),
+            Exit::Normal | Exit::Stopped => "stopped".into(),
         };
         let reason = format!(
             "more than {} restarts in {:?} (last failure: {last})",

@@ -627,6 +627,7 @@ impl Actor for SupervisorActor {
             SupervisionEvent::ActorTerminated(cell, _, reason) => {
                 let exit = match reason {
                     Some(r) if r.starts_with("escalated: ") => Exit::Failed(r),
+                    Some(r) if r == tether_actors::kind::SELF_STOP => Exit::Stopped,
                     _ => Exit::Normal,
                 };
                 (cell, exit)

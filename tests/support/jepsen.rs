@@ -342,6 +342,7 @@ pub fn check(ops: &[Op], j: &Journals, outages: &[Outage], end_ms: u64) -> Repor
 pub fn classify(stderr: &str) -> Outcome {
     let definitely_not_applied = [
         "no agent ",
+        "(it moved or the route was stale); not delivered",
         "refused:",
         "directory unavailable",
         "message for epoch",

@@ -111,6 +111,7 @@ impl Host {
                 handler_timeout: spec.run.timeouts().handler,
                 start_timeout: spec.run.timeouts().start,
                 gate: self.gate.get().cloned(),
+                router: self.router.get().cloned(),
             })
             .await
     }

@@ -32,7 +32,7 @@ use crate::body::Body;
 use crate::call::{BoxFuture, Call};
 use crate::error::AgentError;
 use crate::mailbox::{Dormant, Mailbox, Took, Wake, BATCH};
-use crate::origin::{Origin, CURRENT_AGENT};
+use crate::origin::CURRENT_AGENT;
 use crate::stats::AgentStats;
 
 /// An agent whose `init` has run, held by its mailbox until the first message starts its
@@ -40,7 +40,7 @@ use crate::stats::AgentStats;
 pub(super) struct Prepared<A: Agent> {
     pub(super) actor: AgentActor<A>,
     pub(super) state: A::State,
-    pub(super) ctx: Ctx,
+    pub(super) ctx: Ctx<A>,
     pub(super) on_exit: ExitHook,
     pub(super) stats: Arc<AgentStats>,
     pub(super) supervisor: Option<ractor::ActorCell>,
@@ -60,7 +60,7 @@ impl<A: Agent> Dormant for Prepared<A> {
             supervisor,
             on_start,
         } = *self;
-        let id = on_start.as_ref().map(|_| ctx.id.clone());
+        let id = on_start.as_ref().map(|_| ctx.id().clone());
         let args = (state, ctx, on_exit, stats, mailbox);
         // ractor's spawn runs `pre_start` (which only takes the state in), links the actor
         // and spawns its task: with nothing to wait for, its first poll finishes it, here,
@@ -94,27 +94,20 @@ impl<A: Agent> Dormant for Prepared<A> {
                 ..
             } = *self;
             actor.behaviour.on_stop(&ctx, &mut state).await;
-            on_exit(&ctx.id, ctx.epoch, None);
+            on_exit(ctx.id(), ctx.epoch, None);
         })
     }
 }
 
 pub(super) struct AgentActor<A> {
     pub(super) behaviour: Arc<A>,
-    pub(super) local_only: bool,
     pub(super) handler_timeout: Option<std::time::Duration>,
     pub(super) gate: Option<Gate>,
 }
 
-impl<A> AgentActor<A> {
-    pub(super) fn origin(&self, ctx: &Ctx) -> Origin {
-        Origin::new(ctx.id.clone(), ctx.node.clone(), self.local_only)
-    }
-}
-
 pub(super) struct ActorState<A: Agent> {
     state: A::State,
-    ctx: Ctx,
+    ctx: Ctx<A>,
     on_exit: ExitHook,
     exited: AtomicBool,
     stats: Arc<AgentStats>,
@@ -139,7 +132,7 @@ impl<A: Agent> Drop for ActorState<A> {
 impl<A: Agent> ActorState<A> {
     fn exit(&self, reason: Option<String>) {
         if !self.exited.swap(true, Ordering::AcqRel) {
-            (self.on_exit)(&self.ctx.id, self.ctx.epoch, reason);
+            (self.on_exit)(self.ctx.id(), self.ctx.epoch, reason);
         }
     }
 }
@@ -147,7 +140,7 @@ impl<A: Agent> ActorState<A> {
 impl<A: Agent> Actor for AgentActor<A> {
     type Msg = Wake;
     type State = ActorState<A>;
-    type Arguments = (A::State, Ctx, ExitHook, Arc<AgentStats>, Arc<Mailbox>);
+    type Arguments = (A::State, Ctx<A>, ExitHook, Arc<AgentStats>, Arc<Mailbox>);
 
     /// Takes in the agent's state: `init` ran at spawn (see [`crate::mailbox`]).
     async fn pre_start(
@@ -198,8 +191,8 @@ impl<A: Agent> Actor for AgentActor<A> {
         _me: ActorRef<Wake>,
         st: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let ctx = st.ctx.clone();
-        self.behaviour.on_stop(&ctx, &mut st.state).await;
+        let ActorState { state, ctx, .. } = &mut *st;
+        self.behaviour.on_stop(ctx, state).await;
         st.exit(None);
         Ok(())
     }
@@ -224,6 +217,11 @@ impl<A: Agent> AgentActor<A> {
                 }
             }
             self.run_batch(st).await?;
+            if st.ctx.origin.stop_requested() {
+                // the agent asked to stop for good: its supervisor removes it
+                me.stop(Some(super::SELF_STOP.into()));
+                return Ok(());
+            }
             if st.mailbox.released() {
                 // let the stop in between batches; what still waits gets a Wake, so that
                 // nothing is stranded if the stop does not come after all
@@ -245,7 +243,7 @@ impl<A: Agent> AgentActor<A> {
     /// handler future of its kind (see "Memory" in the module doc). The trace scope is set
     /// once too; each message makes its own trace the current one.
     async fn run_batch(&self, st: &mut ActorState<A>) -> Result<(), ActorProcessingErr> {
-        let origin = self.origin(&st.ctx);
+        let origin = st.ctx.origin.clone();
         let trace = st.ctx.trace;
         Box::pin(CURRENT_AGENT.scope(
             origin,
@@ -256,6 +254,9 @@ impl<A: Agent> AgentActor<A> {
                         break;
                     };
                     self.handle_call(call, st, &mut handled).await?;
+                    if st.ctx.origin.stop_requested() {
+                        break;
+                    }
                 }
                 st.stats.settle(handled);
                 Ok::<_, ActorProcessingErr>(())
@@ -276,7 +277,7 @@ impl<A: Agent> AgentActor<A> {
         // counted in the stats once per batch, or at once if this call fails the agent
         *handled += 1;
         if let Some(refusal) = self.gate.as_ref().and_then(|g| g()) {
-            warn!(id = %st.ctx.id, trace_id = %call.trace.trace_id_hex(), %refusal, "message refused before its handler");
+            warn!(id = %st.ctx.id(), trace_id = %call.trace.trace_id_hex(), %refusal, "message refused before its handler");
             if let Some(r) = call.reply {
                 let _ = r.send(Err(refusal));
             }
@@ -286,10 +287,10 @@ impl<A: Agent> AgentActor<A> {
         let msg: A::Msg = match call.body.decode() {
             Ok(m) => m,
             Err(reason) => {
-                warn!(id = %st.ctx.id, trace_id = %call.trace.trace_id_hex(), %reason, "message does not decode; the agent keeps running");
+                warn!(id = %st.ctx.id(), trace_id = %call.trace.trace_id_hex(), %reason, "message does not decode; the agent keeps running");
                 if let Some(r) = call.reply {
                     let _ = r.send(Err(AgentError::BadPayload {
-                        id: st.ctx.id.to_string(),
+                        id: st.ctx.id().to_string(),
                         reason,
                     }));
                 }
@@ -301,11 +302,11 @@ impl<A: Agent> AgentActor<A> {
         st.ctx.seq = call.seq;
         // at debug: see "Logs and spans" in the module doc
         let span =
-            tracing::debug_span!("agent", id = %st.ctx.id, trace_id = %call.trace.trace_id_hex());
+            tracing::debug_span!("agent", id = %st.ctx.id(), trace_id = %call.trace.trace_id_hex());
         let deadline = self.handler_timeout;
         // borrow the context and the state apart: no per-message copy of the context
         let ActorState { state, ctx, .. } = &mut *st;
-        let ctx: &Ctx = ctx;
+        let ctx: &Ctx<A> = ctx;
         call.trace.make_current();
         let result = async {
             debug!(seq = call.seq, sender = ?ctx.sender, "handling message");
@@ -338,7 +339,7 @@ impl<A: Agent> AgentActor<A> {
                 Ok(())
             }
             Err((reason, to_asker)) => {
-                warn!(id = %st.ctx.id, trace_id = %call.trace.trace_id_hex(), %reason, "agent failed");
+                warn!(id = %st.ctx.id(), trace_id = %call.trace.trace_id_hex(), %reason, "agent failed");
                 // leave the host first: whoever learns of the failure from the reply and sends
                 // again reaches the restarted instance, not this dying one. What the stats
                 // still count as waiting then is lost with the instance.
@@ -346,7 +347,7 @@ impl<A: Agent> AgentActor<A> {
                 st.exit(Some(reason.clone()));
                 if let Some(r) = call.reply {
                     let _ = r.send(Err(to_asker.unwrap_or_else(|| AgentError::Failed {
-                        id: st.ctx.id.to_string(),
+                        id: st.ctx.id().to_string(),
                         reason: reason.clone(),
                     })));
                 }

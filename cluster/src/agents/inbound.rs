@@ -219,6 +219,14 @@ pub(crate) fn deliver_here(
         None => {
             let (d, body) = Delivery::from_envelope(env);
             host.try_deliver(d, body, reply)
+                .map_err(|(e, reply)| match e {
+                    // this node was named as the host, and it is not: the route was stale
+                    AgentError::NotFound { id } => {
+                        let node = host.node().to_owned();
+                        (AgentError::NotHere { id, node }, reply)
+                    }
+                    e => (e, reply),
+                })
         }
     };
     if let Err((e, _)) = &r {

@@ -241,6 +241,7 @@ impl PeerIo {
                 if matches!(
                     r,
                     Err(AgentError::NotFound { .. }
+                        | AgentError::NotHere { .. }
                         | AgentError::StaleEpoch { .. }
                         | AgentError::Timeout { .. }
                         | AgentError::NodeUnreachable { .. })
@@ -265,6 +266,7 @@ impl PeerIo {
                 if matches!(
                     error,
                     AgentError::NotFound { .. }
+                        | AgentError::NotHere { .. }
                         | AgentError::StaleEpoch { .. }
                         | AgentError::Failed { .. }
                 ) {

@@ -8,9 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dashmap::DashMap;
-use tether_actors::agent_ref::{PortCache, ReplyRx};
 use tether_actors::call::{Call, ReplyTx};
 use tether_actors::origin::CURRENT_AGENT;
+use tether_actors::router::{ReplyRx, SendAs};
+use tether_actors::PortCache;
 use tether_actors::{
     Activation, AgentError, AgentId, Body, Contract, Envelope, Host, IdHash, TraceContext,
 };
@@ -199,7 +200,7 @@ impl Router {
         body: Body,
         contract: Contract,
     ) -> Result<Sent, (AgentError, Body)> {
-        self.tell_via(target, None, body, contract)
+        self.tell_via(target, None, body, contract, None)
     }
 
     /// [`Router::tell_or_queue`], through a handle's port when it has one (see [`PortCache`]).
@@ -211,8 +212,9 @@ impl Router {
         port: Option<&PortCache>,
         body: Body,
         contract: Contract,
+        from: Option<&SendAs>,
     ) -> Result<Sent, (AgentError, Body)> {
-        let out = self.outgoing(target, body, contract)?;
+        let out = self.outgoing(target, body, contract, from)?;
         let outbox_empty = self.control.outbox_depth().unwrap_or(0) == 0;
         let out = match port {
             Some(port) if outbox_empty => match Self::through_port(port, out) {
@@ -279,8 +281,12 @@ impl Router {
             .map_err(|e| (e, Body::Encoded(encoding, body)))
     }
 
-    /// The sender of a message sent now: the current agent, or this node.
-    fn sender(&self) -> (Arc<str>, bool) {
+    /// The sender of a message: the agent it comes from (named by its handle or context, or
+    /// running the current task), or this node.
+    fn sender(&self, from: Option<&SendAs>) -> (Arc<str>, bool) {
+        if let Some(f) = from {
+            return (f.sender.clone(), f.local_only);
+        }
         CURRENT_AGENT
             .try_with(|o| (o.sender(), o.local_only))
             .unwrap_or_else(|_| (self.me_sender.clone(), false))
@@ -312,8 +318,9 @@ impl Router {
         target: &AgentId,
         body: Body,
         contract: Contract,
+        from: Option<&SendAs>,
     ) -> Result<Outgoing, (AgentError, Body)> {
-        let (sender, local_only) = self.sender();
+        let (sender, local_only) = self.sender(from);
         if local_only && self.host.epoch_of(target).is_none() {
             let e = AgentError::LocalOnly {
                 reason: format!(
@@ -433,8 +440,9 @@ impl tether_actors::Router for Router {
         port: &PortCache,
         body: Body,
         contract: Contract,
+        from: Option<&SendAs>,
     ) -> Result<(), (AgentError, Body)> {
-        self.tell_via(target, Some(port), body, contract)
+        self.tell_via(target, Some(port), body, contract, from)
             .map(|_| ())
     }
 
@@ -445,13 +453,16 @@ impl tether_actors::Router for Router {
         body: Body,
         contract: Contract,
         deadline: Duration,
+        from: Option<&SendAs>,
     ) -> Result<ReplyRx, AgentError> {
         if self.control.outbox_depth().unwrap_or(0) != 0 && self.control.outbox_holds(target) {
             // asks are never queued, and one must not overtake the tells that wait for the
             // same agent (its sequence number would make them duplicates)
             return Err(waiting_in_outbox(target));
         }
-        let mut out = self.outgoing(target, body, contract).map_err(|(e, _)| e)?;
+        let mut out = self
+            .outgoing(target, body, contract, from)
+            .map_err(|(e, _)| e)?;
         let (tx, rx) = oneshot::channel();
         out.ask = Some((tx, deadline));
         // asks are never queued in the outbox: the port is always theirs to take
@@ -465,5 +476,28 @@ impl tether_actors::Router for Router {
         // a remote host may have moved or gone: look it up again next time (an agent hosted
         // here has no route entry; this forgets nothing)
         self.routes.forget(target);
+    }
+
+    fn spawn_here(
+        &self,
+        id: AgentId,
+        args: Body,
+        from: Option<&SendAs>,
+    ) -> tether_actors::call::BoxFuture<'_, Result<Activation, AgentError>> {
+        let trace = TraceContext::current_or_new();
+        let local_only = from.is_some_and(|f| f.local_only);
+        Box::pin(async move {
+            let opts = SpawnOptions::default();
+            let act = trace
+                .scope(self.spawn(id, args, opts, Target::Here))
+                .await?;
+            if local_only && act.node != self.me {
+                // not reached: a spawn on this node runs here
+                return Err(AgentError::LocalOnly {
+                    reason: format!("{} runs on {}", act.id, act.node),
+                });
+            }
+            Ok(act)
+        })
     }
 }

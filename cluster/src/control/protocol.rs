@@ -50,6 +50,9 @@ pub enum ControlRequest {
     ClearFaults,
     /// Stop the node cleanly.
     Shutdown,
+    /// Stop the node cleanly as part of stopping the whole cluster: no node places its
+    /// agents again.
+    StopCluster,
     /// Get-or-spawn an agent (this node is the requester).
     Spawn {
         /// Kind.

@@ -1,23 +1,26 @@
 //! The directory's messages between nodes.
 //!
-//! Every message is one-way; a request carries a request id (`req`) chosen by its sender, and
-//! its answer comes back as [`DirMsg::Answer`] with that id. They travel on the agent streams
-//! (in order per pair of nodes, lost if a connection breaks), so a sender keeps a deadline
-//! for every answer it waits for.
+//! Every message is one-way; each but an answer carries a request id (`req`) chosen by its
+//! sender, and its answer comes back as [`DirMsg::Answer`] with that id. They travel on the
+//! agent streams (in order per pair of nodes, lost if a connection breaks), so a sender keeps
+//! a deadline for every answer it waits for. Notices (`Backup`, `Handoff`, `Evicted`,
+//! `Exited`) are answered with [`DirAnswer::Ack`] once applied, and tried again until they are
+//! (see [`crate::notices`]); applying one twice changes nothing.
 //!
 //! ```text
 //! requester                     owner                         host
 //!   Claim{req, id, spec} ──────▶  get-or-spawn: probe ─── Probe{req, id} ──────▶
 //!                                              ◀──────── Answer{req, Location} ──
-//!                                 place, epoch + 1 ── Activate{req, id, epoch} ─▶
+//!                                 place, new epoch ── Activate{req, id, epoch} ─▶
 //!                                              ◀──────── Answer{req, Activation} ─
 //!         ◀── Answer{req, Activation} ──
 //!   Lookup{req, id} ───────────▶
 //!         ◀── Answer{req, Location} ────
-//!                               Backup{entry} ──▶ backup (a copy of the owner's entry)
-//!   (any holder of an entry)    Handoff{entry} ──▶ the id's owner in the holder's view
-//!   host: Exited{id, epoch, reason} ──▶ owner and backup: forget, or mark failed
-//!   host: Evicted{id, epoch} ──▶ owner: a fence stopped it; place it again
+//!                               Backup{req, entry} ──▶ backup (a copy of the owner's entry)
+//!   (any holder of an entry)    Handoff{req, entry} ──▶ the id's owner in the holder's view
+//!   host: Exited{req, id, epoch, reason} ──▶ owner and backup: forget, or mark failed
+//!   host: Evicted{req, id, epoch} ──▶ owner: a fence stopped it; place it again
+//!   (each notice)                    ◀── Answer{req, Ack}
 //! ```
 
 use std::sync::Arc;
@@ -92,6 +95,12 @@ pub struct EntryCopy {
     pub epoch: u64,
     /// How it was spawned.
     pub spec: AgentSpec,
+    /// Why the activation failed for good, if it did.
+    #[serde(default)]
+    pub failed: Option<String>,
+    /// A fence on its host stopped the activation.
+    #[serde(default)]
+    pub evicted: bool,
 }
 
 /// What a successful directory request yields.
@@ -102,6 +111,8 @@ pub enum DirAnswer {
     Activation(Activation),
     /// A lookup's or probe's result (`None`: not there).
     Location(Option<Location>),
+    /// A notice was applied.
+    Ack,
 }
 
 /// One directory message (see the module doc).
@@ -150,17 +161,23 @@ pub enum DirMsg {
     },
     /// A copy of an owner's entry, for the id's backup.
     Backup {
+        /// Request id.
+        req: u64,
         /// The entry.
         entry: EntryCopy,
     },
     /// An entry for the id's owner (ownership moved, or the sender holds an entry whose host
     /// went down).
     Handoff {
+        /// Request id.
+        req: u64,
         /// The entry.
         entry: EntryCopy,
     },
     /// A fence on the sender stopped this activation (to the id's owner).
     Evicted {
+        /// Request id.
+        req: u64,
         /// The agent.
         id: AgentId,
         /// The activation the fence stopped.
@@ -168,6 +185,8 @@ pub enum DirMsg {
     },
     /// An agent ended on its host (to its owner and backup).
     Exited {
+        /// Request id.
+        req: u64,
         /// The agent.
         id: AgentId,
         /// The activation that ended.
@@ -194,19 +213,53 @@ impl DirMsg {
             | DirMsg::Probe { id, .. }
             | DirMsg::Evicted { id, .. }
             | DirMsg::Exited { id, .. } => Some(id),
-            DirMsg::Backup { entry } | DirMsg::Handoff { entry } => Some(&entry.id),
+            DirMsg::Backup { entry, .. } | DirMsg::Handoff { entry, .. } => Some(&entry.id),
             DirMsg::Answer { .. } => None,
         }
     }
 
-    /// The request id of a request (its answer is due), if it is one.
+    /// The request id of a message whose answer is due (all but an answer).
     pub fn request_id(&self) -> Option<u64> {
         match self {
             DirMsg::Claim { req, .. }
             | DirMsg::Lookup { req, .. }
             | DirMsg::Activate { req, .. }
-            | DirMsg::Probe { req, .. } => Some(*req),
-            _ => None,
+            | DirMsg::Probe { req, .. }
+            | DirMsg::Backup { req, .. }
+            | DirMsg::Handoff { req, .. }
+            | DirMsg::Evicted { req, .. }
+            | DirMsg::Exited { req, .. } => Some(*req),
+            DirMsg::Answer { .. } => None,
+        }
+    }
+
+    /// The message in a few words, for traces and logs.
+    pub fn summary(&self) -> String {
+        match self {
+            DirMsg::Claim { req, id, .. } => format!("Claim#{req} {id}"),
+            DirMsg::Lookup { req, id } => format!("Lookup#{req} {id}"),
+            DirMsg::Activate { req, id, epoch, .. } => format!("Activate#{req} {id}@{epoch}"),
+            DirMsg::Probe { req, id } => format!("Probe#{req} {id}"),
+            DirMsg::Backup { req, entry } => {
+                format!(
+                    "Backup#{req} {}@{} on {}",
+                    entry.id, entry.epoch, entry.node
+                )
+            }
+            DirMsg::Handoff { req, entry } => {
+                format!(
+                    "Handoff#{req} {}@{} on {}",
+                    entry.id, entry.epoch, entry.node
+                )
+            }
+            DirMsg::Evicted { req, id, epoch } => format!("Evicted#{req} {id}@{epoch}"),
+            DirMsg::Exited {
+                req,
+                id,
+                epoch,
+                reason,
+            } => format!("Exited#{req} {id}@{epoch} {reason:?}"),
+            DirMsg::Answer { req, result } => format!("Answer#{req} {result:?}"),
         }
     }
 }

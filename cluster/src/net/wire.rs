@@ -318,6 +318,9 @@ pub mod close {
     pub const FORBIDDEN: u32 = 4;
     /// The peer belongs to an older incarnation.
     pub const STALE: u32 = 5;
+    /// Clean shutdown of the node, as part of stopping the whole cluster: its agents are not
+    /// to be placed again elsewhere.
+    pub const CLUSTER_DOWN: u32 = 6;
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use tokio::time::timeout;
 use tracing::{debug, info, warn};
 
 use super::Shared;
+use crate::core::LinkEnd;
 use crate::identity::{validate_name, NodeInfo, ADMIN_NAME};
 use crate::membership::link::{self, Decision, LinkView};
 use crate::net::links::Link;
@@ -470,16 +471,25 @@ async fn run_link(
         conn.close(close::PROTOCOL.into(), e.to_string().as_bytes());
     }
     let reason = conn.closed().await;
-    let left = matches!(&reason, quinn::ConnectionError::ApplicationClosed(c)
-        if c.error_code == close::SHUTDOWN.into());
+    let end = match &reason {
+        quinn::ConnectionError::ApplicationClosed(c) if c.error_code == close::SHUTDOWN.into() => {
+            LinkEnd::Left
+        }
+        quinn::ConnectionError::ApplicationClosed(c)
+            if c.error_code == close::CLUSTER_DOWN.into() =>
+        {
+            LinkEnd::ClusterDown
+        }
+        _ => LinkEnd::Broken,
+    };
     let now = Instant::now();
     if shared.links.remove_if(&peer, id) {
         if let Some(mut d) = shared.dials.get_mut(&peer) {
             d.unlinked_since = Some(now);
             d.session = false;
         }
-        shared.driver.with(|c, now| c.link_closed(&peer, left, now));
-        if left {
+        shared.driver.with(|c, now| c.link_closed(&peer, end, now));
+        if end != LinkEnd::Broken {
             info!(%peer, "peer left the cluster");
         } else {
             info!(%peer, %reason, "link closed");

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tether_actors::{agent_ref, Activation, AgentId, Body, Contract, TraceContext};
+use tether_actors::{router, Activation, AgentId, Body, Contract, PortCache, TraceContext};
 use tether_supervision::GroupSpec;
 use tracing::{info, warn};
 
@@ -24,6 +24,21 @@ impl Handler for Ops {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ControlResponse> + Send + '_>> {
         Box::pin(handle(&self.0, req))
     }
+}
+
+/// Stops the node (`cluster`: as part of stopping the whole cluster; nothing is placed again).
+fn stop(shared: &Shared, cluster: bool) -> ControlResponse {
+    if cluster {
+        warn!("the operator stops the whole cluster");
+        shared
+            .cluster_down
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        shared.driver.with(|c, now| c.cluster_stopping(now));
+    } else {
+        warn!("shutdown requested by the operator");
+    }
+    shared.shutdown.send_replace(true);
+    ControlResponse::Ok
 }
 
 async fn handle(shared: &Arc<Shared>, req: ControlRequest) -> ControlResponse {
@@ -56,11 +71,8 @@ async fn handle(shared: &Arc<Shared>, req: ControlRequest) -> ControlResponse {
                 rules: old.rules().to_vec(),
             }
         }
-        ControlRequest::Shutdown => {
-            warn!("shutdown requested by the operator");
-            shared.shutdown.send_replace(true);
-            ControlResponse::Ok
-        }
+        ControlRequest::Shutdown => stop(shared, false),
+        ControlRequest::StopCluster => stop(shared, true),
         ControlRequest::Spawn {
             kind,
             key,
@@ -219,13 +231,13 @@ async fn ask(shared: &Arc<Shared>, id: &str, json: &str, timeout_ms: u64) -> Con
         // the envelope takes its trace when the ask is made: make it inside the scope
         let reply = root
             .scope(async {
-                agent_ref::ask(
+                router::ask(
                     shared.router.as_ref(),
                     &id,
-                    &agent_ref::PortCache::default(),
-                    Body::json(&msg),
-                    contract,
+                    &PortCache::default(),
+                    (Body::json(&msg), contract),
                     deadline,
+                    None,
                 )
                 .await
             })

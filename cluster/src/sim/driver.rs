@@ -6,13 +6,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tether_actors::{
-    Activation, AgentError, AgentId, Contract, Encoding, Envelope, Placement, TraceContext,
+    Activation, AgentError, AgentId, Contract, Encoding, Envelope, Placement, Prefer, TraceContext,
 };
 
 use super::check::{Made, QueuedTell, Violation};
 use super::{DataMsg, Kind, Purpose, Roles, Sim, Waiting, Wire};
 use crate::core::{Output, Target, LOOKUP_TIMEOUT, SPAWN_TIMEOUT};
 use crate::directory::{self, AgentSpec, DirAnswer, DirMsg};
+use crate::identity::Role;
 use crate::membership::detector::PeerState;
 use crate::role::Claim;
 
@@ -89,7 +90,7 @@ impl<R: Roles> Sim<R> {
                 if self.trace {
                     self.say(
                         Some(to),
-                        format!("<- {} {}", self.nodes[from].info.name, brief(&msg)),
+                        format!("<- {} {}", self.nodes[from].info.name, msg.summary()),
                     );
                 }
                 let (name, now) = (self.nodes[from].info.name.clone(), self.at(self.now));
@@ -117,6 +118,20 @@ impl<R: Roles> Sim<R> {
             let (epoch, created) = node.host.activate(&order.id, order.epoch, local_only);
             if created {
                 self.say(Some(i), format!("activated {} at epoch {epoch}", order.id));
+                let p = &order.record.placement;
+                let replacement = tether_actors::epoch::generation(epoch) > 1;
+                if replacement && node.info.role == Role::Local && p.prefer == Prefer::Any {
+                    // every simulated remote node registers every kind, and the owner placing
+                    // it is one: a failover never needs a device
+                    let v = Violation {
+                        at: self.now,
+                        what: format!(
+                            "{} failed over onto the device {}",
+                            order.id, node.info.name
+                        ),
+                    };
+                    self.violation.get_or_insert(v);
+                }
                 let made = Made {
                     node: node.info.name.clone(),
                     incarnation: node.info.incarnation,
@@ -234,7 +249,7 @@ impl<R: Roles> Sim<R> {
             Output::Send { to, msg } => {
                 let j = self.index(&to);
                 if self.trace && !matches!(msg, DirMsg::Answer { .. } | DirMsg::Lookup { .. }) {
-                    self.say(Some(i), format!("-> {to} {}", brief(&msg)));
+                    self.say(Some(i), format!("-> {to} {}", msg.summary()));
                 }
                 // as a node's peer writer: with no link to a peer decided down, nothing goes
                 let down = self.nodes[i]
@@ -648,7 +663,7 @@ impl<R: Roles> Sim<R> {
             {
                 Err(leak(&format!("the spawn of {id}")))
             }
-            Wire::Dir(DirMsg::Backup { entry } | DirMsg::Handoff { entry })
+            Wire::Dir(DirMsg::Backup { entry, .. } | DirMsg::Handoff { entry, .. })
                 if spec_leaks(&entry.spec) =>
             {
                 Err(leak(&format!("the entry of {}", entry.id)))
@@ -689,7 +704,15 @@ impl<R: Roles> Sim<R> {
         if let Some((id, on)) = serving.iter().find(|(_, on)| on.len() > 1) {
             return self.fail(format!("{id} serves twice at once: {}", on.join(", ")));
         }
-        if let Some((op, w)) = self.waiting.iter().find(|(_, w)| w.deadline < self.now) {
+        // a paused process cannot keep a deadline: its waits count from when it runs again
+        let late = |w: &&Waiting| {
+            let n = &self.nodes[w.node];
+            // (paused until it is resumed, at the next link upkeep past its pause)
+            let paused = n.paused_until.is_some();
+            let grace = n.resumed_at + self.cfg.heartbeat;
+            !paused && w.deadline.max(grace) < self.now
+        };
+        if let Some((op, w)) = self.waiting.iter().find(|(_, w)| late(w)) {
             let what = format!(
                 "a wait outlived its deadline: {} on {} (op {op})",
                 w.what, self.nodes[w.node].info.name
@@ -699,7 +722,7 @@ impl<R: Roles> Sim<R> {
         Ok(())
     }
 
-    fn fail(&mut self, what: String) -> Result<(), Violation> {
+    pub(super) fn fail(&mut self, what: String) -> Result<(), Violation> {
         let v = Violation { at: self.now, what };
         self.violation = Some(v.clone());
         Err(v)
@@ -748,24 +771,5 @@ impl<R: Roles> Sim<R> {
             ));
         }
         Ok(())
-    }
-}
-
-/// A directory message in a few words, for the trace.
-fn brief(msg: &DirMsg) -> String {
-    match msg {
-        DirMsg::Claim { req, id, .. } => format!("Claim#{req} {id}"),
-        DirMsg::Lookup { req, id } => format!("Lookup#{req} {id}"),
-        DirMsg::Activate { req, id, epoch, .. } => format!("Activate#{req} {id}@{epoch}"),
-        DirMsg::Probe { req, id } => format!("Probe#{req} {id}"),
-        DirMsg::Backup { entry } => {
-            format!("Backup {}@{} on {}", entry.id, entry.epoch, entry.node)
-        }
-        DirMsg::Handoff { entry } => {
-            format!("Handoff {}@{} on {}", entry.id, entry.epoch, entry.node)
-        }
-        DirMsg::Evicted { id, epoch } => format!("Evicted {id}@{epoch}"),
-        DirMsg::Exited { id, epoch, reason } => format!("Exited {id}@{epoch} {reason:?}"),
-        DirMsg::Answer { req, result } => format!("Answer#{req} {result:?}"),
     }
 }

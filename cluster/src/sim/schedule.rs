@@ -13,6 +13,7 @@
 use std::time::Duration;
 
 use super::{Roles, Sim, SimConfig, Violation};
+use crate::core::LinkEnd;
 use crate::net::fault::{Action as FaultAction, Direction, FaultRule, PeerMatch};
 
 /// A fault of an episode.
@@ -226,7 +227,82 @@ impl<R: Roles> Sim<R> {
         }
         let rest = s.end.saturating_sub(self.now);
         self.run_for(rest)?;
-        self.settled()
+        self.settled()?;
+        self.cluster_down()
+    }
+
+    /// An operator's `tether down` of the settled cluster: every node is asked to stop with
+    /// the cluster (but, now and then, one the request does not reach), in a random order, at
+    /// random times; each then stops, closing its links with the cluster-down code (a close
+    /// may be lost). Nothing may be placed again meanwhile, and no outbox tell given up.
+    ///
+    /// # Errors
+    /// The first [`Violation`].
+    pub fn cluster_down(&mut self) -> Result<(), Violation> {
+        let placed: usize = self.history.made.values().map(Vec::len).sum();
+        let dropped = |sim: &Self| -> u64 {
+            let cores = sim.nodes.iter().filter_map(|n| n.core.as_ref());
+            cores
+                .filter_map(|c| c.outbox_counters())
+                .map(|o| o.dropped)
+                .sum()
+        };
+        let dropped_before = dropped(self);
+        let n = self.nodes.len();
+        let mut order: Vec<usize> = (0..n).collect();
+        for i in (1..n).rev() {
+            order.swap(i, self.rng.below(i as u64 + 1) as usize);
+        }
+        let missed = self.rng.chance(0.3).then(|| order[0]);
+        self.say(
+            None,
+            format!("cluster down, in order {order:?}, missed {missed:?}"),
+        );
+        for &i in &order {
+            let gap = ms(self.rng.below(400));
+            self.run_for(gap)?;
+            if Some(i) != missed {
+                let now = self.at(self.now);
+                if let Some(c) = self.nodes[i].core.as_mut() {
+                    c.cluster_stopping(now);
+                }
+                self.pump(i);
+            }
+        }
+        for &i in &order {
+            let gap = ms(self.rng.below(1500));
+            self.run_for(gap)?;
+            if dropped(self) != dropped_before {
+                return self.fail("an outbox tell was given up while the cluster stopped".into());
+            }
+            self.stop_with_cluster(i);
+        }
+        let now_placed: usize = self.history.made.values().map(Vec::len).sum();
+        if now_placed != placed {
+            let what = format!(
+                "{} activation(s) placed while the cluster stopped",
+                now_placed - placed
+            );
+            return self.fail(what);
+        }
+        Ok(())
+    }
+
+    /// Node `i` stops with the cluster: its peers hear the close (unless it is lost), and it
+    /// is gone.
+    fn stop_with_cluster(&mut self, i: usize) {
+        let name = self.nodes[i].info.name.clone();
+        for j in 0..self.nodes.len() {
+            if j == i || self.net.up(i, j).is_none() || self.rng.chance(0.2) {
+                continue;
+            }
+            let now = self.at(self.now);
+            if let Some(c) = self.nodes[j].core.as_mut() {
+                c.link_closed(&name, LinkEnd::ClusterDown, now);
+            }
+            self.pump(j);
+        }
+        self.crash(i);
     }
 }
 

@@ -17,14 +17,18 @@ pub(crate) struct Entry {
     /// lost it.
     pub(crate) life: u64,
     pub(crate) epoch: u64,
-    /// Boxed strings (16 bytes, not 24): every entry pays for the inline size, few use it.
+    /// Why the agent failed for good (its supervisor gave up). Such an entry is not failed
+    /// over; a new spawn places it again. Boxed strings (16 bytes, not 24): every entry pays
+    /// for the inline size, few use it.
     pub(crate) failed: Option<Box<str>>,
+    /// A fence on its host stopped the activation: it is placed again.
+    pub(crate) evicted: bool,
     /// How it was spawned, kept by the owner that placed it (and its backup) so it can be
     /// activated again elsewhere when its node is decided down. `None` for entries rebuilt by
     /// probing hosts.
     pub(crate) spec: Option<Arc<Spec>>,
-    /// The node the owner last sent a copy of this entry to.
-    pub(crate) copied_to: Option<Box<str>>,
+    /// The backup (and its life) the owner last sent a copy of this entry to.
+    pub(crate) copied_to: Option<(Box<str>, u64)>,
 }
 
 /// What a failover needs to activate an agent again.
@@ -50,9 +54,16 @@ impl Entry {
             life,
             epoch,
             failed: None,
+            evicted: false,
             spec: None,
             copied_to: None,
         }
+    }
+
+    /// Whether the activation it names may serve: it neither failed for good nor was stopped
+    /// by a fence.
+    pub(crate) fn usable(&self) -> bool {
+        self.failed.is_none() && !self.evicted
     }
 
     /// The entry as it travels, if it has a spawn record.
@@ -64,6 +75,8 @@ impl Entry {
             life: self.life,
             epoch: self.epoch,
             spec: spec.agent_spec(),
+            failed: self.failed.as_deref().map(str::to_owned),
+            evicted: self.evicted,
         })
     }
 }
@@ -133,21 +146,28 @@ impl Entries {
         }
     }
 
-    /// Merges an entry copy from another remote node; the newer epoch wins, and a copy of the
-    /// same activation adds the spawn record if the entry lacked it.
+    /// Merges an entry copy from another remote node; the newer epoch wins. Of the same
+    /// activation, what either knows is kept: the spawn record, that it failed for good, that a
+    /// fence stopped it (facts about one activation only ever become true).
     pub(crate) fn merge(&mut self, copy: EntryCopy) {
         let node = self.name(&copy.node);
-        let keep_old = self.dir.get(&copy.id).is_some_and(|old| {
-            old.epoch > copy.epoch || (old.epoch == copy.epoch && old.spec.is_some())
-        });
-        if keep_old {
-            return;
+        if let Some(old) = self.dir.get_mut(&copy.id) {
+            if old.epoch > copy.epoch {
+                return;
+            }
+            if old.epoch == copy.epoch && old.spec.is_some() {
+                old.evicted |= copy.evicted;
+                if old.failed.is_none() {
+                    old.failed = copy.failed.map(Into::into);
+                }
+                return;
+            }
         }
-        let failed = self
-            .dir
-            .get(&copy.id)
-            .filter(|old| old.epoch == copy.epoch)
-            .and_then(|old| old.failed.clone());
+        let same = self.dir.get(&copy.id).filter(|old| old.epoch == copy.epoch);
+        let failed = same
+            .and_then(|old| old.failed.clone())
+            .or(copy.failed.map(Into::into));
+        let evicted = copy.evicted || same.is_some_and(|old| old.evicted);
         let spec = Spec {
             record: copy.spec.record(),
             policy: copy.spec.policy.into(),
@@ -158,10 +178,28 @@ impl Entries {
             life: copy.life,
             epoch: copy.epoch,
             failed,
+            evicted,
             spec: Some(Arc::new(spec)),
             copied_to: None,
         };
         self.insert(copy.id, entry);
+    }
+
+    /// Records an activation a probe found, unless the entry knows it (or a newer one)
+    /// already; a spawn record the entry held is kept (an activation found has none of its
+    /// own, and a failover needs one).
+    pub(crate) fn found(&mut self, id: &AgentId, node: &str, life: u64, epoch: u64) {
+        let spec = match self.dir.get(id) {
+            Some(old) if old.epoch >= epoch => return,
+            Some(old) => old.spec.clone(),
+            None => None,
+        };
+        let node = self.name(node);
+        let entry = Entry {
+            spec,
+            ..Entry::found(node, life, epoch)
+        };
+        self.insert(id.clone(), entry);
     }
 
     /// An activation ended: forgotten (a clean stop) or marked failed.

@@ -11,12 +11,14 @@
 //!   reachable = members this node sees up, and that hear it (itself included)
 //!
 //!   every member reachable, or a winning side stable for `stable_after` ─▶ a fence is lifted
-//!   otherwise wait until the unreachable set has not changed for `stable_after`, then:
+//!   otherwise:
 //!     2·|reachable| >  |members|   majority ─┐
 //!     2·|reachable| == |members|   tie: the side holding the lowest member name wins
-//!     2·|reachable| <  |members|   minority ─┴─▶ fence: stop every agent hosted here
-//!   a winning side waits `down_margin` longer, then decides the unreachable members down
-//!   (their agents are then re-activated on this side with higher epochs)
+//!     2·|reachable| <  |members|   minority ─┴─▶ on the losing side for `stable_after` without
+//!                                               a break: fence: stop every agent hosted here
+//!   a winning side waits until the unreachable set has not changed for
+//!   `stable_after + down_margin`, then decides the unreachable members down (their agents are
+//!   then re-activated on this side with higher epochs)
 //! ```
 //!
 //! Why it is safe: two sides of one split see complementary reachable sets, so at most one
@@ -43,7 +45,7 @@
 //! rule to what it sees, and a node that sees a minority fences itself even if others see it.
 
 use std::collections::BTreeSet;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tether_cluster::role::SbrConfig;
 
@@ -93,6 +95,9 @@ pub struct Resolver {
     cfg: SbrConfig,
     unreachable: BTreeSet<String>,
     stable_since: Instant,
+    /// Since when this node has been on a losing side without a break (whatever the
+    /// unreachable set did meanwhile).
+    losing_since: Option<Instant>,
     fenced: bool,
 }
 
@@ -103,6 +108,7 @@ impl Resolver {
             cfg,
             unreachable: BTreeSet::new(),
             stable_since: now,
+            losing_since: None,
             fenced: false,
         }
     }
@@ -131,7 +137,14 @@ impl Resolver {
             self.stable_since = now;
         }
         let stable_for = now.saturating_duration_since(self.stable_since);
-        match side(members, reachable) {
+        let side = side(members, reachable);
+        let losing_for = if side == Side::Loses {
+            now.saturating_duration_since(*self.losing_since.get_or_insert(now))
+        } else {
+            self.losing_since = None;
+            Duration::ZERO
+        };
+        match side {
             Side::Whole => {
                 if self.fenced {
                     self.fenced = false;
@@ -139,7 +152,10 @@ impl Resolver {
                 }
                 Action::None
             }
-            Side::Loses if stable_for >= self.cfg.stable_after && !self.fenced => {
+            // the losing side's clock does not restart when its own side changes (a member
+            // comes back from a pause, another leaves it): the winning side downs it
+            // `stable_after + down_margin` after it saw the split, whatever happened here
+            Side::Loses if losing_for >= self.cfg.stable_after && !self.fenced => {
                 self.fenced = true;
                 Action::Fence
             }
@@ -163,13 +179,29 @@ impl Resolver {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use std::time::Duration;
 
     fn set(names: &[&str]) -> BTreeSet<String> {
         names.iter().map(|s| (*s).to_owned()).collect()
     }
 
     const S: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn a_losing_side_that_changes_still_fences_in_time() {
+        // r2 alone, then joined by r1 back from a pause: still a minority of five; the fence
+        // keeps the time of the split, not of the change (seed 17942)
+        let t0 = Instant::now();
+        let cfg = SbrConfig::default();
+        let mut r = Resolver::new(cfg, t0);
+        let m = set(&["r1", "r2", "r3", "r4", "r5"]);
+        assert_eq!(r.observe(t0, &m, &set(&["r2"])), Action::None);
+        let half = cfg.stable_after / 2;
+        assert_eq!(r.observe(t0 + half, &m, &set(&["r1", "r2"])), Action::None);
+        assert_eq!(
+            r.observe(t0 + cfg.stable_after, &m, &set(&["r1", "r2"])),
+            Action::Fence
+        );
+    }
 
     #[test]
     fn majority_downs_the_isolated_node_after_the_window_and_margin() {

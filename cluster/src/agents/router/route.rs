@@ -223,7 +223,10 @@ impl Router {
         let Err((e, reply)) = result else {
             return LocalOutcome::Handed(target);
         };
-        let stale = matches!(e, AgentError::NotFound { .. } | AgentError::Failed { .. });
+        let stale = matches!(
+            e,
+            AgentError::NotFound { .. } | AgentError::NotHere { .. } | AgentError::Failed { .. }
+        );
         match reply {
             // the agent answers an asker directly; if the instance fails with the message in
             // its mailbox, the asker sees the reply dropped (see `ask`)
