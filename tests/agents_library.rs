@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use support::Cluster;
 use tether::actors::builtin::{Counter, CounterMsg};
-use tether::actors::{Agent, AgentError, AgentId, AgentRef, Ctx, Failure, Placement};
+use tether::actors::{Agent, AgentError, AgentRef, Ctx, Failure};
 use tether::{Kinds, Node, Role};
 
 /// Replies with its greeting and the caller's name.
@@ -33,46 +33,6 @@ impl Agent for Greeter {
     ) -> Result<String, Failure> {
         Ok(format!("{g}, {name}"))
     }
-}
-
-/// A local-only agent that tries to pass what it gets to another agent.
-#[derive(Default)]
-struct Diary;
-
-impl Agent for Diary {
-    const KIND: &'static str = "diary";
-    type Args = ();
-    type Msg = String;
-    /// What happened to the forwarded copy.
-    type Reply = String;
-    type State = ();
-
-    fn placement(&self, _args: &()) -> Placement {
-        Placement::local_only()
-    }
-
-    async fn init(&self, _ctx: &Ctx<Self>, _args: ()) -> Result<(), Failure> {
-        Ok(())
-    }
-
-    async fn handle(
-        &self,
-        _ctx: &Ctx<Self>,
-        _s: &mut (),
-        target: String,
-    ) -> Result<String, Failure> {
-        let id: AgentId = target.parse()?;
-        let r: AgentRef<tether::actors::builtin::Echo> =
-            AGENTS.with(|n| n.get().expect("node set").agent_ref(id));
-        match r.tell(serde_json::json!("secret entry")) {
-            Ok(()) => Ok("sent".into()),
-            Err(e) => Ok(format!("refused: {}", e.error)),
-        }
-    }
-}
-
-thread_local! {
-    static AGENTS: std::cell::OnceCell<Node> = const { std::cell::OnceCell::new() };
 }
 
 async fn join(c: &Cluster, name: &str, kinds: Kinds, peers: usize) -> Node {
@@ -144,53 +104,4 @@ async fn an_application_node_spawns_remotely_and_hosts_its_own_kind() {
         "{e}"
     );
     node.shutdown().await;
-}
-
-#[tokio::test(flavor = "current_thread")]
-async fn a_local_only_agent_cannot_send_off_its_node() {
-    let c = Cluster::up("diary", 1, 1);
-    let node = join(&c, "phone", Kinds::builtin().register::<Diary>(), 2).await;
-    AGENTS.with(|n| {
-        let _ = n.set(node.clone());
-    });
-    node.spawn::<tether::actors::builtin::Echo>("remote", serde_json::Value::Null)
-        .on("r1")
-        .await
-        .unwrap();
-    node.spawn::<tether::actors::builtin::Echo>("nearby", serde_json::Value::Null)
-        .await
-        .unwrap();
-    let diary = node.spawn::<Diary>("d", ()).await.unwrap();
-    let frames_before = support_frames(&c);
-    let r = diary
-        .ask("echo/remote".into(), Duration::from_secs(5))
-        .await
-        .unwrap();
-    assert!(
-        r.starts_with("refused: ") && r.contains("local-only"),
-        "{r}"
-    );
-    assert_eq!(
-        diary
-            .ask("echo/nearby".into(), Duration::from_secs(5))
-            .await
-            .unwrap(),
-        "sent"
-    );
-    assert_eq!(
-        support_frames(&c),
-        frames_before,
-        "nothing from the diary reached r1"
-    );
-    // and it cannot be placed on a remote node at all
-    let e = node.spawn::<Diary>("far", ()).on("r1").await.unwrap_err();
-    assert!(matches!(e, AgentError::LocalOnly { .. }), "{e}");
-    node.shutdown().await;
-}
-
-fn support_frames(c: &Cluster) -> u64 {
-    let st = c.status();
-    Cluster::node(&st, "r1")["agent_counters"]["frames_in"]
-        .as_u64()
-        .unwrap()
 }

@@ -22,14 +22,14 @@ pub enum Body {
 /// A typed value with the function that encodes it (MessagePack), chosen when it was made.
 pub struct Typed {
     value: Box<dyn Any + Send>,
-    encode: fn(Box<dyn Any + Send>) -> Result<Bytes, String>,
+    encode: fn(&(dyn Any + Send)) -> Result<Bytes, String>,
 }
 
-fn encode_boxed<T: Serialize + 'static>(v: Box<dyn Any + Send>) -> Result<Bytes, String> {
+fn encode_typed<T: Serialize + 'static>(v: &(dyn Any + Send)) -> Result<Bytes, String> {
     let v = v
-        .downcast::<T>()
-        .map_err(|_| format!("expected a {}", std::any::type_name::<T>()))?;
-    crate::codec::encode_bytes(&*v).map_err(|e| e.to_string())
+        .downcast_ref::<T>()
+        .ok_or_else(|| format!("expected a {}", std::any::type_name::<T>()))?;
+    crate::codec::encode_bytes(v).map_err(|e| e.to_string())
 }
 
 /// Decodes `bytes`, encoded as `encoding`, into `T`.
@@ -102,7 +102,7 @@ impl Body {
     pub fn typed<T: Serialize + Send + 'static>(v: T) -> Body {
         Body::Typed(Typed {
             value: Box::new(v),
-            encode: encode_boxed::<T>,
+            encode: encode_typed::<T>,
         })
     }
 
@@ -113,7 +113,19 @@ impl Body {
     pub fn into_wire(self) -> Result<(Encoding, Bytes), String> {
         match self {
             Body::Encoded(e, b) => Ok((e, b)),
-            Body::Typed(t) => Ok((Encoding::MsgPack, (t.encode)(t.value)?)),
+            Body::Typed(t) => Ok((Encoding::MsgPack, (t.encode)(&*t.value)?)),
+        }
+    }
+
+    /// The body as bytes for the wire, leaving it as it is (so that a sender can have it back
+    /// when it does not encode).
+    ///
+    /// # Errors
+    /// The encoder's message.
+    pub fn wire_bytes(&self) -> Result<(Encoding, Bytes), String> {
+        match self {
+            Body::Encoded(e, b) => Ok((*e, b.clone())),
+            Body::Typed(t) => Ok((Encoding::MsgPack, (t.encode)(&*t.value)?)),
         }
     }
 
@@ -135,7 +147,7 @@ impl Body {
                 crate::codec::decode(&b).map_err(|e| e.to_string())
             }
             Body::Typed(t) => {
-                let bytes = (t.encode)(t.value)?;
+                let bytes = (t.encode)(&*t.value)?;
                 crate::codec::decode(&bytes).map_err(|e| e.to_string())
             }
         }

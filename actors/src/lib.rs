@@ -12,6 +12,7 @@
 //!   on the wire).
 //! - [`body`]: message bodies, typed or encoded.
 //! - [`call`]: one message into a mailbox, and where its reply goes.
+//! - [`local_only`]: [`LocalOnly`], data that refuses to be encoded to leave its device.
 //! - [`stats`]: an agent's counters.
 //! - [`record`]: how an agent was spawned, and where and as which epoch it runs.
 //! - [`port`]: a handle's direct way into a running instance of its node.
@@ -38,6 +39,7 @@ pub mod host;
 pub mod id;
 pub mod kind;
 pub mod kinds;
+pub mod local_only;
 pub mod mailbox;
 pub mod origin;
 pub mod placement;
@@ -55,6 +57,7 @@ pub use error::AgentError;
 pub use host::{AgentInfo, Delivery, Host};
 pub use id::{AgentId, IdHash};
 pub use kinds::Kinds;
+pub use local_only::LocalOnly;
 pub use placement::{Compute, Placement, Prefer, Sensitivity};
 pub use port::{LocalPort, PortCache};
 pub use record::{Activation, SpawnRecord};

@@ -129,8 +129,10 @@ pub(crate) fn tell_failed(
 pub(crate) fn encode_for_wire(
     body: tether_actors::Body,
 ) -> Result<(tether_actors::Encoding, bytes::Bytes), AgentError> {
-    body.into_wire()
-        .map_err(|reason| AgentError::Internal(format!("message does not encode: {reason}")))
+    tether_actors::local_only::guard(
+        || body.into_wire(),
+        |reason| AgentError::Internal(format!("message does not encode: {reason}")),
+    )
 }
 
 /// A shared reference to a control plane.

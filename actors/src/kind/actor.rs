@@ -331,9 +331,10 @@ impl<A: Agent> AgentActor<A> {
         match result {
             Ok(reply) => {
                 if let Some(r) = call.reply {
-                    let out = Body::encode(reply, like).map_err(|reason| {
-                        AgentError::Internal(format!("reply does not encode: {reason}"))
-                    });
+                    let out = crate::local_only::guard(
+                        || Body::encode(reply, like),
+                        |reason| AgentError::Internal(format!("reply does not encode: {reason}")),
+                    );
                     let _ = r.send(out);
                 }
                 Ok(())

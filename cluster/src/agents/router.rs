@@ -321,7 +321,8 @@ impl Router {
         from: Option<&SendAs>,
     ) -> Result<Outgoing, (AgentError, Body)> {
         let (sender, local_only) = self.sender(from);
-        if local_only && self.host.epoch_of(target).is_none() {
+        let here = self.host.epoch_of(target).is_some();
+        if local_only && !here {
             let e = AgentError::LocalOnly {
                 reason: format!(
                     "a local-only agent cannot send to {target}, which does not run on {}",
@@ -330,6 +331,21 @@ impl Router {
             };
             return Err((e, body));
         }
+        // a message that may leave this node is encoded now, so that one that must not (it
+        // holds `LocalOnly` data) is refused to its sender, not lost later on the way
+        let body = match body {
+            Body::Typed(_) if !here => {
+                let encoded = tether_actors::local_only::guard(
+                    || body.wire_bytes(),
+                    |reason| AgentError::Internal(format!("message does not encode: {reason}")),
+                );
+                match encoded {
+                    Ok((encoding, bytes)) => Body::Encoded(encoding, bytes),
+                    Err(e) => return Err((e, body)),
+                }
+            }
+            body => body,
+        };
         let seq = self.next_seq(&sender, target);
         Ok(Outgoing {
             target: target.clone(),

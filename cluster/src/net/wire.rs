@@ -105,6 +105,18 @@ pub enum WireError {
     Timeout(std::time::Duration),
 }
 
+type Tap = Box<dyn Fn(&[u8]) + Send + Sync>;
+
+static TAP: std::sync::OnceLock<Tap> = std::sync::OnceLock::new();
+
+/// Sees every frame this process encodes for a peer (link, agent and control streams), as it
+/// will be written: tests count with it what leaves a node. Set once per process; `false` if
+/// one was set already.
+#[doc(hidden)]
+pub fn tap_frames(tap: impl Fn(&[u8]) + Send + Sync + 'static) -> bool {
+    TAP.set(Box::new(tap)).is_ok()
+}
+
 /// Appends one frame (length prefix and encoding) of `value` to `buf`, with field names. On
 /// error `buf` is left as it was.
 ///
@@ -129,6 +141,9 @@ pub fn encode_frame_as<T: Serialize>(
         Ok(len) => {
             // encode_into bounds len by MAX_FRAME_LEN (16 MiB), well inside u32
             buf[start..start + 4].copy_from_slice(&(len as u32).to_be_bytes());
+            if let Some(tap) = TAP.get() {
+                tap(&buf[start..]);
+            }
             Ok(())
         }
         Err(e) => {
