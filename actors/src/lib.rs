@@ -35,14 +35,17 @@ pub mod codec;
 pub mod envelope;
 pub mod epoch;
 pub mod error;
+#[doc(hidden)] // driven by the node crates of this workspace; not part of the API
 pub mod host;
 pub mod id;
 pub mod kind;
 pub mod kinds;
 pub mod local_only;
+#[doc(hidden)] // driven by the node crates of this workspace; not part of the API
 pub mod mailbox;
 pub mod origin;
 pub mod placement;
+#[doc(hidden)] // driven by the node crates of this workspace; not part of the API
 pub mod port;
 pub mod record;
 pub mod router;
@@ -54,11 +57,14 @@ pub use body::Body;
 pub use codec::{decode, encode, CodecError, MAX_FRAME_LEN};
 pub use envelope::{Contract, Encoding, Envelope, RunMsg, TellRun, TraceContext, MAX_RUN_BYTES};
 pub use error::AgentError;
-pub use host::{AgentInfo, Delivery, Host};
+pub use host::AgentInfo;
+#[doc(hidden)]
+pub use host::{Delivery, Host};
 pub use id::{AgentId, IdHash};
 pub use kinds::Kinds;
 pub use local_only::LocalOnly;
 pub use placement::{Compute, Placement, Prefer, Sensitivity};
+#[doc(hidden)]
 pub use port::{LocalPort, PortCache};
 pub use record::{Activation, SpawnRecord};
 pub use router::{Router, SendAs};

@@ -32,7 +32,7 @@ impl Answers {
 }
 
 /// What serves the agent streams peers open to this node.
-pub struct Inbound {
+pub(crate) struct Inbound {
     host: Arc<Host>,
     control: ControlRef,
     counters: Arc<Counters>,
@@ -51,7 +51,7 @@ impl Inbound {
     ///
     /// # Errors
     /// [`WireError`] for a frame that does not decode: the caller closes the connection.
-    pub async fn serve(
+    pub(crate) async fn serve(
         self: Arc<Self>,
         peer: String,
         send: SendStream,
