@@ -300,3 +300,59 @@ async fn garbage_or_oversized_frames_close_only_that_connection() {
     }
     assert_cluster_unharmed(&c, changes);
 }
+
+/// An operator connection that sends a request in a form other than the named, versioned one
+/// gets a clear error and changes nothing: a bare enum index (`0x04` was once `Shutdown`), a
+/// bare request without a version, and a version this node does not speak.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_requests_decode_only_from_their_named_versioned_form() {
+    use tether::cluster::control::protocol::{ControlRequest, ControlResponse, Versioned};
+    let c = Cluster::up("ctl-forms", 1, 0);
+    let certs = CertDir::new(&c.dir);
+    let ep = peer_client(&certs, &certs.load_admin().unwrap(), tls::ALPN_CONTROL);
+    let conn = ep
+        .connect(node_addr(&c, "r1"), "r1")
+        .unwrap()
+        .await
+        .unwrap();
+    use tether::actors::codec::encode;
+    let frames: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("bare index", vec![0x04], "not a versioned control request"),
+        (
+            "bare request",
+            encode(&ControlRequest::Shutdown).unwrap(),
+            "not a versioned control request",
+        ),
+        (
+            "later version",
+            encode(&Versioned {
+                v: 99,
+                msg: ControlRequest::Shutdown,
+            })
+            .unwrap(),
+            "version 99 is not spoken by this node",
+        ),
+    ];
+    for (what, body, expect) in frames {
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&body);
+        send.write_all(&frame).await.unwrap();
+        let _ = send.finish();
+        let resp: ControlResponse =
+            tokio::time::timeout(Duration::from_secs(5), wire::read_frame(&mut recv, 1 << 20))
+                .await
+                .unwrap_or_else(|_| panic!("{what}: no answer"))
+                .unwrap()
+                .unwrap();
+        match resp {
+            ControlResponse::Error { message } => {
+                assert!(message.contains(expect), "{what}: {message}")
+            }
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+    // nothing was shut down
+    let st = c.status();
+    assert_eq!(Cluster::node(&st, "r1")["name"], "r1");
+}

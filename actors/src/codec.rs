@@ -12,6 +12,8 @@
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
+mod names;
+
 /// Largest frame, in bytes, that any tether protocol accepts from a peer (16 MiB).
 pub const MAX_FRAME_LEN: usize = 16 * 1024 * 1024;
 
@@ -119,6 +121,25 @@ pub fn encode_into<T: Serialize + ?Sized>(
 /// [`CodecError::TooLarge`] above [`MAX_FRAME_LEN`]; [`CodecError::Malformed`] for anything that
 /// is not a complete, valid encoding of `T` (including trailing bytes).
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    decode_as(bytes, |de| T::deserialize(de))
+}
+
+/// Decodes a MessagePack payload into `T`, accepting enum variants and struct fields by name
+/// only: for the control and link protocols, where a variant given by its index would let two
+/// versions whose enums differ in order misread each other (see [`names`]).
+///
+/// # Errors
+/// As [`decode`]; an identifier given as a number is [`CodecError::Malformed`].
+pub fn decode_named<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    decode_as(bytes, |de| T::deserialize(names::Names(de)))
+}
+
+type Reader<'a> = rmp_serde::Deserializer<rmp_serde::decode::ReadRefReader<'a, [u8]>>;
+
+fn decode_as<'a, T>(
+    bytes: &'a [u8],
+    read: impl FnOnce(&mut Reader<'a>) -> Result<T, rmp_serde::decode::Error>,
+) -> Result<T, CodecError> {
     if bytes.len() > MAX_FRAME_LEN {
         return Err(CodecError::TooLarge {
             len: bytes.len(),
@@ -128,7 +149,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     // borrowing reader: strings and byte strings are read in place, not copied through a
     // scratch buffer first
     let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
-    let value = T::deserialize(&mut de).map_err(|e| CodecError::Malformed(e.to_string()))?;
+    let value = read(&mut de).map_err(|e| CodecError::Malformed(e.to_string()))?;
     // exactly one value: anything after it (even garbage) is refused
     match serde::de::IgnoredAny::deserialize(&mut de) {
         Err(rmp_serde::decode::Error::InvalidMarkerRead(e))
@@ -216,6 +237,45 @@ mod tests {
         .unwrap();
         bytes.push(0);
         assert!(decode::<Hello>(&bytes).is_err());
+    }
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    enum Op {
+        Status,
+        Set { n: u64 },
+        Shutdown,
+    }
+
+    #[test]
+    fn named_decoding_refuses_variants_and_fields_given_by_index() {
+        for v in [Op::Status, Op::Set { n: 3 }, Op::Shutdown] {
+            let bytes = encode(&v).unwrap();
+            assert_eq!(decode_named::<Op>(&bytes).unwrap(), v);
+        }
+        // a bare index: the third variant to `decode`, refused by `decode_named`
+        assert_eq!(decode::<Op>(&[0x02]).unwrap(), Op::Shutdown);
+        let e = decode_named::<Op>(&[0x02]).unwrap_err().to_string();
+        assert!(e.contains("given by name"), "{e}");
+        // a variant with data, keyed by index: {1: {"n": 3}}
+        let by_index = [0x81, 0x01, 0x81, 0xa1, b'n', 0x03];
+        assert_eq!(decode::<Op>(&by_index).unwrap(), Op::Set { n: 3 });
+        assert!(decode_named::<Op>(&by_index).is_err());
+        // a field keyed by index: {"set": {0: 3}}
+        let field_by_index = [0x81, 0xa3, b's', b'e', b't', 0x81, 0x00, 0x03];
+        assert!(decode_named::<Op>(&field_by_index).is_err());
+        // arrays stay arrays: a struct in the compact layout still decodes
+        let mut compact = Vec::new();
+        encode_into(
+            &mut compact,
+            &Hello {
+                name: "x".into(),
+                n: 1,
+            },
+            Layout::Compact,
+        )
+        .unwrap();
+        assert!(decode_named::<Hello>(&compact).is_ok());
     }
 
     #[test]

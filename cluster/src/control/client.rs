@@ -7,7 +7,7 @@ use quinn::Connection;
 use rustls_pki_types::CertificateDer;
 use tokio::time::timeout;
 
-use super::protocol::{ControlRequest, ControlResponse};
+use super::protocol::{ControlRequest, ControlResponse, Versioned, CONTROL_VERSION};
 use crate::net::certs::Identity;
 use crate::net::tls::ANY_NODE_SNI;
 use crate::net::transport;
@@ -105,7 +105,11 @@ impl ControlClient {
                         addr,
                         reason: e.to_string(),
                     })?;
-            wire::write_frame(&mut send, req).await.map_err(wire_err)?;
+            let req = Versioned {
+                v: CONTROL_VERSION,
+                msg: req,
+            };
+            wire::write_frame(&mut send, &req).await.map_err(wire_err)?;
             let _ = send.finish();
             wire::read_frame::<ControlResponse>(&mut recv, MAX_CONTROL_FRAME)
                 .await

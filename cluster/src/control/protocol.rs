@@ -16,6 +16,45 @@ use crate::role::{NodeMode, OutboxCounters};
 /// Longest wait a [`ControlRequest::WaitPeers`] may ask for.
 pub const MAX_WAIT: Duration = Duration::from_secs(600);
 
+/// The version of the control protocol this build speaks. A request carries the version its
+/// sender speaks ([`Versioned`]); a node refuses one it does not speak, with an error that names
+/// both, rather than guessing at a request whose meaning may have changed.
+pub const CONTROL_VERSION: u16 = 1;
+
+/// A control request as it travels: the sender's protocol version and the request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Versioned<T> {
+    /// The sender's [`CONTROL_VERSION`].
+    pub v: u16,
+    /// The message.
+    pub msg: T,
+}
+
+/// Decodes a control request frame: a map with the sender's version `v` and the request
+/// `msg`, variants and fields by name only.
+///
+/// # Errors
+/// A message for the operator: the frame is not a versioned request, speaks another version,
+/// or does not decode.
+pub fn decode_request(frame: &[u8]) -> Result<ControlRequest, String> {
+    #[derive(Deserialize)]
+    struct Version {
+        v: u16,
+    }
+    let Version { v } = tether_actors::codec::decode_named(frame).map_err(|e| {
+        format!("not a versioned control request ({e}); is the CLI a tether CLI of this release?")
+    })?;
+    if v != CONTROL_VERSION {
+        return Err(format!(
+            "control protocol version {v} is not spoken by this node (it speaks \
+             {CONTROL_VERSION}); use a tether CLI of the same release as the node"
+        ));
+    }
+    let req: Versioned<ControlRequest> =
+        tether_actors::codec::decode_named(frame).map_err(|e| e.to_string())?;
+    Ok(req.msg)
+}
+
 /// A request from the operator.
 // requests are few and short-lived: a large variant costs nothing worth boxing for
 #[allow(clippy::large_enum_variant)]
@@ -276,5 +315,35 @@ pub fn wait_satisfied(
         peers
             .iter()
             .all(|n| status.peer(n).is_some_and(|p| states.contains(&p.state)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tether_actors::codec::encode;
+
+    #[test]
+    fn a_request_decodes_only_in_its_named_versioned_form() {
+        let req = ControlRequest::Shutdown;
+        let frame = encode(&Versioned {
+            v: CONTROL_VERSION,
+            msg: req.clone(),
+        })
+        .unwrap();
+        assert_eq!(decode_request(&frame).unwrap(), req);
+        // the bare enum, by name or by index, is no request
+        for bare in [encode(&req).unwrap(), vec![0x04]] {
+            let e = decode_request(&bare).unwrap_err();
+            assert!(e.contains("not a versioned control request"), "{e}");
+        }
+        // a version this node does not speak is refused by name
+        let later = encode(&Versioned { v: 2, msg: req }).unwrap();
+        let e = decode_request(&later).unwrap_err();
+        assert!(e.contains("version 2 is not spoken"), "{e}");
+        // the right version with the variant given by index is refused too
+        let by_index = [0x82, 0xa1, b'v', 0x01, 0xa3, b'm', b's', b'g', 0x04];
+        let e = decode_request(&by_index).unwrap_err();
+        assert!(e.contains("given by name"), "{e}");
     }
 }

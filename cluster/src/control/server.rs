@@ -7,7 +7,7 @@ use std::time::Duration;
 use quinn::Connection;
 use tokio::time::timeout;
 
-use super::protocol::{ControlRequest, ControlResponse};
+use super::protocol::{decode_request, ControlRequest, ControlResponse};
 use crate::net::wire::{self, MAX_CONTROL_FRAME};
 
 /// How a node answers control requests.
@@ -32,11 +32,14 @@ pub async fn serve(handler: Arc<dyn Handler>, conn: Connection) {
         tokio::spawn(async move {
             let req = timeout(
                 REQUEST_TIMEOUT,
-                wire::read_frame::<ControlRequest>(&mut recv, MAX_CONTROL_FRAME),
+                wire::read_frame_bytes(&mut recv, MAX_CONTROL_FRAME),
             )
             .await;
             let resp = match req {
-                Ok(Ok(Some(req))) => handler.handle(req).await,
+                Ok(Ok(Some(frame))) => match decode_request(&frame) {
+                    Ok(req) => handler.handle(req).await,
+                    Err(message) => ControlResponse::Error { message },
+                },
                 Ok(Ok(None)) => return,
                 Ok(Err(e)) => ControlResponse::Error {
                     message: format!("bad request: {e}"),

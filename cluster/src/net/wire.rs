@@ -173,8 +173,10 @@ pub async fn write_frames(send: &mut SendStream, frames: Vec<u8>) -> Result<(), 
         .map_err(|e| WireError::Stream(e.to_string()))
 }
 
-/// Reads one frame of at most `max` bytes. `Ok(None)` when the stream ended cleanly between
-/// frames. For a stream of many frames, [`FrameReader`] reads ahead and is much cheaper.
+/// Reads one frame of at most `max` bytes, decoded from names only
+/// ([`codec::decode_named`]: the control and link protocols). `Ok(None)` when the stream ended
+/// cleanly between frames. For a stream of many frames, [`FrameReader`] reads ahead and is much
+/// cheaper.
 ///
 /// # Errors
 /// [`WireError`] for an oversized, truncated or undecodable frame, or a failed stream.
@@ -186,6 +188,20 @@ pub async fn read_frame<T: DeserializeOwned>(
     recv: &mut RecvStream,
     max: usize,
 ) -> Result<Option<T>, WireError> {
+    match read_frame_bytes(recv, max).await? {
+        Some(body) => Ok(Some(codec::decode_named(&body)?)),
+        None => Ok(None),
+    }
+}
+
+/// Reads one length-prefixed frame's bytes, as [`read_frame`] does before decoding them.
+///
+/// # Errors
+/// As [`read_frame`], but for decoding.
+pub async fn read_frame_bytes(
+    recv: &mut RecvStream,
+    max: usize,
+) -> Result<Option<Vec<u8>>, WireError> {
     let mut len = [0u8; 4];
     match recv.read_exact(&mut len).await {
         Ok(()) => {}
@@ -203,7 +219,7 @@ pub async fn read_frame<T: DeserializeOwned>(
         Err(quinn::ReadExactError::FinishedEarly(_)) => return Err(WireError::Truncated),
         Err(quinn::ReadExactError::ReadError(e)) => return Err(WireError::Stream(e.to_string())),
     }
-    Ok(Some(codec::decode(&body)?))
+    Ok(Some(body))
 }
 
 /// Frames split out of a byte stream that arrives in arbitrary pieces (sans-IO).

@@ -552,7 +552,7 @@ async fn read_datagrams(
         let Ok(bytes) = conn.read_datagram().await else {
             return Ok(());
         };
-        let hb: crate::membership::Heartbeat = tether_actors::codec::decode(&bytes)?;
+        let hb: crate::membership::Heartbeat = tether_actors::codec::decode_named(&bytes)?;
         // a heartbeat counts only on the pair's current link (not one being replaced)
         if shared.links.id_of(peer) == Some(id) {
             shared.driver.with(|c, now| c.heartbeat(peer, &hb, now));
