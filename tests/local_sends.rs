@@ -18,7 +18,7 @@ async fn node(tag: &str) -> (Node, PathBuf) {
     let _ = std::fs::remove_dir_all(&dir);
     let node = Node::builder("n")
         .state_dir(&dir)
-        .kinds(Kinds::builtin())
+        .kinds(Kinds::builtin().with_demo(&dir))
         .root_intensity(Intensity {
             max_restarts: 1_000,
             within: Duration::from_secs(1),
@@ -84,4 +84,53 @@ async fn tells_through_handles_all_arrive_and_an_ask_after_them_sees_them() {
     assert_eq!(c.ask(CounterMsg::Get, DEADLINE).await.unwrap(), 40_000);
     node.shutdown().await;
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The demonstration kinds exist only where asked for, and a ledger writes only under its
+/// node's state directory whatever path it is given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_kinds_only_when_asked_and_ledgers_stay_in_the_state_dir() {
+    use tether::actors::builtin::{Ledger, LedgerArgs};
+    use tether::AgentError;
+    let dir = std::env::temp_dir().join(format!("tether-local-plain-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let plain = Node::builder("p").state_dir(&dir).start().await.unwrap();
+    let e = plain
+        .spawn::<Flaky>("f", serde_json::Value::Null)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, AgentError::UnknownKind { .. }), "{e}");
+    plain.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let (node, dir) = node("ledger").await;
+    let outside = std::env::temp_dir().join(format!("tether-ledger-out-{}", std::process::id()));
+    for bad in [outside.clone(), dir.join("..").join("escape")] {
+        let e = node
+            .spawn::<Ledger>("l", LedgerArgs { dir: bad.clone() })
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("ledger dir"),
+            "{}: {e}",
+            bad.display()
+        );
+    }
+    assert!(
+        !outside.exists(),
+        "nothing written outside the state directory"
+    );
+    let l = node
+        .spawn::<Ledger>("l", LedgerArgs { dir: "j".into() })
+        .await
+        .unwrap();
+    assert_eq!(
+        l.ask(tether::actors::builtin::LedgerMsg::Append(1), DEADLINE)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(std::fs::read_dir(dir.join("j")).unwrap().count(), 1);
+    node.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,24 +1,34 @@
 //! Built-in kinds, so the CLI is useful without writing code. Their JSON protocol is part of
-//! the interface:
+//! the interface.
+//!
+//! Every node registers the basic kinds ([`Kinds::builtin`](crate::Kinds::builtin)):
 //!
 //! | kind      | message                  | reply                     |
 //! |-----------|--------------------------|---------------------------|
 //! | `echo`    | any JSON value           | the same value            |
 //! | `counter` | `"inc"`, `{"add": N}`, `"get"` | the count after the message |
+//!
+//! The demonstration kinds exist to try failures and load by hand and in tests; a node registers
+//! them only when asked ([`Kinds::with_demo`](crate::Kinds::with_demo), `tether node
+//! --demo-kinds`, on by default under `tether up`), since any operator could spawn them:
+//!
+//! | kind      | message                  | reply                     |
+//! |-----------|--------------------------|---------------------------|
 //! | `flaky`   | `"ping"`, `"crash"`      | `"pong"`; `"crash"` fails the agent |
 //! | `sleeper` | `{"sleep_ms": N}`        | `"done"` after N ms       |
 //! | `sink`    | `{"data": [bytes]}`, `{"echo": [bytes]}`, `"count"` | `{"count": N}` (messages so far); `echo` replies `{"echo": [bytes]}` |
-//!
 //! | `ledger`  | `{"append": N}`, `"len"` | entries applied by this activation |
 //!
 //! `counter` takes optional args `{"start": N}`; its state (the count) is what a migration
 //! carries.
 //!
-//! `ledger` takes args `{"dir": PATH}` and journals what it does, for checking delivery and
-//! single activation from outside (the fault scenarios' checker reads the journals): each
-//! activation appends to its own file `PATH/<key>.<node>.<epoch>.log` the lines
+//! `ledger` takes args `{"dir": PATH}` (default `journals`) and journals what it does, for
+//! checking delivery and single activation from outside (the fault scenarios' checker reads the
+//! journals): each activation appends to its own file `PATH/<key>.<node>.<epoch>.log` the lines
 //! `start <unix_ms>`, `op <N> <unix_ms>` for each append (written before the reply), and
-//! `stop <unix_ms>` when it stops cleanly.
+//! `stop <unix_ms>` when it stops cleanly. `PATH` is taken under the node's state directory; an
+//! absolute path must lie inside it and no path may climb out with `..`, so whoever may spawn a
+//! ledger cannot make a node write elsewhere.
 
 use std::time::Duration;
 
@@ -226,16 +236,51 @@ impl Agent for Sink {
     }
 }
 
-/// Journals every entry appended to it (see the module doc).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Ledger;
+/// Journals every entry appended to it (see the module doc), under one directory.
+#[derive(Debug, Clone)]
+pub struct Ledger {
+    root: std::path::PathBuf,
+}
+
+impl Ledger {
+    /// A ledger kind whose journals stay under `root` (a node's state directory).
+    pub fn under(root: &std::path::Path) -> Self {
+        Self {
+            root: std::path::absolute(root).unwrap_or_else(|_| root.to_path_buf()),
+        }
+    }
+
+    /// Where journals asked for at `dir` go: under the root, never outside it.
+    fn confine(&self, dir: &std::path::Path) -> Result<std::path::PathBuf, String> {
+        use std::path::Component;
+        if dir.components().any(|c| c == Component::ParentDir) {
+            return Err(format!("ledger dir {}: '..' is not allowed", dir.display()));
+        }
+        let full = self.root.join(dir);
+        if !full.starts_with(&self.root) {
+            return Err(format!(
+                "ledger dir {}: outside the node's state directory {}",
+                dir.display(),
+                self.root.display()
+            ));
+        }
+        Ok(full)
+    }
+}
 
 /// `ledger` spawn arguments.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LedgerArgs {
-    /// Where the journals go (created if missing).
+    /// Where the journals go (created if missing), under the node's state directory.
+    #[serde(default = "LedgerArgs::default_dir")]
     pub dir: std::path::PathBuf,
+}
+
+impl LedgerArgs {
+    fn default_dir() -> std::path::PathBuf {
+        "journals".into()
+    }
 }
 
 /// `ledger` messages.
@@ -288,9 +333,9 @@ impl Agent for Ledger {
     type State = LedgerState;
 
     async fn init(&self, ctx: &Ctx<Self>, args: LedgerArgs) -> Result<LedgerState, Failure> {
-        std::fs::create_dir_all(&args.dir)
-            .map_err(|e| format!("ledger dir {}: {e}", args.dir.display()))?;
-        let path = args.dir.join(format!(
+        let dir = self.confine(&args.dir)?;
+        std::fs::create_dir_all(&dir).map_err(|e| format!("ledger dir {}: {e}", dir.display()))?;
+        let path = dir.join(format!(
             "{}.{}.{}.log",
             ctx.id().key(),
             ctx.node(),
@@ -326,14 +371,45 @@ impl Agent for Ledger {
     }
 }
 
-/// Every built-in kind, erased, for a node's registry.
-pub fn all() -> Vec<std::sync::Arc<dyn crate::kind::ErasedKind>> {
+/// The basic kinds every node registers: `echo` and `counter`.
+pub fn basic() -> Vec<std::sync::Arc<dyn crate::kind::ErasedKind>> {
+    vec![crate::kind::erase(Echo), crate::kind::erase(Counter)]
+}
+
+/// The demonstration kinds (see the module doc); ledgers journal under `state_dir`.
+pub fn demo(state_dir: &std::path::Path) -> Vec<std::sync::Arc<dyn crate::kind::ErasedKind>> {
     vec![
-        crate::kind::erase(Echo),
-        crate::kind::erase(Counter),
         crate::kind::erase(Flaky),
         crate::kind::erase(Sleeper),
         crate::kind::erase(Sink),
-        crate::kind::erase(Ledger),
+        crate::kind::erase(Ledger::under(state_dir)),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ledger_journals_only_under_its_root() {
+        let l = Ledger::under(std::path::Path::new("/srv/tether"));
+        let ok = |d: &str| l.confine(std::path::Path::new(d));
+        assert_eq!(
+            ok("journals").unwrap(),
+            std::path::Path::new("/srv/tether/journals")
+        );
+        assert_eq!(
+            ok("/srv/tether/j").unwrap(),
+            std::path::Path::new("/srv/tether/j")
+        );
+        for bad in [
+            "/etc",
+            "/srv/tether-other/j",
+            "../x",
+            "journals/../../x",
+            "/srv/tether/../x",
+        ] {
+            assert!(ok(bad).is_err(), "{bad}");
+        }
+    }
 }

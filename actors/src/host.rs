@@ -483,7 +483,10 @@ mod tests {
     use tokio::sync::oneshot;
 
     fn host() -> Arc<Host> {
-        Host::new("n1", builtin::all())
+        Host::new(
+            "n1",
+            [builtin::basic(), builtin::demo(&std::env::temp_dir())].concat(),
+        )
     }
 
     fn id(s: &str) -> AgentId {

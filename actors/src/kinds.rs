@@ -23,9 +23,19 @@ impl Kinds {
         Self::default()
     }
 
-    /// The built-in kinds (see [`crate::builtin`]).
+    /// The basic built-in kinds, `echo` and `counter` (see [`crate::builtin`]).
     pub fn builtin() -> Self {
-        Self(crate::builtin::all())
+        Self(crate::builtin::basic())
+    }
+
+    /// Adds the demonstration kinds (`flaky`, `sleeper`, `sink`, `ledger`; see
+    /// [`crate::builtin`]); ledgers journal under `state_dir`.
+    pub fn with_demo(mut self, state_dir: &std::path::Path) -> Self {
+        for kind in crate::builtin::demo(state_dir) {
+            self.0.retain(|k| k.name() != kind.name());
+            self.0.push(kind);
+        }
+        self
     }
 
     /// Adds kind `A`, built with `Default`.

@@ -56,6 +56,11 @@ pub(crate) struct NodeArgs {
     #[arg(long, env = "TETHER_SBR_DOWN_MARGIN", default_value = "2s",
           value_parser = super::agents::parse_timeout)]
     sbr_down_margin: std::time::Duration,
+    /// Also register the demonstration kinds (flaky, sleeper, sink, ledger), which let anyone
+    /// who may spawn agents crash agents, hold handlers and write journals under the state
+    /// directory. `tether up` turns this on for its nodes.
+    #[arg(long, env = "TETHER_DEMO_KINDS")]
+    demo_kinds: bool,
     #[command(flatten)]
     state: StateDirArg,
 }
@@ -64,10 +69,10 @@ pub(crate) async fn run(a: NodeArgs) -> anyhow::Result<ExitCode> {
     super::logging::init_logging();
     let state_dir = a.state.state_dir;
     let node_dir = NodeDir::new(state_dir.join("nodes").join(&a.name));
-    let listen = a
-        .listen
-        .or_else(|| node_dir.last_addr())
-        .unwrap_or_else(|| "127.0.0.1:0".parse().expect("literal address"));
+    let listen = match a.listen {
+        Some(given) => given,
+        None => reuse_last_addr(node_dir.last_addr()).await,
+    };
     let fault_seed = a.fault_seed.unwrap_or_else(rand_seed);
     if a.sbr_stable_after.is_zero() || a.sbr_down_margin < std::time::Duration::from_millis(500) {
         anyhow::bail!(
@@ -88,7 +93,11 @@ pub(crate) async fn run(a: NodeArgs) -> anyhow::Result<ExitCode> {
         node_dir,
         timing,
         fault_seed,
-        kinds: Kinds::builtin(),
+        kinds: if a.demo_kinds {
+            Kinds::builtin().with_demo(&state_dir)
+        } else {
+            Kinds::builtin()
+        },
         root_intensity: tether_supervision::Intensity::node_root(),
         outbox_max: a.outbox_max,
     };
@@ -111,6 +120,29 @@ pub(crate) async fn run(a: NodeArgs) -> anyhow::Result<ExitCode> {
     }
     node.shutdown().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The address to listen on when none is given: the one used last time if it is free (peers
+/// still dialing it reach the new incarnation at once), else a free port. A port can be taken
+/// meanwhile by another program, or still be held for a moment by this node's killed
+/// predecessor; neither may keep the node from starting.
+async fn reuse_last_addr(last: Option<SocketAddr>) -> SocketAddr {
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("literal address");
+    let Some(last) = last else { return any };
+    for _ in 0..10 {
+        match std::net::UdpSocket::bind(last) {
+            Ok(probe) => {
+                drop(probe);
+                return last;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(_) => break,
+        }
+    }
+    tracing::warn!(%last, "the address used last time is taken; listening on a free port");
+    SocketAddr::new(last.ip(), 0)
 }
 
 fn rand_seed() -> u64 {

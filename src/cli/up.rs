@@ -34,6 +34,10 @@ pub(crate) struct UpArgs {
     /// How long to wait for the cluster to form.
     #[arg(long, default_value = "60s", value_parser = common::parse_duration)]
     timeout: Duration,
+    /// Start the nodes without the demonstration kinds (flaky, sleeper, sink, ledger); see
+    /// `tether node --demo-kinds`.
+    #[arg(long)]
+    no_demo_kinds: bool,
     #[command(flatten)]
     dir: StateDirArg,
 }
@@ -88,12 +92,13 @@ pub(crate) async fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
 
     // the first node is the seed of all the others
     let exe = std::env::current_exe().context("cannot find the tether executable")?;
-    let first = spawn_node(&exe, &dir, &names[0].0, names[0].1, &[]).await?;
+    let demo = !a.no_demo_kinds;
+    let first = spawn_node(&exe, &dir, &names[0].0, names[0].1, &[], demo).await?;
     let seed = [first.addr];
     let mut starting = tokio::task::JoinSet::new();
     for (i, (n, role)) in names.iter().enumerate().skip(1) {
         let (exe, dir, n, role) = (exe.clone(), dir.clone(), n.clone(), *role);
-        starting.spawn(async move { (i, spawn_node(&exe, &dir, &n, role, &seed).await) });
+        starting.spawn(async move { (i, spawn_node(&exe, &dir, &n, role, &seed, demo).await) });
     }
     let mut nodes = vec![first];
     let mut failure = None;
@@ -148,6 +153,7 @@ async fn spawn_node(
     name: &str,
     role: Role,
     seeds: &[SocketAddr],
+    demo_kinds: bool,
 ) -> anyhow::Result<Started> {
     let node_dir = dir.join("nodes").join(name);
     std::fs::create_dir_all(&node_dir)
@@ -164,6 +170,9 @@ async fn spawn_node(
         .args(["--listen", "127.0.0.1:0"])
         .arg("--state-dir")
         .arg(dir);
+    if demo_kinds {
+        cmd.arg("--demo-kinds");
+    }
     if !seeds.is_empty() {
         let s: Vec<String> = seeds.iter().map(ToString::to_string).collect();
         cmd.args(["--seed", &s.join(",")]);

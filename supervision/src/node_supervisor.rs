@@ -256,7 +256,10 @@ mod tests {
     }
 
     async fn supervised() -> (Arc<Host>, NodeSupervisor) {
-        let host = Host::new("n1", builtin::all());
+        let host = Host::new(
+            "n1",
+            [builtin::basic(), builtin::demo(&std::env::temp_dir())].concat(),
+        );
         let sup = NodeSupervisor::start(host.clone(), Intensity::default())
             .await
             .unwrap();

@@ -294,10 +294,18 @@ pub fn spawn_node_under(
         .open(node_dir.join("node.log"))
         .unwrap();
     let mut cmd = tether_command(prefix);
-    cmd.args(["node", "--name", name, "--role", role, "--state-dir"])
-        .arg(dir)
-        .stdout(std::process::Stdio::piped())
-        .stderr(log);
+    cmd.args([
+        "node",
+        "--demo-kinds",
+        "--name",
+        name,
+        "--role",
+        role,
+        "--state-dir",
+    ])
+    .arg(dir)
+    .stdout(std::process::Stdio::piped())
+    .stderr(log);
     if let Some(l) = listen {
         cmd.args(["--listen", l]);
     }
@@ -313,7 +321,16 @@ pub fn spawn_node_under(
     let addr = line
         .split_whitespace()
         .find_map(|kv| kv.strip_prefix("addr="))
-        .unwrap_or_else(|| panic!("{name}: unexpected first line {line:?}"))
+        .unwrap_or_else(|| {
+            let _ = child.kill();
+            let log = std::fs::read_to_string(node_dir.join("node.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            panic!(
+                "{name} did not start (first line {line:?}); the end of its log:\n{}",
+                tail.join("\n")
+            )
+        })
         .to_owned();
     (child, addr)
 }

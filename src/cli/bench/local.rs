@@ -73,7 +73,7 @@ pub(super) async fn node_in(
     Ok(Node::builder(name)
         .state_dir(dir)
         .seeds(seeds)
-        .kinds(Kinds::builtin())
+        .kinds(Kinds::builtin().with_demo(dir))
         .root_intensity(Intensity {
             max_restarts: 1_000_000,
             within: Duration::from_secs(1),
