@@ -15,6 +15,8 @@
 //! - [`node_local`] and [`node_remote`]: what each node role adds (offline mode and the outbox;
 //!   split brain, fencing, the directory owner and failover).
 
+#[doc(hidden)] // the entry points of the fuzz targets and of tests/decoders.rs
+pub mod decoders;
 mod node;
 pub mod prelude;
 

@@ -286,6 +286,17 @@ fn frame(rec: &Record) -> Vec<u8> {
     buf
 }
 
+/// Reads an outbox log's bytes as [`Outbox::open`] does, and says how many records it holds
+/// and how many of its bytes are whole records: for checking a log by hand and for the fuzz
+/// targets.
+///
+/// # Errors
+/// [`OutboxError::Corrupt`] for damage before the last record.
+pub fn check_log(bytes: &[u8]) -> Result<(usize, usize), OutboxError> {
+    let (records, good) = parse(Path::new("outbox.log"), bytes)?;
+    Ok((records.len(), good))
+}
+
 /// The records of `bytes`, and how many bytes of it are whole records. A damaged last record
 /// ends the good part; damage before it is an error.
 fn parse(path: &Path, bytes: &[u8]) -> Result<(Vec<Record>, usize), OutboxError> {

@@ -229,6 +229,9 @@ pub struct FrameBuf {
     max: usize,
 }
 
+/// Most bytes a [`FrameBuf`] reserves ahead of a frame that has not arrived yet.
+const RESERVE_AHEAD: usize = 256 * 1024;
+
 impl FrameBuf {
     /// Refuses frames larger than `max` bytes.
     pub fn new(max: usize) -> Self {
@@ -264,7 +267,11 @@ impl FrameBuf {
             return Err(WireError::TooLarge { len, max: self.max });
         }
         let Some(body) = self.buf.get(4..4 + len) else {
-            self.buf.reserve(4 + len - self.buf.len());
+            // room for what the next reads bring, not for what the header announces: a peer
+            // that announces large frames and sends nothing must not make this node reserve
+            // their size on every stream (found by fuzzing)
+            self.buf
+                .reserve((4 + len - self.buf.len()).min(RESERVE_AHEAD));
             return Ok(None);
         };
         let value = codec::decode(body);
@@ -404,6 +411,15 @@ mod tests {
         fb.push(&bytes);
         assert!(matches!(fb.take::<String>(), Err(WireError::Codec(_))));
         assert_eq!(fb.take::<String>().unwrap().as_deref(), Some("after"));
+    }
+
+    #[test]
+    fn an_announced_large_frame_reserves_only_a_bounded_read_ahead() {
+        let mut frames = FrameBuf::new(16 << 20);
+        frames.push(&(15u32 << 20).to_be_bytes());
+        frames.push(b"a few bytes");
+        assert!(frames.take::<u64>().unwrap().is_none());
+        assert!(frames.buf.capacity() <= RESERVE_AHEAD + 64, "{}", frames.buf.capacity());
     }
 
     #[test]

@@ -66,6 +66,7 @@ fn spawn_peer(dir: &Path, seed: &str) -> anyhow::Result<Child> {
     let mut child = Command::new(exe)
         .args([
             "node",
+            "--demo-kinds",
             "--name",
             "b2",
             "--seed",

@@ -1,0 +1,224 @@
+//! Every decoder that reads bytes from a peer, an operator or a file, each behind one function
+//! of arbitrary bytes. The fuzz targets (`fuzz/`) and the property test (`tests/decoders.rs`)
+//! drive these same entry points, so what is fuzzed is what the node runs.
+//!
+//! Each returns whether something in the input decoded (so a test can tell that its inputs
+//! reach past the first check); none may panic, loop or allocate without bound, whatever the
+//! bytes.
+
+use tether_actors::builtin::CounterMsg;
+use tether_actors::{codec, AgentId, Body, Envelope};
+use tether_cluster::agents::protocol::{Request, Response, MAX_AGENT_FRAME};
+use tether_cluster::control::protocol::{decode_request, ControlResponse};
+use tether_cluster::membership::Heartbeat;
+use tether_cluster::net::wire::{FrameBuf, PeerMsg, WireError};
+
+/// A decoder's entry point: arbitrary bytes in, whether something decoded out.
+pub type Decoder = fn(&[u8]) -> bool;
+
+/// The decoders by name, as the fuzz targets are named.
+pub const ALL: &[(&str, Decoder)] = &[
+    ("frames", frames),
+    ("envelope", envelope),
+    ("control", control),
+    ("link", link),
+    ("outbox", outbox),
+];
+
+/// An agent stream: length-prefixed frames of requests (tells, runs of tells, asks, directory
+/// messages) or of responses, arriving in pieces. The first byte picks the piece size and
+/// which side of the stream is read.
+pub fn frames(data: &[u8]) -> bool {
+    let Some((&first, data)) = data.split_first() else {
+        return false;
+    };
+    let chunk = usize::from(first >> 1).max(1);
+    let requests = first & 1 == 0;
+    let mut buf = FrameBuf::new(MAX_AGENT_FRAME);
+    let mut decoded = false;
+    for piece in data.chunks(chunk) {
+        buf.push(piece);
+        loop {
+            let next = if requests {
+                buf.take::<Request>().map(|r| r.map(touch_request))
+            } else {
+                buf.take::<Response>().map(|r| r.map(|_| ()))
+            };
+            match next {
+                Ok(Some(())) => decoded = true,
+                Ok(None) => break,
+                // the stream cannot be trusted past an oversized frame: the node closes it
+                Err(WireError::TooLarge { .. }) => return decoded,
+                // a frame that does not decode is consumed and answered; the stream goes on
+                Err(_) => {}
+            }
+        }
+    }
+    decoded
+}
+
+/// What a node does with a request's contents before any agent sees it.
+fn touch_request(req: Request) {
+    match req {
+        Request::Tells { run } => run.into_envelopes().for_each(touch_envelope),
+        Request::Tell { env } | Request::Deliver { env, .. } | Request::Ask { env, .. } => {
+            touch_envelope(env)
+        }
+        Request::Dir(msg) => {
+            let _ = msg.summary();
+        }
+    }
+}
+
+fn touch_envelope(env: Envelope) {
+    let _ = env.target.kind();
+    let _ = Body::Encoded(env.encoding, env.body.clone()).decode::<serde_json::Value>();
+    let _ = Body::Encoded(env.encoding, env.body).decode::<CounterMsg>();
+}
+
+/// One envelope, its body as an agent would decode it, and an agent id as text (the CLI and
+/// peers name agents as `kind/key`).
+pub fn envelope(data: &[u8]) -> bool {
+    let id = std::str::from_utf8(data).is_ok_and(|s| s.parse::<AgentId>().is_ok());
+    match codec::decode::<Envelope>(data) {
+        Ok(env) => {
+            touch_envelope(env);
+            true
+        }
+        Err(_) => id,
+    }
+}
+
+/// The control plane: a request as a node reads it from the operator, a response as the CLI
+/// reads it from a node.
+pub fn control(data: &[u8]) -> bool {
+    let req = decode_request(data).is_ok();
+    let resp = codec::decode_named::<ControlResponse>(data).is_ok();
+    req || resp
+}
+
+/// The link between nodes: hellos and gossip on the link stream, heartbeat datagrams.
+pub fn link(data: &[u8]) -> bool {
+    let msg = codec::decode_named::<PeerMsg>(data).is_ok();
+    let hb = codec::decode_named::<Heartbeat>(data).is_ok();
+    msg || hb
+}
+
+/// A local node's outbox log, as it is read back after a crash.
+pub fn outbox(data: &[u8]) -> bool {
+    matches!(tether_node_local::outbox::check_log(data), Ok((n, _)) if n > 0)
+}
+
+/// Valid inputs for decoder `name`, to start fuzzing from (and for the property test to
+/// mutate): what a well-behaved peer, operator or crash would leave.
+///
+/// # Panics
+/// For an unknown name, or if the outbox sample cannot be written under the temp directory.
+pub fn seeds(name: &str) -> Vec<Vec<u8>> {
+    use tether_actors::{Contract, Encoding, TellRun, TraceContext};
+    use tether_cluster::control::protocol::{ControlRequest, Versioned, CONTROL_VERSION};
+    use tether_cluster::{NodeInfo, Role};
+
+    let env = |seq: u64, body: &[u8]| Envelope {
+        target: "counter/c".parse().expect("a valid id"),
+        epoch: 1 << 40,
+        sender: "r1".into(),
+        seq,
+        trace: TraceContext::new_root(),
+        contract: Contract {
+            name: "counter".into(),
+            version: 1,
+        },
+        encoding: Encoding::Json,
+        body: bytes::Bytes::copy_from_slice(body),
+    };
+    fn enc<T: serde::Serialize>(v: &T) -> Vec<u8> {
+        codec::encode(v).expect("a seed encodes")
+    }
+    let framed = |first: u8, bodies: &[Vec<u8>]| {
+        let mut out = vec![first];
+        for b in bodies {
+            out.extend_from_slice(&(b.len() as u32).to_be_bytes());
+            out.extend_from_slice(b);
+        }
+        out
+    };
+    let node = NodeInfo {
+        name: "r1".into(),
+        role: Role::Remote,
+        addr: "127.0.0.1:7000".parse().expect("an address"),
+        incarnation: 3,
+        kinds: vec!["counter".into()],
+    };
+    match name {
+        "frames" => {
+            let mut run = TellRun::of(env(1, b"\"inc\""));
+            run.push(env(2, b"{\"add\":2}"));
+            let requests = [
+                enc(&Request::Tell {
+                    env: env(1, b"\"inc\""),
+                }),
+                enc(&Request::Tells { run }),
+                enc(&Request::Ask {
+                    req: 7,
+                    env: env(3, b"\"get\""),
+                    deadline_ms: 1000,
+                }),
+            ];
+            let responses = [enc(&Response::Done {
+                req: 7,
+                result: Err(tether_actors::AgentError::NotFound {
+                    id: "counter/c".into(),
+                }),
+            })];
+            vec![framed(0x20, &requests), framed(0x21, &responses)]
+        }
+        "envelope" => vec![enc(&env(1, b"\"inc\"")), b"counter/c".to_vec()],
+        "control" => vec![
+            enc(&Versioned {
+                v: CONTROL_VERSION,
+                msg: ControlRequest::Status,
+            }),
+            enc(&Versioned {
+                v: CONTROL_VERSION,
+                msg: ControlRequest::ClearFaults,
+            }),
+            enc(&ControlResponse::Ok),
+        ],
+        "link" => vec![
+            enc(&PeerMsg::Hello {
+                protocol: tether_cluster::net::wire::PROTOCOL_VERSION,
+                node: node.clone(),
+                replace: false,
+            }),
+            enc(&PeerMsg::Gossip {
+                members: vec![node],
+            }),
+            enc(&Heartbeat {
+                incarnation: 3,
+                seq: 9,
+                fences: 1,
+                fenced: false,
+                down: false,
+                unreachable: vec!["r2".into()],
+            }),
+        ],
+        "outbox" => {
+            static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let dir =
+                std::env::temp_dir().join(format!("tether-seed-{}-{call}", std::process::id()));
+            std::fs::create_dir_all(&dir).expect("a temp directory");
+            let path = dir.join("outbox.log");
+            let _ = std::fs::remove_file(&path);
+            let mut ob = tether_node_local::outbox::Outbox::open(&path, 16).expect("an outbox");
+            ob.push(env(1, b"\"inc\""), 5).expect("room");
+            ob.push(env(2, b"\"get\""), 6).expect("room");
+            drop(ob);
+            let bytes = std::fs::read(&path).expect("the log");
+            let _ = std::fs::remove_dir_all(&dir);
+            vec![bytes]
+        }
+        other => panic!("no decoder named {other}"),
+    }
+}
