@@ -1,11 +1,9 @@
 //! Command definitions (clap) and dispatch. Each command lives in its own file under `cli/`.
 
 mod agents;
-mod bench;
 mod certs;
 mod common;
 mod faults;
-mod logging;
 mod node;
 mod status;
 mod tree;
@@ -81,8 +79,6 @@ enum Command {
     /// Supervisor groups (one-for-all, rest-for-one...).
     #[command(subcommand)]
     Group(tree::GroupCommand),
-    /// Measure tether against anchors (bare ractor...) in one run; prints ratios.
-    Bench(bench::BenchArgs),
     /// Certificates for a real deployment.
     #[command(subcommand)]
     Certs(certs::CertsCommand),
@@ -103,7 +99,6 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Agents(a) => agents::agents(a).await,
         Command::Tree(a) => tree::tree(a).await,
         Command::Group(c) => tree::group(c).await,
-        Command::Bench(a) => bench::bench(a).await,
         Command::Certs(c) => certs::run(c),
     }
 }

@@ -17,6 +17,7 @@
 
 #[doc(hidden)] // the entry points of the fuzz targets and of tests/decoders.rs
 pub mod decoders;
+pub mod logging;
 mod node;
 pub mod prelude;
 

@@ -66,7 +66,7 @@ pub(crate) struct NodeArgs {
 }
 
 pub(crate) async fn run(a: NodeArgs) -> anyhow::Result<ExitCode> {
-    super::logging::init_logging();
+    tether::logging::init();
     let state_dir = a.state.state_dir;
     let node_dir = NodeDir::new(state_dir.join("nodes").join(&a.name));
     let listen = match a.listen {

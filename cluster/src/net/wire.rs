@@ -419,7 +419,11 @@ mod tests {
         frames.push(&(15u32 << 20).to_be_bytes());
         frames.push(b"a few bytes");
         assert!(frames.take::<u64>().unwrap().is_none());
-        assert!(frames.buf.capacity() <= RESERVE_AHEAD + 64, "{}", frames.buf.capacity());
+        assert!(
+            frames.buf.capacity() <= RESERVE_AHEAD + 64,
+            "{}",
+            frames.buf.capacity()
+        );
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The detection rows (`--faults`): a real 3-node cluster (`tether up --detach`: r1, r2, l1)
-//! driven through this binary's own CLI, as an operator would.
+//! driven through the `tether` CLI, as an operator would.
 //!
 //! - `detect_isolate_s`: `partition --isolate r2` until r1 and l1 see r2 `unreachable` and r2
 //!   sees both `unreachable`.
@@ -14,9 +14,25 @@ use std::time::Instant;
 
 use anyhow::Context;
 
+/// The `tether` CLI these rows drive: `TETHER_BIN`, else the `tether` beside this binary (both
+/// are built into one target directory).
+fn tether_bin() -> anyhow::Result<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os("TETHER_BIN") {
+        return Ok(p.into());
+    }
+    let me = std::env::current_exe().context("cannot find the tether-bench executable")?;
+    let beside = me.with_file_name("tether");
+    anyhow::ensure!(
+        beside.is_file(),
+        "the fault rows drive the tether CLI, and there is none at {}: build it first \
+         (`cargo build --release`) or set TETHER_BIN",
+        beside.display()
+    );
+    Ok(beside)
+}
+
 fn tether(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
-    let exe = std::env::current_exe().context("cannot find the tether executable")?;
-    let out = Command::new(exe)
+    let out = Command::new(tether_bin()?)
         .args(args)
         .arg("--state-dir")
         .arg(dir)

@@ -1,5 +1,6 @@
-//! Logs of the `tether` binary: `RUST_LOG` filters (default: `info`, with ractor, ractor_cluster
-//! and quinn at `warn`), lines go to stderr.
+//! Logs as a tether node writes them: `RUST_LOG` filters (default: `info`, with ractor,
+//! ractor_cluster and quinn at `warn`), lines go to stderr. The `tether` binary installs this;
+//! a program that embeds nodes can call [`init`] for the same lines.
 //!
 //! A line written while an agent handles a message (or runs `init`) carries the agent and the
 //! message's trace, as if in a span: `agent{id=counter/a trace_id=4bf9..}: target: message`.
@@ -18,21 +19,27 @@ use tracing_subscriber::fmt::FmtContext;
 use tracing_subscriber::registry::LookupSpan;
 
 /// The filter when `RUST_LOG` is not set.
-const DEFAULT_FILTER: &str = "info,ractor=warn,ractor_cluster=warn,quinn=warn";
+pub const DEFAULT_FILTER: &str = "info,ractor=warn,ractor_cluster=warn,quinn=warn";
 
-/// Installs the binary's subscriber, writing to stderr (see the module doc).
-pub(crate) fn init_logging() {
+/// Installs the global subscriber, writing to stderr (see the module doc).
+///
+/// # Panics
+/// If a global subscriber is installed already.
+pub fn init() {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    init(std::io::stderr, ansi);
+    install(std::io::stderr, ansi);
 }
 
-/// Installs the binary's subscriber, writing to `file` (`tether bench`, whose own output is
-/// on stderr, runs with the logging a node runs with).
-pub(crate) fn init_logging_to(file: std::fs::File) {
-    init(std::sync::Mutex::new(file), false);
+/// Installs the global subscriber, writing to `file` (the bench, whose own output is on
+/// stderr, runs its nodes with the logging a node runs with).
+///
+/// # Panics
+/// If a global subscriber is installed already.
+pub fn init_to(file: std::fs::File) {
+    install(std::sync::Mutex::new(file), false);
 }
 
-fn init<W>(writer: W, ansi: bool)
+fn install<W>(writer: W, ansi: bool)
 where
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
@@ -130,7 +137,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
-    use tether::{Kinds, Node};
+    use crate::{Kinds, Node};
     use tether_actors::agent::{Agent, Ctx, Failure};
     use tether_actors::AgentRef;
 
@@ -233,7 +240,7 @@ mod tests {
         tracing::info!("not in an agent");
         let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
         assert!(
-            text.contains(" INFO tether::cli::logging::tests: not in an agent"),
+            text.contains(" INFO tether::logging::tests: not in an agent"),
             "{text}"
         );
         assert!(!text.contains("agent{"), "{text}");

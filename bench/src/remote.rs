@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
-use tether::Node;
+use tether::{Kinds, Node};
 use tether_actors::builtin::{Sink, SinkMsg, SinkReply};
 use tether_actors::AgentRef;
 use tether_cluster::net::certs::CertDir;
@@ -56,25 +56,15 @@ impl Pair {
     }
 }
 
-/// Starts `b2` as a node runs: its log filter is the default one (or `RUST_LOG`), its log goes
-/// to `b2.log` in `dir`.
+/// Starts `b2` in a child process (this binary, `--child node`): a node as `tether node`
+/// runs one, logging with the default filter (or `RUST_LOG`) to `b2.log` in `dir`.
 fn spawn_peer(dir: &Path, seed: &str) -> anyhow::Result<Child> {
-    let exe = std::env::current_exe().context("cannot find the tether executable")?;
+    let exe = std::env::current_exe().context("cannot find the tether-bench executable")?;
     let log_path = dir.join("b2.log");
     let log = std::fs::File::create(&log_path)
         .with_context(|| format!("cannot create {}", log_path.display()))?;
     let mut child = Command::new(exe)
-        .args([
-            "node",
-            "--demo-kinds",
-            "--name",
-            "b2",
-            "--seed",
-            seed,
-            "--fault-seed",
-            "1",
-            "--state-dir",
-        ])
+        .args(["--child", "node", "--to", seed, "--certs"])
         .arg(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -90,6 +80,26 @@ fn spawn_peer(dir: &Path, seed: &str) -> anyhow::Result<Child> {
         bail!("node b2 did not start: {line:?}; its log:\n{log}");
     }
     Ok(child)
+}
+
+/// The child side of [`spawn_peer`]: node `b2` with the demonstration kinds, joined through
+/// `seed`, its state in `dir`, until SIGTERM.
+pub(super) async fn peer_node(dir: &Path, seed: std::net::SocketAddr) -> anyhow::Result<()> {
+    let node = Node::builder("b2")
+        .state_dir(dir)
+        .seed(seed)
+        .fault_seed(1)
+        .kinds(Kinds::builtin().with_demo(dir))
+        .start()
+        .await?;
+    println!("ready addr={}", node.info().addr);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    node.shutdown().await;
+    Ok(())
 }
 
 async fn count(sink: &AgentRef<Sink>) -> anyhow::Result<u64> {

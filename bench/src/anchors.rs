@@ -418,13 +418,13 @@ impl Drop for Receiver {
 }
 
 fn exe() -> anyhow::Result<PathBuf> {
-    std::env::current_exe().context("cannot find the tether executable")
+    std::env::current_exe().context("cannot find the tether-bench executable")
 }
 
-/// Starts `tether bench --child MODE ARGS..` and waits for its `ready` line.
+/// Starts `tether-bench --child MODE ARGS..` and waits for its `ready` line.
 pub(super) fn start_receiver(mode: &str, args: &[String]) -> anyhow::Result<Receiver> {
     let mut child = Command::new(exe()?)
-        .args(["bench", "--child", mode])
+        .args(["--child", mode])
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -448,7 +448,7 @@ pub(super) fn start_receiver(mode: &str, args: &[String]) -> anyhow::Result<Rece
 /// Runs a sender child to completion and parses its result.
 pub(super) fn run_sender(mode: &str, args: &[String]) -> anyhow::Result<SendResult> {
     let out = Command::new(exe()?)
-        .args(["bench", "--child", mode])
+        .args(["--child", mode])
         .args(args)
         .stdin(Stdio::null())
         .output()

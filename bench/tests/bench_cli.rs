@@ -1,18 +1,17 @@
-//! `tether bench` as an instrument: the remote rows run end to end (two node processes and
-//! both anchor pairs) and the JSON keeps its documented shape. Speed is not asserted here;
-//! figures come from `tether bench` itself.
-
-mod support;
+//! `tether-bench` as an instrument: the remote rows run end to end (two node processes and
+//! both anchor pairs) and the JSON keeps its documented shape, goals and verdicts included.
+//! Speed is not asserted here; figures come from the bench itself.
 
 use std::process::Command;
 
 use serde_json::Value;
-use support::TETHER;
+
+const BENCH: &str = env!("CARGO_BIN_EXE_tether-bench");
 
 #[test]
 fn remote_rows_report_every_metric_with_its_anchors() {
-    let out = Command::new(TETHER)
-        .args(["bench", "--quick", "--only", "remote", "--json"])
+    let out = Command::new(BENCH)
+        .args(["--quick", "--only", "remote", "--json"])
         .output()
         .unwrap();
     assert!(
@@ -57,12 +56,42 @@ fn remote_rows_report_every_metric_with_its_anchors() {
     let tell = &metrics[0];
     assert!(tell["anchors"]["ractor_cluster_tcp"].is_number());
     assert!(tell["anchors"]["raw_quinn"].is_number());
+    // goals are evaluated: each says what it compares, and the row's verdict is theirs
+    let goals = tell["goal"].as_array().unwrap();
+    assert_eq!(goals.len(), 2, "{tell}");
+    for g in goals {
+        let anchor = g["anchor"].as_str().unwrap();
+        let factor = g["factor"].as_f64().unwrap();
+        let ratio = tell["ratios"][anchor].as_f64().unwrap();
+        assert_eq!(g["op"], ">=");
+        assert_eq!(g["met"], ratio >= factor, "{g} with ratio {ratio}");
+    }
+    let all_met = goals.iter().all(|g| g["met"] == true);
+    assert_eq!(tell["met"], all_met);
+    // a row kept for information has neither goal nor verdict
+    let p99 = &metrics[2];
+    assert!(p99["goal"].is_null() && p99["met"].is_null(), "{p99}");
+    // the misses are exactly the rows that are not met
+    let misses: Vec<&str> = v["misses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_str().unwrap())
+        .collect();
+    let not_met: Vec<&str> = metrics
+        .iter()
+        .filter(|m| m["met"] == false)
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(misses, not_met);
+    // the spawn p99 is set against raw quinn's p99
+    assert!(metrics[4]["anchors"]["raw_quinn_rtt_p99"].is_number());
 }
 
 #[test]
 fn bad_only_value_is_refused_with_the_choices() {
-    let out = Command::new(TETHER)
-        .args(["bench", "--only", "nothing"])
+    let out = Command::new(BENCH)
+        .args(["--only", "nothing"])
         .output()
         .unwrap();
     assert!(!out.status.success());

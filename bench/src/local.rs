@@ -320,10 +320,9 @@ pub(super) async fn measure_memory(what: &str, n: usize) -> anyhow::Result<f64> 
 }
 
 pub(super) fn memory_in_child(what: &str, n: u64) -> anyhow::Result<f64> {
-    let exe = std::env::current_exe().context("cannot find the tether executable")?;
+    let exe = std::env::current_exe().context("cannot find the tether-bench executable")?;
     let out = std::process::Command::new(exe)
         .args([
-            "bench",
             "--child",
             &format!("memory-{what}"),
             "--count",

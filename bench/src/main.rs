@@ -1,5 +1,8 @@
-//! `tether bench`: tether's figures beside anchors measured in the same run, by the same
-//! binary, on the same machine.
+//! `tether-bench`: tether's figures beside anchors measured in the same run, by the same
+//! binary, on the same machine. `cargo run --release -p tether-bench -- --help`.
+//!
+//! The anchors (bare ractor, ractor_cluster over TCP, raw quinn) are linked into this binary
+//! only, not into the `tether` product.
 //!
 //! Each figure is the median of several repetitions (min and max shown); tether and its
 //! anchors alternate inside each repetition, so drift on a shared machine hits all of them.
@@ -10,8 +13,13 @@
 //! | remote tell, ask p50/p99, spawn p50/p99 | this process + a `tether node` child | ractor_cluster over TCP, raw quinn (child pairs) | `bench/remote.rs`, `bench/anchors.rs` |
 //! | detection (`--faults`) | `tether up` cluster, driven by the CLI | – | `bench/faults.rs` |
 //!
+//! Every row with a goal states it as a [`report::Goal`] the bench evaluates (tether's median
+//! against an anchor's median, times a factor); the table and `--json` say whether it is met,
+//! and the run ends with the rows that miss.
+//!
 //! Child processes are this binary with a hidden `--child MODE` (anchor receivers and senders,
-//! memory measurements), so every figure comes from a fresh, comparable process.
+//! memory measurements, the peer node), so every figure comes from a fresh, comparable
+//! process.
 
 mod anchors;
 mod faults;
@@ -22,21 +30,29 @@ mod report;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Args;
-use report::Metric;
+use clap::Parser;
+use report::{Goal, Metric};
 
-#[derive(Debug, Args)]
+/// Measure tether against anchors (bare ractor, ractor_cluster over TCP, raw quinn) in one
+/// run; prints each figure, its ratio to its anchors, and whether its goal is met.
+#[derive(Debug, Parser)]
+#[command(name = "tether-bench", version)]
 #[command(after_help = "Examples:
-  tether bench --quick            # about a minute and a half
-  tether bench --json > bench.json
-  tether bench --faults           # adds failure detection on a real 3-node cluster
-  tether bench --only remote      # just the remote rows
-  TOKIO_WORKER_THREADS=1 tether bench --only remote   # one runtime worker in every process
+  cargo run --release -p tether-bench -- --quick        # about a minute and a half
+  cargo run --release -p tether-bench -- --json > bench.json
+  cargo build --release && cargo run --release -p tether-bench -- --faults
+                                  # adds failure detection on a real 3-node cluster (needs the
+                                  # tether binary beside this one, or TETHER_BIN)
+  cargo run --release -p tether-bench -- --only remote  # just the remote rows
+  TOKIO_WORKER_THREADS=1 cargo run --release -p tether-bench -- --only remote
+                                  # one runtime worker in every process
 
-Ratios are tether / anchor, both measured in this run; the GOAL column says which way is good.")]
-pub(crate) struct BenchArgs {
+Ratios are tether / anchor, both measured in this run; GOAL says which way is good, MET whether
+the median reaches it. The exit status is 0 when the run completes, misses or not.")]
+struct BenchArgs {
     /// Print JSON: {"machine", "metrics": [{"name", "unit", "tether", "min", "max", "anchors",
-    /// "ratios", "goal", "repetitions"}]}.
+    /// "ratios", "goal": [{"op", "factor", "anchor", "text", "met"}] | null, "met": bool | null,
+    /// "note", "repetitions"}], "misses": [names]}.
     #[arg(long)]
     json: bool,
     /// Fewer messages and repetitions: finishes in under two minutes.
@@ -49,7 +65,7 @@ pub(crate) struct BenchArgs {
     #[arg(long, value_delimiter = ',', value_parser = ["local", "remote", "faults"])]
     only: Vec<String>,
     /// (internal) Run as a child: ractor-recv, ractor-send, quinn-recv, quinn-send,
-    /// memory-tether, memory-ractor (each with an optional -awake suffix).
+    /// memory-tether, memory-ractor (each with an optional -awake suffix), node.
     #[arg(long, hide = true)]
     child: Option<String>,
     /// (internal) How many messages, agents or actors a child handles.
@@ -61,9 +77,30 @@ pub(crate) struct BenchArgs {
     /// (internal) Where a sender child finds its receiver.
     #[arg(long, hide = true)]
     to: Option<String>,
-    /// (internal) Certificates of the raw quinn children.
+    /// (internal) Certificates of the raw quinn children; the peer node's state directory.
     #[arg(long, hide = true)]
     certs: Option<std::path::PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let args = BenchArgs::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(bench(args)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// How much each row does.
@@ -109,10 +146,13 @@ impl Sizes {
     }
 }
 
-pub(crate) async fn bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
+async fn bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
     if let Some(mode) = &a.child {
-        if std::env::var_os("RUST_LOG").is_some() {
-            super::logging::init_logging();
+        if mode == "node" {
+            // the peer node logs as a node does, to stderr (the parent sends it to a file)
+            tether::logging::init();
+        } else if std::env::var_os("RUST_LOG").is_some() {
+            tether::logging::init();
         }
         child(mode, &a).await?;
         return Ok(ExitCode::SUCCESS);
@@ -120,7 +160,7 @@ pub(crate) async fn bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
     // the nodes measured log as a node does (the default filter unless RUST_LOG says
     // otherwise), to a file: stderr is the bench's own
     let log = std::env::temp_dir().join(format!("tether-bench-{}.log", std::process::id()));
-    super::logging::init_logging_to(
+    tether::logging::init_to(
         std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?,
     );
     let s = Sizes::new(a.quick);
@@ -130,7 +170,7 @@ pub(crate) async fn bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
         }
     };
     say(format!(
-        "tether bench ({}): {}; logs in {}",
+        "tether-bench ({}): {}; logs in {}",
         if a.quick { "quick" } else { "full" },
         report::machine(),
         log.display()
@@ -167,6 +207,7 @@ async fn child(mode: &str, a: &BenchArgs) -> anyhow::Result<()> {
         "quinn-recv" => return anchors::quinn_recv(&certs()?).await,
         "ractor-send" => anchors::ractor_send(to()?.parse()?, a.count, a.asks).await?,
         "quinn-send" => anchors::quinn_send(&certs()?, to()?.parse()?, a.count, a.asks).await?,
+        "node" => return remote::peer_node(&certs()?, to()?.parse()?).await,
         "ask-loop-tether" | "ask-loop-ractor" => {
             in_task(local::ask_loop(
                 mode["ask-loop-".len()..].to_owned(),
@@ -213,47 +254,55 @@ async fn local_rows(s: &Sizes, say: &impl Fn(String)) -> anyhow::Result<Vec<Metr
         "local_tell_throughput",
         "msg/s",
         &["bare_ractor"],
-        ">= 0.9x bare ractor",
+        &[Goal::at_least(0.9, "bare_ractor")],
+        "tells from one sender until the last is handled",
     );
     let mut ask = Metric::new(
         "local_ask_rtt_us",
         "us",
         &["bare_ractor"],
-        "<= 1.2x bare ractor",
+        &[Goal::at_most(1.2, "bare_ractor")],
+        "one ask at a time, round trip",
     );
     let mut spawn = Metric::new(
         "local_spawn_rate",
         "spawn/s",
         &["bare_ractor"],
-        ">= 0.8x bare ractor",
+        &[],
+        "a spawn alone (dormant: the actor starts at the first message)",
     );
     let mut spawn_ask = Metric::new(
         "local_spawn_first_ask_rate",
         "spawn/s",
         &["bare_ractor"],
-        "a spawn and its first ask (the agent's actor starts there)",
+        &[Goal::at_least(0.8, "bare_ractor")],
+        "a spawn and its first message, against ractor's spawn and first call",
     );
     let mut mem = Metric::new(
         "bytes_per_idle_agent",
         "bytes",
         &["bare_ractor"],
-        "<= 1.1x bare ractor",
+        &[],
+        "spawned, never messaged (dormant)",
     );
     let mut mem_awake = Metric::new(
         "bytes_per_awake_agent",
         "bytes",
         &["bare_ractor"],
-        "idle after one ask (its actor started)",
+        &[Goal::at_most(1.1, "bare_ractor")],
+        "an agent that has handled a message, idle",
     );
     let mut p50 = Metric::new(
         "restart_latency_p50_ms",
         "ms",
+        &[],
         &[],
         "failure to serving again, no backoff",
     );
     let mut p99 = Metric::new(
         "restart_latency_p99_ms",
         "ms",
+        &[],
         &[],
         "failure to serving again, no backoff",
     );
@@ -300,31 +349,39 @@ async fn remote_rows(s: &Sizes, say: &impl Fn(String)) -> anyhow::Result<Vec<Met
         "remote_tell_throughput",
         "msg/s",
         ANCHORS,
-        ">= 3x ractor_cluster_tcp, >= 0.2x raw quinn",
+        &[
+            Goal::at_least(3.0, "ractor_cluster_tcp"),
+            Goal::at_least(0.2, "raw_quinn"),
+        ],
+        "tells to an agent on another node, until the last is handled",
     );
     let mut ask50 = Metric::new(
         "remote_ask_rtt_p50_us",
         "us",
         ANCHORS,
-        "<= 1.15x raw quinn echo",
+        &[Goal::at_most(1.15, "raw_quinn")],
+        "asks to an agent on another node, one at a time",
     );
     let mut ask99 = Metric::new(
         "remote_ask_rtt_p99_us",
         "us",
         ANCHORS,
+        &[],
         "p99 of the same asks",
     );
     let mut spawn50 = Metric::new(
         "remote_spawn_p50_ms",
         "ms",
         &["raw_quinn_rtt"],
-        "a get-or-spawn on another node, in echo round trips",
+        &[],
+        "a get-or-spawn of a fresh agent on another node",
     );
     let mut spawn99 = Metric::new(
         "remote_spawn_p99_ms",
         "ms",
-        &["raw_quinn_rtt"],
-        "p99 of the same spawns",
+        &["raw_quinn_rtt_p99"],
+        &[],
+        "p99 of the same spawns, against raw quinn's p99 echo",
     );
 
     let certs = std::env::temp_dir().join(format!("tether-bench-quinn-{}", std::process::id()));
@@ -357,7 +414,7 @@ async fn remote_rows(s: &Sizes, say: &impl Fn(String)) -> anyhow::Result<Vec<Met
             ask50.push(a50, &[rc.ask_p50_us, q.ask_p50_us]);
             ask99.push(a99, &[rc.ask_p99_us, q.ask_p99_us]);
             spawn50.push(s50, &[q.ask_p50_us / 1e3]);
-            spawn99.push(s99, &[q.ask_p50_us / 1e3]);
+            spawn99.push(s99, &[q.ask_p99_us / 1e3]);
         }
         Ok(())
     }
@@ -375,15 +432,17 @@ fn fault_rows(s: &Sizes, say: &impl Fn(String)) -> anyhow::Result<Vec<Metric>> {
         "detect_isolate_s",
         "s",
         &[],
-        "<= 2 s from partition --isolate to unreachable",
+        &[Goal::within(2.0)],
+        "from partition --isolate to unreachable on both sides",
     );
     let mut kill = Metric::new(
         "detect_kill_s",
         "s",
         &[],
-        "<= 2 s from kill -9 to unreachable",
+        &[Goal::within(2.0)],
+        "from kill -9 to unreachable",
     );
-    let mut heal = Metric::new("heal_s", "s", &[], "from heal to every pair up");
+    let mut heal = Metric::new("heal_s", "s", &[], &[], "from heal to every pair up");
     for r in 0..s.reps {
         say(format!("faults: repetition {}/{}", r + 1, s.reps));
         let (i, h, k) = faults::detection_once(r)?;
