@@ -115,110 +115,125 @@ pub fn outbox(data: &[u8]) -> bool {
 /// # Panics
 /// For an unknown name, or if the outbox sample cannot be written under the temp directory.
 pub fn seeds(name: &str) -> Vec<Vec<u8>> {
-    use tether_actors::{Contract, Encoding, TellRun, TraceContext};
-    use tether_cluster::control::protocol::{ControlRequest, Versioned, CONTROL_VERSION};
-    use tether_cluster::{NodeInfo, Role};
+    match name {
+        "frames" => frame_seeds(),
+        "envelope" => vec![enc(&sample_env(1, b"\"inc\"")), b"counter/c".to_vec()],
+        "control" => control_seeds(),
+        "link" => link_seeds(),
+        "outbox" => vec![outbox_seed()],
+        other => panic!("no decoder named {other}"),
+    }
+}
 
-    let env = |seq: u64, body: &[u8]| Envelope {
+fn enc<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    codec::encode(v).expect("a seed encodes")
+}
+
+fn sample_env(seq: u64, body: &[u8]) -> Envelope {
+    Envelope {
         target: "counter/c".parse().expect("a valid id"),
         epoch: 1 << 40,
         sender: "r1".into(),
         seq,
-        trace: TraceContext::new_root(),
-        contract: Contract {
+        trace: tether_actors::TraceContext::new_root(),
+        contract: tether_actors::Contract {
             name: "counter".into(),
             version: 1,
         },
-        encoding: Encoding::Json,
+        encoding: tether_actors::Encoding::Json,
         body: bytes::Bytes::copy_from_slice(body),
-    };
-    fn enc<T: serde::Serialize>(v: &T) -> Vec<u8> {
-        codec::encode(v).expect("a seed encodes")
     }
-    let framed = |first: u8, bodies: &[Vec<u8>]| {
-        let mut out = vec![first];
-        for b in bodies {
-            out.extend_from_slice(&(b.len() as u32).to_be_bytes());
-            out.extend_from_slice(b);
-        }
-        out
-    };
-    let node = NodeInfo {
+}
+
+/// A stream of frames: the first byte as [`frames`] reads it, then length-prefixed bodies.
+fn framed(first: u8, bodies: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = vec![first];
+    for b in bodies {
+        out.extend_from_slice(&(b.len() as u32).to_be_bytes());
+        out.extend_from_slice(b);
+    }
+    out
+}
+
+fn frame_seeds() -> Vec<Vec<u8>> {
+    let mut run = tether_actors::TellRun::of(sample_env(1, b"\"inc\""));
+    run.push(sample_env(2, b"{\"add\":2}"));
+    let requests = [
+        enc(&Request::Tell {
+            env: sample_env(1, b"\"inc\""),
+        }),
+        enc(&Request::Tells { run }),
+        enc(&Request::Ask {
+            req: 7,
+            env: sample_env(3, b"\"get\""),
+            deadline_ms: 1000,
+        }),
+    ];
+    let responses = [enc(&Response::Done {
+        req: 7,
+        result: Err(tether_actors::AgentError::NotFound {
+            id: "counter/c".into(),
+        }),
+    })];
+    vec![framed(0x20, &requests), framed(0x21, &responses)]
+}
+
+fn control_seeds() -> Vec<Vec<u8>> {
+    use tether_cluster::control::protocol::{ControlRequest, Versioned, CONTROL_VERSION};
+    vec![
+        enc(&Versioned {
+            v: CONTROL_VERSION,
+            msg: ControlRequest::Status,
+        }),
+        enc(&Versioned {
+            v: CONTROL_VERSION,
+            msg: ControlRequest::ClearFaults,
+        }),
+        enc(&ControlResponse::Ok),
+    ]
+}
+
+fn link_seeds() -> Vec<Vec<u8>> {
+    let node = tether_cluster::NodeInfo {
         name: "r1".into(),
-        role: Role::Remote,
+        role: tether_cluster::Role::Remote,
         addr: "127.0.0.1:7000".parse().expect("an address"),
         incarnation: 3,
         kinds: vec!["counter".into()],
     };
-    match name {
-        "frames" => {
-            let mut run = TellRun::of(env(1, b"\"inc\""));
-            run.push(env(2, b"{\"add\":2}"));
-            let requests = [
-                enc(&Request::Tell {
-                    env: env(1, b"\"inc\""),
-                }),
-                enc(&Request::Tells { run }),
-                enc(&Request::Ask {
-                    req: 7,
-                    env: env(3, b"\"get\""),
-                    deadline_ms: 1000,
-                }),
-            ];
-            let responses = [enc(&Response::Done {
-                req: 7,
-                result: Err(tether_actors::AgentError::NotFound {
-                    id: "counter/c".into(),
-                }),
-            })];
-            vec![framed(0x20, &requests), framed(0x21, &responses)]
-        }
-        "envelope" => vec![enc(&env(1, b"\"inc\"")), b"counter/c".to_vec()],
-        "control" => vec![
-            enc(&Versioned {
-                v: CONTROL_VERSION,
-                msg: ControlRequest::Status,
-            }),
-            enc(&Versioned {
-                v: CONTROL_VERSION,
-                msg: ControlRequest::ClearFaults,
-            }),
-            enc(&ControlResponse::Ok),
-        ],
-        "link" => vec![
-            enc(&PeerMsg::Hello {
-                protocol: tether_cluster::net::wire::PROTOCOL_VERSION,
-                node: node.clone(),
-                replace: false,
-            }),
-            enc(&PeerMsg::Gossip {
-                members: vec![node],
-            }),
-            enc(&Heartbeat {
-                incarnation: 3,
-                seq: 9,
-                fences: 1,
-                fenced: false,
-                down: false,
-                unreachable: vec!["r2".into()],
-            }),
-        ],
-        "outbox" => {
-            static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-            let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let dir =
-                std::env::temp_dir().join(format!("tether-seed-{}-{call}", std::process::id()));
-            std::fs::create_dir_all(&dir).expect("a temp directory");
-            let path = dir.join("outbox.log");
-            let _ = std::fs::remove_file(&path);
-            let mut ob = tether_node_local::outbox::Outbox::open(&path, 16).expect("an outbox");
-            ob.push(env(1, b"\"inc\""), 5).expect("room");
-            ob.push(env(2, b"\"get\""), 6).expect("room");
-            drop(ob);
-            let bytes = std::fs::read(&path).expect("the log");
-            let _ = std::fs::remove_dir_all(&dir);
-            vec![bytes]
-        }
-        other => panic!("no decoder named {other}"),
-    }
+    vec![
+        enc(&PeerMsg::Hello {
+            protocol: tether_cluster::net::wire::PROTOCOL_VERSION,
+            node: node.clone(),
+            replace: false,
+        }),
+        enc(&PeerMsg::Gossip {
+            members: vec![node],
+        }),
+        enc(&Heartbeat {
+            incarnation: 3,
+            seq: 9,
+            fences: 1,
+            fenced: false,
+            down: false,
+            unreachable: vec!["r2".into()],
+        }),
+    ]
+}
+
+/// An outbox log with two queued tells, written by the outbox itself.
+fn outbox_seed() -> Vec<u8> {
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("tether-seed-{}-{call}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a temp directory");
+    let path = dir.join("outbox.log");
+    let _ = std::fs::remove_file(&path);
+    let mut ob = tether_node_local::outbox::Outbox::open(&path, 16).expect("an outbox");
+    ob.push(sample_env(1, b"\"inc\""), 5).expect("room");
+    ob.push(sample_env(2, b"\"get\""), 6).expect("room");
+    drop(ob);
+    let bytes = std::fs::read(&path).expect("the log");
+    let _ = std::fs::remove_dir_all(&dir);
+    bytes
 }

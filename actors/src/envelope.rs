@@ -146,8 +146,8 @@ impl TraceContext {
 
 /// A random 64-bit number for trace and span ids: SplitMix64 on a per-thread state seeded
 /// from the OS's randomness once per thread. Ids need to be unique, not unpredictable, and a
-/// send makes one or two: this costs a few instructions where `rand::random` costs about a
-/// hundred (callgrind of the local ask).
+/// send makes one or two, so they should cost next to nothing; `rand::random` goes through a
+/// CSPRNG.
 fn fast_random() -> u64 {
     thread_local! {
         static STATE: Cell<u64> = Cell::new(rand::random());

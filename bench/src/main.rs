@@ -240,8 +240,7 @@ fn exit_at_once() -> anyhow::Result<std::convert::Infallible> {
 /// Runs a timed local row in a task of the runtime, where agents and services run, rather than
 /// on the main thread. From the main thread, every ask (and every slice of tells) wakes a
 /// parked worker and is woken back, for tether and the anchor alike, and the figure then
-/// depends mostly on how soon the machine wakes a sleeping CPU: the same build read 1.07x to
-/// 1.70x bare ractor on the local ask from one run to the next.
+/// depends mostly on how soon the machine wakes a sleeping CPU, not on either side (PERF.md).
 async fn in_task<T: Send + 'static>(
     row: impl std::future::Future<Output = anyhow::Result<T>> + Send + 'static,
 ) -> anyhow::Result<T> {

@@ -204,48 +204,58 @@ fn max(v: &[f64]) -> f64 {
 
 pub(super) fn report(metrics: &[Metric], as_json: bool) -> anyhow::Result<()> {
     if as_json {
-        let rows: Vec<serde_json::Value> = metrics
-            .iter()
-            .map(|m| {
-                let t = median(&m.tether);
-                let anchors: serde_json::Map<String, serde_json::Value> = m
-                    .anchors
-                    .iter()
-                    .map(|(n, v)| ((*n).to_owned(), json!(median(v))))
-                    .collect();
-                let ratios: serde_json::Map<String, serde_json::Value> = m
-                    .anchors
-                    .iter()
-                    .map(|(n, v)| ((*n).to_owned(), json!(t / median(v))))
-                    .collect();
-                let goals: Vec<serde_json::Value> = m
-                    .goals
-                    .iter()
-                    .map(|g| {
-                        json!({
-                            "op": g.symbol(), "factor": g.factor, "anchor": g.anchor,
-                            "text": g.describe(m.unit), "met": g.met(m),
-                        })
-                    })
-                    .collect();
-                json!({
-                    "name": m.name, "unit": m.unit, "tether": t,
-                    "min": min(&m.tether), "max": max(&m.tether),
-                    "anchors": anchors, "ratios": ratios,
-                    "goal": if goals.is_empty() { serde_json::Value::Null } else { json!(goals) },
-                    "met": m.met(), "note": m.note,
-                    "repetitions": m.tether.len(),
-                })
-            })
-            .collect();
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json!({
-                "machine": machine(), "metrics": rows, "misses": misses(metrics),
-            }))?
-        );
-        return Ok(());
+        report_json(metrics)
+    } else {
+        report_table(metrics);
+        Ok(())
     }
+}
+
+fn report_json(metrics: &[Metric]) -> anyhow::Result<()> {
+    let rows: Vec<serde_json::Value> = metrics
+        .iter()
+        .map(|m| {
+            let t = median(&m.tether);
+            let anchors: serde_json::Map<String, serde_json::Value> = m
+                .anchors
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), json!(median(v))))
+                .collect();
+            let ratios: serde_json::Map<String, serde_json::Value> = m
+                .anchors
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), json!(t / median(v))))
+                .collect();
+            let goals: Vec<serde_json::Value> = m
+                .goals
+                .iter()
+                .map(|g| {
+                    json!({
+                        "op": g.symbol(), "factor": g.factor, "anchor": g.anchor,
+                        "text": g.describe(m.unit), "met": g.met(m),
+                    })
+                })
+                .collect();
+            json!({
+                "name": m.name, "unit": m.unit, "tether": t,
+                "min": min(&m.tether), "max": max(&m.tether),
+                "anchors": anchors, "ratios": ratios,
+                "goal": if goals.is_empty() { serde_json::Value::Null } else { json!(goals) },
+                "met": m.met(), "note": m.note,
+                "repetitions": m.tether.len(),
+            })
+        })
+        .collect();
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&json!({
+            "machine": machine(), "metrics": rows, "misses": misses(metrics),
+        }))?
+    );
+    Ok(())
+}
+
+fn report_table(metrics: &[Metric]) {
     let mut rows = vec![vec![
         "METRIC".to_owned(),
         "UNIT".into(),
@@ -316,7 +326,6 @@ pub(super) fn report(metrics: &[Metric], as_json: bool) -> anyhow::Result<()> {
     } else {
         println!("\nmissed: {}", missed.join(", "));
     }
-    Ok(())
 }
 
 /// The rows whose goals are not met.

@@ -9,9 +9,8 @@
 //! task next, on the same worker (its LIFO slot), but only three times in a row. The fourth
 //! wake-up goes to the run queue and wakes another worker to take it, and then two threads
 //! race for the connection's lock. Raw quinn's echo fits in three (driver, echo task,
-//! driver); tether's chain had four on each node. Measured with `tether bench --only
-//! remote`: the ask p50 was 1.36x raw quinn's round trip, and 1.09x in an experiment with
-//! tokio's limit raised to eight.
+//! driver); a chain of four on each node pays that hand-off on every round trip (PERF.md,
+//! "One task per connection", has the figures).
 //!
 //! Polling the driver and the readers in one task takes one link out of the chain on each
 //! node: driver and reader, then the agent, then driver and reader again.
