@@ -5,7 +5,8 @@
 #   the node unreachable), and reconnection after `heal` (time until every pair is up).
 # Each figure is the median of RUNS runs (default 5), with min and max.
 # Usage: scripts/measure-cluster.sh [path/to/tether]   (default: target/release/tether)
-# `tether bench` will carry these figures later; this script is how they are reproduced now.
+# The bench (`cargo run --release -p tether-bench -- --faults`) measures detection too; this
+# script adds formation of a 16-node cluster and reconnection.
 set -euo pipefail
 T=${1:-target/release/tether}
 RUNS=${RUNS:-5}

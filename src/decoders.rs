@@ -104,9 +104,26 @@ pub fn link(data: &[u8]) -> bool {
     msg || hb
 }
 
-/// A local node's outbox log, as it is read back after a crash.
+/// A local node's outbox log, as it is read back after a crash. The first byte picks what
+/// the rest is: (even) a log as found on disk, or (odd) record payloads, each given a valid
+/// header so that the record decoder behind the checksum is reached; a payload's length is
+/// the byte before it.
 pub fn outbox(data: &[u8]) -> bool {
-    matches!(tether_node_local::outbox::check_log(data), Ok((n, _)) if n > 0)
+    use tether_node_local::outbox::{check_log, frame_payload};
+    let Some((&first, rest)) = data.split_first() else {
+        return false;
+    };
+    if first & 1 == 0 {
+        return matches!(check_log(rest), Ok((n, _)) if n > 0);
+    }
+    let mut log = Vec::new();
+    let mut at = rest;
+    while let Some((&len, tail)) = at.split_first() {
+        let (payload, tail) = tail.split_at(usize::from(len).min(tail.len()));
+        log.extend_from_slice(&frame_payload(payload));
+        at = tail;
+    }
+    matches!(check_log(&log), Ok((n, _)) if n > 0)
 }
 
 /// Valid inputs for decoder `name`, to start fuzzing from (and for the property test to
@@ -120,7 +137,7 @@ pub fn seeds(name: &str) -> Vec<Vec<u8>> {
         "envelope" => vec![enc(&sample_env(1, b"\"inc\"")), b"counter/c".to_vec()],
         "control" => control_seeds(),
         "link" => link_seeds(),
-        "outbox" => vec![outbox_seed()],
+        "outbox" => outbox_seeds(),
         other => panic!("no decoder named {other}"),
     }
 }
@@ -221,8 +238,28 @@ fn link_seeds() -> Vec<Vec<u8>> {
     ]
 }
 
-/// An outbox log with two queued tells, written by the outbox itself.
-fn outbox_seed() -> Vec<u8> {
+/// An outbox log with two queued tells, written by the outbox itself, in both of the forms
+/// [`outbox`] reads: as found on disk, and as payloads it frames.
+fn outbox_seeds() -> Vec<Vec<u8>> {
+    let log = outbox_log();
+    let mut payloads = vec![1u8];
+    let mut at = &log[..];
+    // the log's records: 4 bytes of length, 8 of checksum, the payload
+    while at.len() >= 12 {
+        let len = u32::from_le_bytes(at[..4].try_into().expect("4 bytes")) as usize;
+        let payload = &at[12..12 + len];
+        if let Ok(short) = u8::try_from(len) {
+            payloads.push(short);
+            payloads.extend_from_slice(payload);
+        }
+        at = &at[12 + len..];
+    }
+    let mut on_disk = vec![0u8];
+    on_disk.extend_from_slice(&log);
+    vec![on_disk, payloads]
+}
+
+fn outbox_log() -> Vec<u8> {
     static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("tether-seed-{}-{call}", std::process::id()));

@@ -106,8 +106,10 @@ fn ten_percent_loss_causes_no_false_unreachable() {
     let out = c.ok(&["partition", "--loss", "10", "r1"]);
     assert!(out.contains("r1: drop 10% to/from every node"), "{out}");
     let changes = Cluster::total_changes(&c.status());
-    // observe a window of many detection periods under loss
-    std::thread::sleep(Duration::from_secs(8));
+    // the property itself (no suspicion at 10% loss) is checked on virtual time over hours
+    // of heartbeats (`membership::detector`'s tests); this watches the real path (QUIC
+    // datagrams through the fault layer) for a few detection windows
+    std::thread::sleep(Duration::from_secs(4));
     let st = c.status();
     assert_eq!(
         Cluster::total_changes(&st),

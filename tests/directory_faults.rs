@@ -57,8 +57,21 @@ fn a_restarted_backup_is_copied_again_and_fails_the_agents_over() {
     let mut r2 = c.restart("r2", "remote", &seeds);
     c.wait(&[], &[], "up", Duration::from_secs(20))
         .expect("r2 back up");
-    // the copies go to the new life of r2 (and r3) before r1 stops
-    std::thread::sleep(Duration::from_secs(1));
+    // the copies go to the new life of r2 (and r3) before r1 stops: wait until r1 holds no
+    // unacknowledged notice
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = c.status();
+        let pending = Cluster::node(&st, "r1")["agent_counters"]["notices_pending"].as_u64();
+        if pending == Some(0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "r1's notices were not acknowledged: {pending:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     c.kill("r1", libc::SIGSTOP);
     let mut slowest = Duration::ZERO;
     for k in &keys {

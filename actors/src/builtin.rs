@@ -179,7 +179,7 @@ impl Agent for Sleeper {
     }
 }
 
-/// Counts what it receives and echoes on request: the payload agent of `tether bench`.
+/// Counts what it receives and echoes on request: the payload agent of the bench (`tether-bench`).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Sink;
 

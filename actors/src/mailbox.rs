@@ -751,7 +751,7 @@ mod tests {
     /// The mailbox is one allocation per agent, idle ones included: it stays in glibc's
     /// 112-byte class (an `Arc` of it is at most 104 bytes), so that the resident bytes per
     /// idle agent do not move between size classes from one change to the next (one size
-    /// class up once made them vary from run to run by up to 180 bytes, `tether bench`).
+    /// class up once made them vary from run to run by up to 180 bytes in the bench).
     #[cfg(target_pointer_width = "64")]
     #[test]
     fn the_mailbox_stays_small() {

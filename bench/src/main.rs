@@ -348,10 +348,9 @@ async fn remote_rows(s: &Sizes, say: &impl Fn(String)) -> anyhow::Result<Vec<Met
         "remote_tell_throughput",
         "msg/s",
         ANCHORS,
-        &[
-            Goal::at_least(3.0, "ractor_cluster_tcp"),
-            Goal::at_least(0.2, "raw_quinn"),
-        ],
+        // ractor_cluster sends each message on its own over plaintext TCP, tether batches runs
+        // of tells: that ratio is information, the goal is against raw quinn
+        &[Goal::at_least(0.2, "raw_quinn")],
         "tells to an agent on another node, until the last is handled",
     );
     let mut ask50 = Metric::new(

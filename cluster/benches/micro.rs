@@ -3,7 +3,7 @@
 //!
 //! `cargo bench -p tether-cluster --bench micro [FILTER]` prints nanoseconds per operation
 //! (median of five batches of about 100 ms, with min and max). They are for working on one
-//! piece; the figures that judge tether against its anchors come from `tether bench`.
+//! piece; the figures that judge tether against its anchors come from `tether-bench`.
 
 use std::hint::black_box;
 use std::sync::Arc;

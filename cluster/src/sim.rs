@@ -28,7 +28,7 @@ pub mod check;
 mod driver;
 mod host;
 mod net;
-mod rng;
+pub(crate) mod rng;
 pub mod schedule;
 
 use std::cmp::Reverse;

@@ -248,6 +248,10 @@ pub struct AgentCounters {
     /// no spawn record).
     #[serde(default)]
     pub unavailable: u64,
+    /// Directory notices (backup copies, hand-overs, eviction and exit reports) this node
+    /// sent that are not acknowledged yet; they are resent until they are.
+    #[serde(default)]
+    pub notices_pending: u64,
 }
 
 /// How one node sees one peer.

@@ -12,7 +12,7 @@ impl Shared {
     /// A snapshot of this node's view of the cluster.
     pub(crate) fn status(&self) -> NodeStatus {
         let now = Instant::now();
-        let (mut peers, role_counters, outbox, mode) = self.driver.read(|c| {
+        let (mut peers, role_counters, outbox, mode, notices) = self.driver.read(|c| {
             let peers: Vec<PeerStatus> = c
                 .members()
                 .peers()
@@ -42,7 +42,13 @@ impl Shared {
                     }
                 })
                 .collect();
-            (peers, c.role_counters(), c.outbox_counters(), c.mode())
+            (
+                peers,
+                c.role_counters(),
+                c.outbox_counters(),
+                c.mode(),
+                c.notices_pending(),
+            )
         });
         peers.sort_by(|a, b| a.name.cmp(&b.name));
         let (dropped, delayed) = self.faults.counters();
@@ -71,6 +77,7 @@ impl Shared {
                 pending_asks: self.router.pending_asks() as u64,
                 failovers: role_counters.failovers,
                 unavailable: role_counters.unavailable,
+                notices_pending: notices as u64,
             },
             mode,
             outbox,
