@@ -18,7 +18,7 @@ runs=${1:-10000000}
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(frames envelope control link outbox)
+  targets=(frames envelope control link outbox checkpoint)
 fi
 
 TETHER_FUZZ_CORPUS="$PWD/fuzz/corpus" cargo test -q --test decoders write_fuzz_seeds -- --ignored >/dev/null

@@ -23,6 +23,7 @@ pub const ALL: &[(&str, Decoder)] = &[
     ("control", control),
     ("link", link),
     ("outbox", outbox),
+    ("checkpoint", checkpoint),
 ];
 
 /// An agent stream: length-prefixed frames of requests (tells, runs of tells, asks, directory
@@ -126,6 +127,17 @@ pub fn outbox(data: &[u8]) -> bool {
     matches!(check_log(&log), Ok((n, _)) if n > 0)
 }
 
+/// A checkpoint record as a node's checkpoint store reads it back from its file.
+pub fn checkpoint(data: &[u8]) -> bool {
+    match tether_cluster::durable::store::decode_record(data) {
+        Ok(cp) => {
+            let _ = cp.size();
+            true
+        }
+        Err(_) => false,
+    }
+}
+
 /// Valid inputs for decoder `name`, to start fuzzing from (and for the property test to
 /// mutate): what a well-behaved peer, operator or crash would leave.
 ///
@@ -138,6 +150,7 @@ pub fn seeds(name: &str) -> Vec<Vec<u8>> {
         "control" => control_seeds(),
         "link" => link_seeds(),
         "outbox" => outbox_seeds(),
+        "checkpoint" => checkpoint_seeds(),
         other => panic!("no decoder named {other}"),
     }
 }
@@ -273,4 +286,26 @@ fn outbox_log() -> Vec<u8> {
     let bytes = std::fs::read(&path).expect("the log");
     let _ = std::fs::remove_dir_all(&dir);
     bytes
+}
+
+fn checkpoint_seeds() -> Vec<Vec<u8>> {
+    use tether_cluster::durable::{Checkpoint, SenderMark, Timer, Version};
+    let cp = Checkpoint {
+        id: "counter/c".parse().expect("a valid id"),
+        version: Version {
+            epoch: 2 << 40 | 77,
+            seq: 9,
+        },
+        state: bytes::Bytes::from_static(b"\x05"),
+        marks: vec![SenderMark {
+            sender: "r1".into(),
+            seq: 9,
+        }],
+        timers: vec![Timer {
+            name: "tick".into(),
+            deadline_unix_ms: 1_800_000_000_000,
+        }],
+        taken_unix_ms: 1_799_999_999_000,
+    };
+    vec![tether_cluster::durable::store::encode_record(&cp).expect("a seed encodes")]
 }

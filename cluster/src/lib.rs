@@ -10,6 +10,8 @@
 //!   tether's own streams and datagrams, the live links, what a node keeps on disk.
 //! - [`membership`]: the membership table, the failure detector and the link rule (sans-IO).
 //! - [`directory`]: where agents run: the owner of an id, placement, the directory's messages.
+//! - [`durable`]: agents' checkpoints and their stores (and the design of failover with state
+//!   and live migration).
 //! - [`role`]: the [`role::RoleCore`] trait a node role implements, and what the core lends it.
 //! - [`effects`]: what a core asks its node to do, and its requests in flight.
 //! - [`core`]: [`core::ClusterCore`], membership + directory + the role, sans-IO.
@@ -22,6 +24,7 @@ pub mod agents;
 pub mod control;
 pub mod core;
 pub mod directory;
+pub mod durable;
 pub mod effects;
 pub mod identity;
 pub mod membership;
