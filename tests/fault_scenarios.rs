@@ -576,6 +576,31 @@ fn checker_does_not_count_a_paused_or_killed_activation_as_acting() {
         r.max_acting, 2,
         "a zombie that acts after it resumed counts"
     );
+    // a handler that began before the pause (190) and wrote its entry after the resume (580):
+    // the node was frozen inside it; it acted before the pause, and is a late effect
+    let mut frozen = j.clone();
+    jepsen::parse_journal(
+        "op 4 190 580
+",
+        "ledger/a",
+        "r3",
+        1,
+        &mut frozen,
+    );
+    let r = jepsen::check(&ops, &frozen, &paused, 1_000);
+    assert_eq!((r.max_acting, r.late_effects), (1, 1));
+    // one that began after the resume acts beside r1's activation, in the new format too
+    let mut began_late = j.clone();
+    jepsen::parse_journal(
+        "op 4 575 580
+",
+        "ledger/a",
+        "r3",
+        1,
+        &mut began_late,
+    );
+    let r = jepsen::check(&ops, &began_late, &paused, 1_000);
+    assert_eq!((r.max_acting, r.late_effects), (2, 0));
     let killed = [Outage {
         node: "r3".into(),
         from_ms: 200,

@@ -25,7 +25,8 @@
 //! `ledger` takes args `{"dir": PATH}` (default `journals`) and journals what it does, for
 //! checking delivery and single activation from outside (the fault scenarios' checker reads the
 //! journals): each activation appends to its own file `PATH/<key>.<node>.<epoch>.log` the lines
-//! `start <unix_ms>`, `op <N> <unix_ms>` for each append (written before the reply), and
+//! `start <unix_ms>`, `op <N> <began_ms> <unix_ms>` for each append (when its handler began,
+//! and when the line was written, before the reply), and
 //! `stop <unix_ms>` when it stops cleanly. `PATH` is taken under the node's state directory; an
 //! absolute path must lie inside it and no path may climb out with `..`, so whoever may spawn a
 //! ledger cannot make a node write elsewhere.
@@ -358,7 +359,11 @@ impl Agent for Ledger {
     ) -> Result<u64, Failure> {
         match msg {
             LedgerMsg::Append(n) => {
-                journal_line(&mut st.journal, &format!("op {n}"))?;
+                // when the handler began (it passed the node's gate then) and, appended by
+                // `journal_line`, when the entry was written: a node frozen between the two
+                // writes it after it resumes
+                let began = unix_ms();
+                journal_line(&mut st.journal, &format!("op {n} {began}"))?;
                 st.len += 1;
             }
             LedgerMsg::Len => {}

@@ -14,13 +14,18 @@
 //! **What is checked** (any of the first three fails the scenario):
 //! - acknowledged but lost: an `ok` operation that no activation applied;
 //! - applied twice: an entry applied more than once (by one activation or two);
-//! - concurrent activations: at the moment an activation applied an entry, how many
-//!   activations of that agent were *acting*: alive and running (started, not stopped, not
-//!   killed, not paused) and still to apply an entry at or after that moment. More than one
-//!   means two instances acted at once: the new one applied while the old one, running, was
-//!   still to apply something (or the other way round). An old activation that only lingers
-//!   after its last entry (a resumed zombie refusing everything until its fence stops it) is
-//!   alive but not acting; the alive overlap below reports it.
+//! - concurrent activations: at the moment a handler of an activation began to apply an entry,
+//!   how many activations of that agent were *acting*: alive and running (started, not
+//!   stopped, not killed, not paused) and still to begin applying an entry at or after that
+//!   moment. More than one means two instances acted at once: the new one began while the old
+//!   one, running, was still to begin something (or the other way round). An old activation
+//!   that only lingers after its last entry (a resumed zombie refusing everything until its
+//!   fence stops it) is alive but not acting; the alive overlap below reports it. The moment
+//!   is when the handler began because that is what a node guarantees: its gate lets no
+//!   handler begin while it is fenced or past its lease, but a process frozen in the middle of
+//!   a handler (SIGSTOP, a VM pause) finishes that handler when it resumes, after the agent may
+//!   have been failed over. Such entries are reported as `late_effects`; an effect on an
+//!   outside system needs the epoch as a fencing token there.
 //! - also reported: attempted / ok / fail / unknown, `fail` operations that did apply (a wrong
 //!   error), the most activations of one agent whose lifetimes overlapped at all (alive, even
 //!   if idle: a paused node's activations resume until their fence stops them), and the
@@ -78,6 +83,9 @@ pub struct Applied {
     pub value: u64,
     pub node: String,
     pub epoch: u64,
+    /// When the handler that applied it began (it had passed its node's gate then).
+    pub began_ms: u64,
+    /// When the entry was written.
     pub at_ms: u64,
 }
 
@@ -133,13 +141,17 @@ pub fn parse_journal(text: &str, agent: &str, node: &str, epoch: u64, j: &mut Jo
         match w[..] {
             ["start", t] => act.start_ms = act.start_ms.min(t.parse().unwrap_or(u64::MAX)),
             ["stop", t] => act.stop_ms = t.parse().ok(),
-            ["op", v, t] => {
-                if let (Ok(value), Ok(at_ms)) = (v.parse(), t.parse()) {
+            // `op N began written`; older journals have only the write time
+            ["op", v, t] | ["op", v, _, t] => {
+                let began = if w.len() == 4 { w[2] } else { t };
+                if let (Ok(value), Ok(at_ms), Ok(began_ms)) = (v.parse(), t.parse(), began.parse())
+                {
                     j.applied.push(Applied {
                         agent: agent.to_owned(),
                         value,
                         node: node.to_owned(),
                         epoch,
+                        began_ms,
                         at_ms,
                     });
                 }
@@ -170,6 +182,9 @@ pub struct Report {
     pub max_acting: usize,
     /// Most activations of one agent whose lifetimes overlapped (idle ones included).
     pub max_alive: usize,
+    /// Entries written after their node resumed from a pause by a handler that began before
+    /// it: a frozen process finishes the handler it was in (see the module doc).
+    pub late_effects: usize,
     /// Activations seen.
     pub activations: usize,
     /// Named durations, in seconds (detect, failover, converge, ...).
@@ -218,7 +233,7 @@ impl Report {
             .collect();
         format!(
             "scenario {scenario}: ops attempted={} ok={} fail={} unknown={} lost={} duplicates={} \
-             max_active={} (alive overlap {}) activations={} {}",
+             max_active={} (alive overlap {}) late_effects={} activations={} {}",
             self.attempted,
             self.ok,
             self.fail,
@@ -227,6 +242,7 @@ impl Report {
             self.duplicates.len(),
             self.max_acting,
             self.max_alive,
+            self.late_effects,
             self.activations,
             t.join(" ")
         )
@@ -293,15 +309,27 @@ pub fn check(ops: &[Op], j: &Journals, outages: &[Outage], end_ms: u64) -> Repor
         .filter(|(_, n)| **n > 1)
         .map(|((a, v), n)| ((*a).to_owned(), *v, *n))
         .collect();
-    // each activation's last application: after it, an activation that is still alive only
-    // exists (a resumed zombie waiting for its fence), it does not act
+    // an activation acts when a handler of it begins (the node's gate lets a handler begin
+    // only while the node may act); each activation's last action: after it, an activation
+    // that is still alive only exists (a resumed zombie waiting for its fence)
     let mut last: BTreeMap<(&str, &str, u64), u64> = BTreeMap::new();
     for a in &j.applied {
         let l = last
             .entry((a.agent.as_str(), a.node.as_str(), a.epoch))
             .or_insert(0);
-        *l = (*l).max(a.at_ms);
+        *l = (*l).max(a.began_ms);
     }
+    r.late_effects = j
+        .applied
+        .iter()
+        .filter(|a| {
+            outages.iter().any(|o| {
+                o.node == a.node
+                    && a.began_ms <= o.from_ms
+                    && o.to_ms.is_some_and(|to| a.at_ms >= to)
+            })
+        })
+        .count();
     let mut spans: BTreeMap<&str, Vec<(u64, u64)>> = BTreeMap::new();
     let mut acting_spans: BTreeMap<&str, Vec<(u64, u64)>> = BTreeMap::new();
     for a in &j.activations {
@@ -319,7 +347,7 @@ pub fn check(ops: &[Op], j: &Journals, outages: &[Outage], end_ms: u64) -> Repor
     for a in &j.applied {
         let acting = acting_spans.get(a.agent.as_str()).map_or(0, |v| {
             v.iter()
-                .filter(|(s, e)| *s <= a.at_ms && a.at_ms <= *e)
+                .filter(|(s, e)| *s <= a.began_ms && a.began_ms <= *e)
                 .count()
         });
         r.max_acting = r.max_acting.max(acting);
