@@ -20,6 +20,8 @@ pub mod decoders;
 pub mod logging;
 mod node;
 pub mod prelude;
+#[doc(hidden)] // the CLI's and the bench's tables
+pub mod table;
 
 pub use node::{start, Node, NodeBuilder, Spawn};
 pub use tether_actors::{

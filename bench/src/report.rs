@@ -319,7 +319,7 @@ fn report_table(metrics: &[Metric]) {
             ]);
         }
     }
-    print_table(&rows);
+    tether::table::print(&rows);
     let missed = misses(metrics);
     if missed.is_empty() {
         println!("\nevery goal met");
@@ -335,34 +335,6 @@ fn misses(metrics: &[Metric]) -> Vec<&'static str> {
         .filter(|m| m.met() == Some(false))
         .map(|m| m.name)
         .collect()
-}
-
-/// Columns padded to their widest cell; the last column is not padded.
-fn print_table(rows: &[Vec<String>]) {
-    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..cols)
-        .map(|c| {
-            rows.iter()
-                .filter_map(|r| r.get(c))
-                .map(|s| s.chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    for r in rows {
-        let line: Vec<String> = r
-            .iter()
-            .enumerate()
-            .map(|(i, cell)| {
-                if i + 1 == r.len() {
-                    cell.clone()
-                } else {
-                    format!("{cell:<w$}", w = widths[i])
-                }
-            })
-            .collect();
-        println!("{}", line.join("  ").trim_end());
-    }
 }
 
 pub(super) fn fmt(x: f64) -> String {

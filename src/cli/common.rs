@@ -205,33 +205,7 @@ pub(crate) fn human_ms(ms: u64) -> String {
     }
 }
 
-/// Prints rows as aligned columns.
-pub(crate) fn print_table(rows: &[Vec<String>]) {
-    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..cols)
-        .map(|c| {
-            rows.iter()
-                .filter_map(|r| r.get(c))
-                .map(|s| s.chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    for r in rows {
-        let line: Vec<String> = r
-            .iter()
-            .enumerate()
-            .map(|(i, cell)| {
-                if i + 1 == r.len() {
-                    cell.clone()
-                } else {
-                    format!("{cell:<w$}", w = widths[i])
-                }
-            })
-            .collect();
-        println!("{}", line.join("  ").trim_end());
-    }
-}
+pub(crate) use tether::table::print as print_table;
 
 #[cfg(test)]
 mod tests {
