@@ -321,8 +321,10 @@ impl Router {
         from: Option<&SendAs>,
     ) -> Result<Outgoing, (AgentError, Body)> {
         let (sender, local_only) = self.sender(from);
-        let here = self.host.epoch_of(target).is_some();
-        if local_only && !here {
+        // asked only where it matters: a typed body, or a local-only sender (the send path
+        // asks the host again when it routes)
+        let here = || self.host.epoch_of(target).is_some();
+        if local_only && !here() {
             let e = AgentError::LocalOnly {
                 reason: format!(
                     "a local-only agent cannot send to {target}, which does not run on {}",
@@ -334,7 +336,7 @@ impl Router {
         // a message that may leave this node is encoded now, so that one that must not (it
         // holds `LocalOnly` data) is refused to its sender, not lost later on the way
         let body = match body {
-            Body::Typed(_) if !here => {
+            Body::Typed(_) if !here() => {
                 let encoded = tether_actors::local_only::guard(
                     || body.wire_bytes(),
                     |reason| AgentError::Internal(format!("message does not encode: {reason}")),
