@@ -68,6 +68,16 @@ fn touch_request(req: Request) {
         Request::Dir(msg) => {
             let _ = msg.summary();
         }
+        // a replica is stored as it came, and read back as a checkpoint record
+        Request::Replicate { cps, .. } => {
+            for cp in cps {
+                let _ = cp.size();
+                let _ = tether_actors::codec::decode::<i64>(&cp.state);
+            }
+        }
+        Request::Newest { id, .. } => {
+            let _ = id.kind();
+        }
     }
 }
 

@@ -51,6 +51,7 @@ use tokio::sync::Mutex;
 
 use crate::body::Body;
 use crate::call::ReplyTx;
+use crate::durable::{CheckpointInfo, CheckpointSink, Durability};
 use crate::envelope::{Contract, Envelope, TraceContext};
 use crate::error::AgentError;
 use crate::id::{AgentId, IdHash};
@@ -204,6 +205,12 @@ pub struct AgentInfo {
     /// Messages lost in the mailbox of a failed instance.
     #[serde(default)]
     pub lost: u64,
+    /// How durable its state is.
+    #[serde(default)]
+    pub durability: Durability,
+    /// Its newest checkpoint known here, if it is durable and has one.
+    #[serde(default)]
+    pub checkpoint: Option<CheckpointInfo>,
 }
 
 /// Message metadata checked at the door.
@@ -255,6 +262,8 @@ pub struct Host {
     gate: std::sync::OnceLock<Gate>,
     /// The node's runtime, which agents' contexts send through (set once the node built it).
     router: std::sync::OnceLock<Weak<dyn crate::router::Router>>,
+    /// Where durable agents' checkpoints go (the node's checkpointer).
+    checkpoints: std::sync::OnceLock<Arc<dyn CheckpointSink>>,
     /// What every instance calls when it ends (one for the host, shared by all agents).
     on_exit: ExitHook,
 }
@@ -293,6 +302,7 @@ impl Host {
             start_listener: std::sync::OnceLock::new(),
             gate: std::sync::OnceLock::new(),
             router: std::sync::OnceLock::new(),
+            checkpoints: std::sync::OnceLock::new(),
             on_exit: {
                 let me = me.clone();
                 Arc::new(move |id: &AgentId, epoch: u64, reason: Option<String>| {
@@ -335,6 +345,13 @@ impl Host {
         self.router.set(router).is_ok()
     }
 
+    /// Registers where the checkpoints of durable agents started from now on go, and where
+    /// they start from. Returns false if a checkpointer was registered already. A host with
+    /// none runs durable agents as `none` ones.
+    pub fn set_checkpoints(&self, sink: Arc<dyn CheckpointSink>) -> bool {
+        self.checkpoints.set(sink).is_ok()
+    }
+
     /// The kind names this node can host.
     pub fn kinds(&self) -> Vec<String> {
         self.kinds.keys().cloned().collect()
@@ -373,12 +390,13 @@ impl Host {
     /// One agent's report.
     pub fn info(&self, id: &AgentId) -> Option<AgentInfo> {
         let base =
-            |epoch, placement: Placement, status: &str, reason, uptime_ms, stats: &AgentStats| {
+            |epoch, record: &SpawnRecord, status: &str, reason, uptime_ms, stats: &AgentStats| {
+                let durability = record.durability;
                 AgentInfo {
                     id: id.clone(),
                     node: self.node.to_string(),
                     epoch,
-                    placement,
+                    placement: record.placement.clone(),
                     status: status.to_owned(),
                     reason,
                     uptime_ms,
@@ -387,12 +405,17 @@ impl Host {
                     duplicates: stats.duplicates.load(Ordering::Relaxed),
                     mailbox: stats.waiting(),
                     lost: stats.lost.load(Ordering::Relaxed),
+                    durability,
+                    checkpoint: durability
+                        .is_durable()
+                        .then(|| self.checkpoints.get().and_then(|c| c.info(id)))
+                        .flatten(),
                 }
             };
         if let Some(h) = self.agents.get(id) {
             return Some(base(
                 h.spec.epoch,
-                h.spec.record.placement.clone(),
+                &h.spec.record,
                 "running",
                 None,
                 h.started.elapsed().as_millis() as u64,
@@ -406,7 +429,7 @@ impl Host {
             };
             return Some(base(
                 d.spec.epoch,
-                d.spec.record.placement.clone(),
+                &d.spec.record,
                 status,
                 Some(d.reason.clone()),
                 0,
@@ -426,6 +449,8 @@ impl Host {
             duplicates: 0,
             mailbox: 0,
             lost: 0,
+            durability: Durability::None,
+            checkpoint: None,
         })
     }
 
@@ -521,6 +546,7 @@ mod tests {
                 encoding: Encoding::Json,
                 args: Bytes::from_static(b"null"),
                 placement: Placement::default(),
+                durability: crate::durable::Durability::None,
             }),
             TraceContext::new_root(),
             RunOptions::default(),

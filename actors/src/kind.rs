@@ -14,6 +14,7 @@
 //! The actor itself is in [`actor`].
 
 mod actor;
+mod saver;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -32,6 +33,8 @@ use crate::placement::Placement;
 use crate::record::SpawnRecord;
 use crate::stats::AgentStats;
 use actor::{AgentActor, Prepared};
+pub use saver::DurableSpec;
+use saver::Saver;
 
 /// The stop reason of an agent that stopped itself ([`Ctx::stop`]): its supervisor removes it
 /// rather than restart it.
@@ -74,6 +77,8 @@ pub struct SpawnSpec {
     pub gate: Option<Gate>,
     /// The node's runtime, which the agent's context sends through.
     pub router: Option<std::sync::Weak<dyn crate::router::Router>>,
+    /// Its checkpointing, if it is durable (see [`crate::durable`]).
+    pub durable: Option<DurableSpec>,
 }
 
 /// Asked before each message reaches the handler: `Some(error)` means the node must not act
@@ -149,6 +154,11 @@ impl<A: Agent> ErasedKind for KindImpl<A> {
                         reason,
                     }
                 })?;
+            let saver = spec
+                .durable
+                .as_ref()
+                .map(|d| Box::new(Saver::new(d, spec.epoch, spec.local_only)));
+            let restore = spec.durable.and_then(|d| d.restore);
             let origin = Arc::new(Origin::new(
                 spec.id,
                 spec.node,
@@ -161,26 +171,36 @@ impl<A: Agent> ErasedKind for KindImpl<A> {
                 handler_timeout: spec.handler_timeout,
                 gate: spec.gate,
             };
-            // `init` runs here, in the spawner's task: its errors are the spawn's, and the
-            // actor starts at the first message (see `crate::mailbox`)
-            let span =
-                tracing::debug_span!("agent", id = %ctx.id(), trace_id = %ctx.trace.trace_id_hex());
-            let init = CURRENT_AGENT
-                .scope(
-                    ctx.origin.clone(),
-                    ctx.trace.scope(actor.behaviour.init(&ctx, args)),
-                )
-                .instrument(span);
-            let state = tokio::time::timeout(spec.start_timeout, catch_unwind(init))
-                .await
-                .map_err(|_| {
+            let state = match restore {
+                // started again from its checkpoint: `init` ran for an earlier activation
+                Some(cp) => crate::codec::decode::<A::State>(&cp.state).map_err(|e| {
                     failed(format!(
-                        "init did not finish within {:?}",
-                        spec.start_timeout
+                        "its checkpoint ({}) does not decode as its kind's state: {e}",
+                        cp.version
                     ))
-                })?
-                .map_err(|panic| failed(format!("init panicked: {panic}")))?
-                .map_err(|e| failed(format!("init failed: {e}")))?;
+                })?,
+                // `init` runs here, in the spawner's task: its errors are the spawn's, and
+                // the actor starts at the first message (see `crate::mailbox`)
+                None => {
+                    let span = tracing::debug_span!("agent", id = %ctx.id(), trace_id = %ctx.trace.trace_id_hex());
+                    let init = CURRENT_AGENT
+                        .scope(
+                            ctx.origin.clone(),
+                            ctx.trace.scope(actor.behaviour.init(&ctx, args)),
+                        )
+                        .instrument(span);
+                    tokio::time::timeout(spec.start_timeout, catch_unwind(init))
+                        .await
+                        .map_err(|_| {
+                            failed(format!(
+                                "init did not finish within {:?}",
+                                spec.start_timeout
+                            ))
+                        })?
+                        .map_err(|panic| failed(format!("init panicked: {panic}")))?
+                        .map_err(|e| failed(format!("init failed: {e}")))?
+                }
+            };
             Ok(AgentActorRef::dormant(Box::new(Prepared {
                 actor,
                 state,
@@ -189,6 +209,7 @@ impl<A: Agent> ErasedKind for KindImpl<A> {
                 stats: spec.stats,
                 supervisor: spec.supervisor,
                 on_start: spec.on_start,
+                saver,
             })))
         })
     }

@@ -14,6 +14,7 @@
 //! - [`call`]: one message into a mailbox, and where its reply goes.
 //! - [`local_only`]: [`LocalOnly`], data that refuses to be encoded to leave its device.
 //! - [`stats`]: an agent's counters.
+//! - [`durable`]: durability modes, checkpoints, and where a host hands them.
 //! - [`record`]: how an agent was spawned, and where and as which epoch it runs.
 //! - [`port`]: a handle's direct way into a running instance of its node.
 //! - [`router`]: the [`Router`] that sends by agent id (the node's runtime implements it).
@@ -32,6 +33,7 @@ pub mod body;
 pub mod builtin;
 pub mod call;
 pub mod codec;
+pub mod durable;
 pub mod envelope;
 pub mod epoch;
 pub mod error;
@@ -55,6 +57,7 @@ pub use agent::{Agent, Ctx, Failure};
 pub use agent_ref::{AgentRef, TellError};
 pub use body::Body;
 pub use codec::{decode, encode, CodecError, MAX_FRAME_LEN};
+pub use durable::{Checkpoint, Durability};
 pub use envelope::{Contract, Encoding, Envelope, RunMsg, TellRun, TraceContext, MAX_RUN_BYTES};
 pub use error::AgentError;
 pub use host::AgentInfo;

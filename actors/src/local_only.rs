@@ -21,6 +21,22 @@ thread_local! {
     /// Set when a `LocalOnly` refused to be serialized on this thread, so that the encoder
     /// that called serde can report it as what it is.
     static REFUSED: Cell<bool> = const { Cell::new(false) };
+    /// Set while a local-only agent's checkpoint is encoded for its own device's store.
+    static ON_DEVICE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `encode` with [`LocalOnly`] values encoding as their contents: for what is written to
+/// this device's own store (a local-only agent's checkpoint) and nowhere else. The caller
+/// guarantees the bytes stay on the device.
+pub fn on_device<R>(encode: impl FnOnce() -> R) -> R {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            ON_DEVICE.with(|d| d.set(self.0));
+        }
+    }
+    let _reset = Reset(ON_DEVICE.with(|d| d.replace(true)));
+    encode()
 }
 
 /// A value that never leaves its device (see the module doc).
@@ -60,8 +76,11 @@ impl<T> fmt::Debug for LocalOnly<T> {
     }
 }
 
-impl<T> Serialize for LocalOnly<T> {
-    fn serialize<S: Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+impl<T: Serialize> Serialize for LocalOnly<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if ON_DEVICE.with(Cell::get) {
+            return self.0.serialize(s);
+        }
         REFUSED.with(|r| r.set(true));
         Err(serde::ser::Error::custom(format!(
             "{} is local-only data: it is never encoded to leave its device",
@@ -125,6 +144,21 @@ mod tests {
         let body = Body::typed(note);
         let e = guard(|| body.into_wire(), AgentError::Internal).unwrap_err();
         assert!(matches!(e, AgentError::LocalOnly { .. }), "{e}");
+    }
+
+    #[test]
+    fn on_device_a_marked_field_encodes_and_only_there() {
+        let note = Note {
+            title: "t".into(),
+            text: LocalOnly("SECRET".into()),
+        };
+        let bytes = on_device(|| crate::codec::encode(&note)).expect("encodes for the device");
+        let back: Note = crate::codec::decode(&bytes).unwrap();
+        assert_eq!(*back.text, "SECRET");
+        assert!(
+            crate::codec::encode(&note).is_err(),
+            "refused again outside"
+        );
     }
 
     #[test]

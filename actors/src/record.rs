@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::id::AgentId;
 
+use crate::durable::Durability;
 use crate::envelope::Encoding;
 use crate::placement::Placement;
 
@@ -21,6 +22,8 @@ pub struct SpawnRecord {
     pub args: Bytes,
     /// The labels it was placed by.
     pub placement: Placement,
+    /// How durable its state is.
+    pub durability: Durability,
 }
 
 /// The result of an activation.

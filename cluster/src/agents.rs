@@ -62,6 +62,10 @@ pub struct SpawnOptions {
     pub policy: AgentPolicy,
     /// The supervisor group to run under (it lives on one node: give the target node).
     pub group: Option<String>,
+    /// How durable its state is (default `none`: see [`Durability`]).
+    ///
+    /// [`Durability`]: tether_actors::Durability
+    pub durability: tether_actors::Durability,
 }
 
 /// Counters of the data plane, for status.

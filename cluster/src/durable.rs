@@ -65,8 +65,11 @@
 //! After `Active`, the target's checkpoint is the truth: the source's activation is stopped
 //! for good, and a source that comes back from a partition finds its epoch stale.
 
-mod checkpoint;
+pub mod checkpointer;
 pub mod store;
 
-pub use checkpoint::{Checkpoint, SenderMark, Timer, Version};
+pub use checkpointer::{Checkpointer, Replicas};
 pub use store::{CheckpointStore, Put, StoreError};
+pub use tether_actors::durable::{
+    Checkpoint, CheckpointInfo, CheckpointSink, Durability, SenderMark, Timer, Version,
+};

@@ -21,6 +21,7 @@ mod connect;
 mod driver;
 mod ops;
 mod ractor_bridge;
+mod replicas;
 mod status;
 mod ticker;
 
@@ -44,6 +45,7 @@ use crate::agents::routes::Routes;
 use crate::agents::{Counters, Router, SpawnOptions, Target};
 use crate::control::NodeStatus;
 use crate::core::ClusterCore;
+use crate::durable::store::RedbStore;
 use crate::identity::{designated_dialer, validate_name, NodeInfo};
 use crate::membership::detector::PeerState;
 use crate::net::fault::FaultLayer;
@@ -53,6 +55,9 @@ use crate::net::transport::{self, TransportError};
 use crate::net::wire::close;
 use crate::role::RoleCore;
 use driver::{Driver, Parts};
+
+/// The checkpoint store's file in the node's state directory.
+pub const CHECKPOINTS_FILE: &str = "checkpoints.redb";
 
 /// How a node dials one peer.
 #[derive(Debug)]
@@ -161,6 +166,9 @@ impl Node {
                 links: links.clone(),
                 host: host.clone(),
                 sup: sup.clone(),
+                store: Box::new(RedbStore::open(
+                    &cfg.node_dir.path().join(CHECKPOINTS_FILE),
+                )?),
             },
         );
         let router = Router::new(
@@ -172,7 +180,12 @@ impl Node {
         );
         let weak: std::sync::Weak<dyn tether_actors::Router> = Arc::downgrade(&router) as _;
         host.set_router(weak);
-        let inbound = Inbound::new(host.clone(), driver.clone(), counters.clone());
+        let inbound = Inbound::new(
+            host.clone(),
+            driver.durable().clone(),
+            driver.clone(),
+            counters.clone(),
+        );
         let seeds = cfg
             .seeds
             .iter()

@@ -62,7 +62,14 @@ fn check_json(text: &str, what: &str) -> anyhow::Result<()> {
   tether spawn counter b --args '{\"start\": 10}'
   tether spawn flaky f --restart transient --max-restarts 5/10s --backoff 100ms..2s
   tether spawn sleeper s --handler-timeout 500
-  tether spawn flaky g1 --on r1 --group workers")]
+  tether spawn flaky g1 --on r1 --group workers
+  tether spawn counter c --durability acked
+
+Durability (--durability): none (default: nothing is saved; a failover starts the agent
+from its init), checkpoint (saved every 100 messages or 1 s of unsaved changes, on its node
+and one other; a failover loses at most that window), acked (a reply leaves only once the
+state it came from is saved on its node and one other; nothing acknowledged is lost with a
+node). Local-only agents are saved on their own device only.")]
 pub(crate) struct SpawnArgs {
     /// A registered kind: echo, counter, flaky, sleeper, sink, ledger, or one of your own.
     kind: String,
@@ -101,6 +108,9 @@ pub(crate) struct SpawnArgs {
     /// Run under this supervisor group (see `tether group create`); needs --on.
     #[arg(long)]
     group: Option<String>,
+    /// How durable its state is: none, checkpoint or acked (see below).
+    #[arg(long, default_value = "none")]
+    durability: tether_actors::Durability,
     #[command(flatten)]
     via: ViaArg,
     #[command(flatten)]
@@ -149,6 +159,7 @@ pub(crate) async fn spawn(a: SpawnArgs) -> anyhow::Result<ExitCode> {
         placement,
         policy,
         group: a.group,
+        durability: a.durability,
     };
     match call(
         &f,

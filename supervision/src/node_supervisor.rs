@@ -214,6 +214,7 @@ mod tests {
                 encoding,
                 args,
                 placement: Placement::default(),
+                durability: Default::default(),
             }),
             // no backoff: a restart follows its failure at once, before the events that
             // the restart's stops caused are handled

@@ -92,6 +92,7 @@ impl Host {
         stats: Arc<AgentStats>,
     ) -> Result<AgentActorRef, AgentError> {
         let on_exit = self.on_exit.clone();
+        let durable = self.durable_spec(id, spec, &stats);
         spec.kind
             .spawn(SpawnSpec {
                 id: id.clone(),
@@ -112,8 +113,43 @@ impl Host {
                 start_timeout: spec.run.timeouts().start,
                 gate: self.gate.get().cloned(),
                 router: self.router.get().cloned(),
+                durable,
             })
             .await
+    }
+
+    /// How a durable agent starts: from its newest checkpoint known here, if any, with the
+    /// door's sequence table seeded from its marks (a resend of what it covers is a
+    /// duplicate). None for an agent that is not durable, or a host with no checkpointer.
+    fn durable_spec(
+        &self,
+        id: &AgentId,
+        spec: &Spec,
+        stats: &AgentStats,
+    ) -> Option<crate::kind::DurableSpec> {
+        let mode = spec.record.durability;
+        if !mode.is_durable() {
+            return None;
+        }
+        let sink = self.checkpoints.get()?.clone();
+        let restore = sink.latest(id);
+        if let Some(cp) = &restore {
+            let mut guard = stats
+                .last_seq
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let table = guard.get_or_insert_with(Box::default);
+            for m in &cp.marks {
+                let last = table.entry(m.sender.clone()).or_insert(0);
+                *last = (*last).max(m.seq);
+            }
+            info!(agent = %id, epoch = spec.epoch, from = %cp.version, "starting from its checkpoint");
+        }
+        Some(crate::kind::DurableSpec {
+            mode,
+            sink,
+            restore,
+        })
     }
 
     pub(super) fn exited(&self, id: &AgentId, epoch: u64, reason: Option<String>) {

@@ -26,6 +26,7 @@ use std::sync::Arc;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tracing::{debug, warn, Instrument};
 
+use super::saver::Saver;
 use super::{ExitHook, Gate, StartHook};
 use crate::agent::{Agent, Ctx};
 use crate::body::Body;
@@ -45,6 +46,7 @@ pub(super) struct Prepared<A: Agent> {
     pub(super) stats: Arc<AgentStats>,
     pub(super) supervisor: Option<ractor::ActorCell>,
     pub(super) on_start: Option<StartHook>,
+    pub(super) saver: Option<Box<Saver>>,
 }
 
 impl<A: Agent> Dormant for Prepared<A> {
@@ -59,9 +61,10 @@ impl<A: Agent> Dormant for Prepared<A> {
             stats,
             supervisor,
             on_start,
+            saver,
         } = *self;
         let id = on_start.as_ref().map(|_| ctx.id().clone());
-        let args = (state, ctx, on_exit, stats, mailbox);
+        let args = (state, ctx, on_exit, stats, mailbox, saver);
         // ractor's spawn runs `pre_start` (which only takes the state in), links the actor
         // and spawns its task: with nothing to wait for, its first poll finishes it, here,
         // with no task of its own in between
@@ -114,6 +117,8 @@ pub(super) struct ActorState<A: Agent> {
     mailbox: Arc<Mailbox>,
     /// Calls taken from the mailbox, not yet handled.
     batch: VecDeque<Call>,
+    /// Checkpointing, for a durable agent.
+    saver: Option<Box<Saver>>,
     /// The actor runs (linked, in its own task): from then on, its end closes the mailbox.
     /// Before, the state is dropped only by a start that failed, under the mailbox's lock,
     /// and the mailbox closes itself (see `Mailbox::start`).
@@ -140,13 +145,20 @@ impl<A: Agent> ActorState<A> {
 impl<A: Agent> Actor for AgentActor<A> {
     type Msg = Wake;
     type State = ActorState<A>;
-    type Arguments = (A::State, Ctx<A>, ExitHook, Arc<AgentStats>, Arc<Mailbox>);
+    type Arguments = (
+        A::State,
+        Ctx<A>,
+        ExitHook,
+        Arc<AgentStats>,
+        Arc<Mailbox>,
+        Option<Box<Saver>>,
+    );
 
     /// Takes in the agent's state: `init` ran at spawn (see [`crate::mailbox`]).
     async fn pre_start(
         &self,
         _me: ActorRef<Wake>,
-        (state, ctx, on_exit, stats, mailbox): Self::Arguments,
+        (state, ctx, on_exit, stats, mailbox, saver): Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         Ok(ActorState {
             state,
@@ -156,6 +168,7 @@ impl<A: Agent> Actor for AgentActor<A> {
             stats,
             mailbox,
             batch: VecDeque::new(),
+            saver,
             live: false,
         })
     }
@@ -212,7 +225,24 @@ impl<A: Agent> AgentActor<A> {
             if st.batch.is_empty() {
                 let mailbox = &st.mailbox;
                 let batch = &mut st.batch;
-                if std::future::poll_fn(|cx| mailbox.poll_take(batch, cx)).await == Took::Released {
+                let take = std::future::poll_fn(|cx| mailbox.poll_take(batch, cx));
+                let took = match st.saver.as_ref().and_then(|s| s.idle_deadline()) {
+                    None => take.await,
+                    Some(at) => match tokio::time::timeout_at(at, take).await {
+                        Ok(took) => took,
+                        Err(_) => {
+                            // idle with changes not saved: save them now
+                            let ActorState {
+                                state, ctx, saver, ..
+                            } = &mut *st;
+                            if let Some(s) = saver {
+                                s.save(ctx.id(), ctx.epoch, state);
+                            }
+                            continue;
+                        }
+                    },
+                };
+                if took == Took::Released {
                     return Ok(()); // a stop is coming: let ractor deliver it
                 }
             }
@@ -257,6 +287,12 @@ impl<A: Agent> AgentActor<A> {
                     if st.ctx.origin.stop_requested() {
                         break;
                     }
+                }
+                let ActorState {
+                    state, ctx, saver, ..
+                } = &mut *st;
+                if let Some(s) = saver.as_mut().filter(|s| s.due()) {
+                    s.save(ctx.id(), ctx.epoch, state);
                 }
                 st.stats.settle(handled);
                 Ok::<_, ActorProcessingErr>(())
@@ -330,12 +366,20 @@ impl<A: Agent> AgentActor<A> {
         .await;
         match result {
             Ok(reply) => {
+                if let Some(s) = st.saver.as_mut() {
+                    s.handled(st.ctx.sender.as_ref(), st.ctx.seq);
+                }
                 if let Some(r) = call.reply {
                     let out = crate::local_only::guard(
                         || Body::encode(reply, like),
                         |reason| AgentError::Internal(format!("reply does not encode: {reason}")),
                     );
-                    let _ = r.send(out);
+                    match st.saver.as_mut() {
+                        Some(s) => s.reply(r, out),
+                        None => {
+                            let _ = r.send(out);
+                        }
+                    }
                 }
                 Ok(())
             }
@@ -345,6 +389,9 @@ impl<A: Agent> AgentActor<A> {
                 // again reaches the restarted instance, not this dying one. What the stats
                 // still count as waiting then is lost with the instance.
                 st.stats.settle(std::mem::take(handled));
+                if let Some(s) = st.saver.as_mut() {
+                    s.fail_held(st.ctx.id(), &reason);
+                }
                 st.exit(Some(reason.clone()));
                 if let Some(r) = call.reply {
                     let _ = r.send(Err(to_asker.unwrap_or_else(|| AgentError::Failed {

@@ -17,6 +17,7 @@ use tracing::{debug, info};
 use super::peer_queue::{FrameSink, PeerQueue};
 use super::protocol::{Answer, Request, Response, MAX_AGENT_FRAME};
 use super::{ControlRef, Counters};
+use crate::durable::Checkpointer;
 use crate::net::wire::{self, WireError};
 
 /// The answers to the requests of one agent stream a peer opened.
@@ -34,14 +35,21 @@ impl Answers {
 /// What serves the agent streams peers open to this node.
 pub(crate) struct Inbound {
     host: Arc<Host>,
+    durable: Arc<Checkpointer>,
     control: ControlRef,
     counters: Arc<Counters>,
 }
 
 impl Inbound {
-    pub(crate) fn new(host: Arc<Host>, control: ControlRef, counters: Arc<Counters>) -> Arc<Self> {
+    pub(crate) fn new(
+        host: Arc<Host>,
+        durable: Arc<Checkpointer>,
+        control: ControlRef,
+        counters: Arc<Counters>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             host,
+            durable,
             control,
             counters,
         })
@@ -134,6 +142,20 @@ impl Inbound {
                 tx.send(Response::Done { req, result });
             }
             Request::Ask { req, env, .. } => self.ask(req, env, tx),
+            Request::Replicate { req, cps } => {
+                let (durable, tx) = (self.durable.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let result = durable.store(cps).await.map(|()| Answer::Stored);
+                    tx.send(Response::Done { req, result });
+                });
+            }
+            Request::Newest { req, id } => {
+                let result = self
+                    .durable
+                    .newest(&id)
+                    .map(|cp| Answer::Checkpoint(cp.map(Box::new)));
+                tx.send(Response::Done { req, result });
+            }
             Request::Dir(_) => unreachable!("handled above"),
         }
     }
@@ -252,7 +274,10 @@ fn refuse(req: Request, error: AgentError, tx: &Answers) {
                 });
             }
         }
-        Request::Ask { req, .. } | Request::Deliver { req, .. } => tx.send(Response::Done {
+        Request::Ask { req, .. }
+        | Request::Deliver { req, .. }
+        | Request::Replicate { req, .. }
+        | Request::Newest { req, .. } => tx.send(Response::Done {
             req,
             result: Err(error),
         }),

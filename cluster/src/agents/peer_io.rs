@@ -163,6 +163,25 @@ impl PeerIo {
         env: Envelope,
         deadline: Duration,
     ) -> Result<(), AgentError> {
+        match self
+            .request(peer, |req| Request::Deliver { req, env }, deadline)
+            .await?
+        {
+            Answer::Delivered => Ok(()),
+            other => Err(AgentError::Internal(format!(
+                "unexpected answer to a delivery: {other:?}"
+            ))),
+        }
+    }
+
+    /// Sends the request `make` builds with a new request id to `peer` and waits for its
+    /// answer, at most `deadline`.
+    pub(crate) async fn request(
+        self: &Arc<Self>,
+        peer: &str,
+        make: impl FnOnce(u64) -> Request,
+        deadline: Duration,
+    ) -> Result<Answer, AgentError> {
         let req = self.next_req.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.pending.insert(
@@ -172,14 +191,10 @@ impl PeerIo {
                 waiter: Waiter::Request(tx),
             },
         );
-        self.send(peer, Request::Deliver { req, env });
+        self.send(peer, make(req));
         match tokio::time::timeout(deadline, rx).await {
-            Ok(Ok(Ok(Answer::Delivered))) => Ok(()),
-            Ok(Ok(Ok(other))) => Err(AgentError::Internal(format!(
-                "unexpected answer to a delivery: {other:?}"
-            ))),
-            Ok(Ok(Err(e))) => Err(e),
-            Ok(Err(_)) => Err(AgentError::Internal("delivery abandoned".into())),
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err(AgentError::Internal("request abandoned".into())),
             Err(_) => {
                 self.pending.remove(&req);
                 Err(AgentError::Timeout {
@@ -287,7 +302,10 @@ impl PeerIo {
         match r {
             Request::Tell { env } => tell_failed(&env),
             Request::Tells { run } => run.into_envelopes().for_each(|env| tell_failed(&env)),
-            Request::Ask { req, .. } | Request::Deliver { req, .. } => {
+            Request::Ask { req, .. }
+            | Request::Deliver { req, .. }
+            | Request::Replicate { req, .. }
+            | Request::Newest { req, .. } => {
                 if let Some((_, p)) = self.pending.remove(&req) {
                     self.finish(p, Err(e));
                 }

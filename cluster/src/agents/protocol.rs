@@ -12,13 +12,15 @@
 //!   Deliver{req, env}         ──▶  deliver ◀── Done{req, Delivered}   (a local node's outbox)
 //!   Ask{req, env, deadline}   ──▶  deliver, await reply ◀── Done{req, Reply}
 //!   Dir(msg)                  ──▶  the node's cluster core (see `crate::directory`)
+//!   Replicate{req, cps}       ──▶  store them ◀── Done{req, Stored}    (see `crate::durable`)
+//!   Newest{req, id}           ──▶  ◀── Done{req, Checkpoint(newest held)}
 //! ```
 //!
 //! [`StreamTag::Agents`]: crate::net::wire::StreamTag::Agents
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use tether_actors::{AgentError, AgentId, Encoding, Envelope, TellRun};
+use tether_actors::{AgentError, AgentId, Checkpoint, Encoding, Envelope, TellRun};
 
 use crate::directory::DirMsg;
 
@@ -59,6 +61,20 @@ pub enum Request {
     },
     /// A directory message (boxed: it is rare, and most of a request's size).
     Dir(Box<DirMsg>),
+    /// Keep these checkpoints as their replica: answered `Stored` once durable here.
+    Replicate {
+        /// Request id.
+        req: u64,
+        /// The checkpoints.
+        cps: Vec<Checkpoint>,
+    },
+    /// The newest checkpoint of `id` held here: answered `Checkpoint`.
+    Newest {
+        /// Request id.
+        req: u64,
+        /// The agent.
+        id: AgentId,
+    },
 }
 
 /// What a successful data request yields.
@@ -74,6 +90,10 @@ pub enum Answer {
     },
     /// A `Deliver` reached the agent's mailbox.
     Delivered,
+    /// A `Replicate`'s checkpoints are durable here.
+    Stored,
+    /// A `Newest`'s answer.
+    Checkpoint(Option<Box<Checkpoint>>),
 }
 
 /// An answer, peer to requester.

@@ -114,6 +114,7 @@ impl Router {
             placement,
             policy,
             group,
+            durability,
         } = opts;
         if group.is_some() && target == Target::Placed {
             return Err(AgentError::Placement {
@@ -139,6 +140,7 @@ impl Router {
                 placement,
                 policy,
                 group,
+                durability,
             },
             target: None,
             trace: TraceContext::current_or_new(),

@@ -110,6 +110,9 @@ pub enum ControlRequest {
         /// Supervisor group on the target node.
         #[serde(default)]
         group: Option<String>,
+        /// How durable its state is.
+        #[serde(default)]
+        durability: tether_actors::Durability,
     },
     /// Create a supervisor group on this node.
     AddGroup {

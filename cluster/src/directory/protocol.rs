@@ -28,7 +28,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tether_actors::{
-    Activation, AgentError, AgentId, Encoding, Placement, SpawnRecord, TraceContext,
+    Activation, AgentError, AgentId, Durability, Encoding, Placement, SpawnRecord, TraceContext,
 };
 use tether_supervision::AgentPolicy;
 
@@ -56,6 +56,9 @@ pub struct AgentSpec {
     /// The supervisor group on the host, if any.
     #[serde(default)]
     pub group: Option<String>,
+    /// How durable its state is.
+    #[serde(default)]
+    pub durability: Durability,
 }
 
 impl AgentSpec {
@@ -65,6 +68,7 @@ impl AgentSpec {
             encoding: self.args_encoding,
             args: self.args.clone(),
             placement: self.placement.clone(),
+            durability: self.durability,
         })
     }
 
@@ -76,6 +80,7 @@ impl AgentSpec {
             placement: record.placement.clone(),
             policy,
             group,
+            durability: record.durability,
         }
     }
 }

@@ -140,6 +140,9 @@ pub enum NodeError {
         "listen address {0} is a wildcard; give --advertise with the address peers should dial"
     )]
     NeedAdvertise(SocketAddr),
+    /// The checkpoint store cannot be opened.
+    #[error("checkpoint store: {0}")]
+    Checkpoints(#[from] crate::durable::StoreError),
     /// The node's supervision did not start.
     #[error(transparent)]
     Supervision(#[from] tether_supervision::SupervisionError),

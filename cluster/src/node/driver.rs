@@ -16,6 +16,7 @@
 //! What the data plane reads on every message (the membership view, whether the node may act,
 //! who is quarantined, the outbox's depth) is published outside the lock after every input.
 
+use crate::durable::{CheckpointStore, Checkpointer};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
@@ -120,6 +121,8 @@ pub(crate) struct Driver {
     links: Arc<Links>,
     host: Arc<Host>,
     sup: Arc<NodeSupervisor>,
+    /// The node's checkpointer (durable agents' checkpoints and the replicas peers send).
+    durable: Arc<Checkpointer>,
     myself: Weak<Driver>,
 }
 
@@ -134,6 +137,8 @@ pub(crate) struct Parts {
     pub(crate) links: Arc<Links>,
     pub(crate) host: Arc<Host>,
     pub(crate) sup: Arc<NodeSupervisor>,
+    /// Where checkpoints are kept on this node.
+    pub(crate) store: Box<dyn CheckpointStore>,
 }
 
 impl Driver {
@@ -161,8 +166,13 @@ impl Driver {
             links: parts.links,
             host: parts.host,
             sup: parts.sup,
+            durable: Checkpointer::start(
+                parts.store,
+                Arc::new(super::replicas::DriverReplicas(myself.clone())),
+            ),
             myself: myself.clone(),
         });
+        driver.host.set_checkpoints(driver.durable.clone());
         let gate = driver.gate.clone();
         driver.host.set_gate(Arc::new(move || gate.refusal()));
         let weak = Arc::downgrade(&driver);
@@ -176,6 +186,21 @@ impl Driver {
                 }
             }));
         driver
+    }
+
+    /// This node's name.
+    pub(crate) fn me(&self) -> &str {
+        &self.me
+    }
+
+    /// The node's agent streams.
+    pub(crate) fn io(&self) -> &Arc<PeerIo> {
+        &self.io
+    }
+
+    /// The node's checkpointer.
+    pub(crate) fn durable(&self) -> &Arc<Checkpointer> {
+        &self.durable
     }
 
     fn arc(&self) -> Option<Arc<Driver>> {
@@ -317,6 +342,11 @@ impl Driver {
             trace,
             ..
         } = order;
+        if record.durability.is_durable() && !record.placement.is_local_only() {
+            // start from the newest checkpoint anywhere (a failover, or the id spawned again);
+            // its replica may be on any remote node
+            self.durable.gather(&id).await?;
+        }
         let a = AddAgent {
             id,
             epoch,

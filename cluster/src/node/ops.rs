@@ -81,6 +81,7 @@ async fn handle(shared: &Arc<Shared>, req: ControlRequest) -> ControlResponse {
             placement,
             policy,
             group,
+            durability,
         } => match spawn(
             shared,
             &kind,
@@ -91,6 +92,7 @@ async fn handle(shared: &Arc<Shared>, req: ControlRequest) -> ControlResponse {
                 placement,
                 policy,
                 group,
+                durability,
             },
         )
         .await

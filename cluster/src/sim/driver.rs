@@ -523,6 +523,7 @@ impl<R: Roles> Sim<R> {
             },
             policy: Default::default(),
             group: None,
+            durability: Default::default(),
         };
         let claim = Claim {
             id: id.clone(),

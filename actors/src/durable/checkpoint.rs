@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
+use crate::id::AgentId;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use tether_actors::AgentId;
 
 /// Which checkpoint is newer: `(epoch, seq)`, compared in that order. A newer activation's
 /// epoch has a higher generation (the high bits), so it always wins; within one activation the
@@ -23,7 +23,7 @@ impl std::fmt::Display for Version {
         write!(
             f,
             "epoch {} seq {}",
-            tether_actors::epoch::Shown(self.epoch),
+            crate::epoch::Shown(self.epoch),
             self.seq
         )
     }
@@ -77,7 +77,7 @@ impl Checkpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tether_actors::epoch;
+    use crate::epoch;
 
     #[test]
     fn a_newer_activation_wins_over_any_seq_of_an_older_one() {
