@@ -25,8 +25,8 @@ pub mod table;
 
 pub use node::{start, Node, NodeBuilder, Spawn};
 pub use tether_actors::{
-    Agent, AgentError, AgentId, AgentRef, Compute, Ctx, Failure, Kinds, Placement, Prefer,
-    Sensitivity, TellError,
+    Agent, AgentError, AgentId, AgentRef, Compute, Ctx, Durability, Failure, Kinds, Placement,
+    Prefer, Sensitivity, TellError,
 };
 pub use tether_cluster::{NodeError, NodeInfo, NodeMode, NodeStatus, Role, Timing};
 pub use tether_supervision::{

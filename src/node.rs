@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::time::Duration;
 
-use tether_actors::{Agent, AgentError, AgentId, AgentRef, Kinds, Placement};
+use tether_actors::{Agent, AgentError, AgentId, AgentRef, Durability, Kinds, Placement};
 use tether_cluster::net::certs::CertDir;
 use tether_cluster::net::statedir::NodeDir;
 use tether_cluster::{
@@ -338,6 +338,12 @@ impl<A: Agent> Spawn<'_, A> {
     /// Under this supervisor group of the target node.
     pub fn group(mut self, group: &str) -> Self {
         self.opts.group = Some(group.to_owned());
+        self
+    }
+
+    /// With this durability (default [`Durability::None`]; see [`Durability`] for the modes).
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.opts.durability = durability;
         self
     }
 }

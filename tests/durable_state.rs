@@ -37,8 +37,28 @@ fn ask_until(c: &Cluster, id: &str, msg: &str, via: &str, within: Duration) -> S
 #[test]
 fn acked_and_checkpointed_counters_keep_their_state_across_kill_9() {
     let c = Cluster::up("durable-kill", 3, 0);
-    c.ok(&["spawn", "counter", "a", "--on", "r1", "--durability", "acked", "--via", "r2"]);
-    c.ok(&["spawn", "counter", "c", "--on", "r1", "--durability", "checkpoint", "--via", "r2"]);
+    c.ok(&[
+        "spawn",
+        "counter",
+        "a",
+        "--on",
+        "r1",
+        "--durability",
+        "acked",
+        "--via",
+        "r2",
+    ]);
+    c.ok(&[
+        "spawn",
+        "counter",
+        "c",
+        "--on",
+        "r1",
+        "--durability",
+        "checkpoint",
+        "--via",
+        "r2",
+    ]);
     for n in 1..=5 {
         for id in ["counter/a", "counter/c"] {
             let got = c.ok(&["ask", id, "\"inc\"", "--via", "r2"]);
@@ -53,7 +73,10 @@ fn acked_and_checkpointed_counters_keep_their_state_across_kill_9() {
     // the checkpointed one is saved within its window
     let t = Instant::now();
     while agent(&c, "counter/c").and_then(|a| a["checkpoint"]["seq"].as_u64()) != Some(5) {
-        assert!(t.elapsed() < Duration::from_secs(5), "checkpointed within its window");
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "checkpointed within its window"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     c.kill("r1", libc::SIGKILL);
@@ -61,9 +84,16 @@ fn acked_and_checkpointed_counters_keep_their_state_across_kill_9() {
     for id in ["counter/a", "counter/c"] {
         let got = ask_until(&c, id, "\"get\"", "r2", Duration::from_secs(30));
         assert_eq!(got, "5", "{id} kept its state");
-        assert_eq!(c.ok(&["ask", id, "\"inc\"", "--via", "r3"]).trim(), "6", "{id}");
+        assert_eq!(
+            c.ok(&["ask", id, "\"inc\"", "--via", "r3"]).trim(),
+            "6",
+            "{id}"
+        );
     }
-    eprintln!("served again with state {:?} after kill -9", killed.elapsed());
+    eprintln!(
+        "served again with state {:?} after kill -9",
+        killed.elapsed()
+    );
     let a = agent(&c, "counter/a").expect("runs again");
     assert_ne!(a["node"], "r1");
 }

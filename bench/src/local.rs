@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use tether::{Kinds, Node};
+use tether::{Durability, Kinds, Node};
 use tether_actors::builtin::{Counter, CounterMsg, Flaky, FlakyMsg};
 use tether_actors::AgentRef;
 use tether_supervision::{AgentPolicy, Backoff, Intensity};
@@ -129,6 +129,40 @@ pub(super) async fn tell_throughput(node: &Node, n: u64, key: &str) -> anyhow::R
     Ok((
         n as f64 / tether.as_secs_f64(),
         n as f64 / anchor.as_secs_f64(),
+    ))
+}
+
+/// Tells to a counter in `checkpoint` mode and to one in `none` mode, slice by slice in turn;
+/// both figures in messages per second (each until the last is handled).
+pub(super) async fn tell_throughput_checkpointed(
+    node: &Node,
+    n: u64,
+    key: &str,
+) -> anyhow::Result<(f64, f64)> {
+    let saved: AgentRef<Counter> = node
+        .spawn(&format!("{key}-checkpoint"), None)
+        .durability(Durability::Checkpoint)
+        .await?;
+    let plain: AgentRef<Counter> = node.spawn(&format!("{key}-none"), None).await?;
+    let mut times = [Duration::ZERO; 2];
+    let mut sent = 0i64;
+    for i in 0..SLICES {
+        let k = slice(n, i);
+        sent += k as i64;
+        for (c, time) in [&saved, &plain].into_iter().zip(times.iter_mut()) {
+            let t0 = Instant::now();
+            for _ in 0..k {
+                c.tell(CounterMsg::Inc)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
+            let got = c.ask(CounterMsg::Get, Duration::from_secs(60)).await?;
+            *time += t0.elapsed();
+            anyhow::ensure!(got == sent, "counted {got} of {sent}");
+        }
+    }
+    Ok((
+        n as f64 / times[0].as_secs_f64(),
+        n as f64 / times[1].as_secs_f64(),
     ))
 }
 

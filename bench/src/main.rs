@@ -256,6 +256,13 @@ async fn local_rows(s: &Sizes, say: &impl Fn(String)) -> anyhow::Result<Vec<Metr
         &[Goal::at_least(0.9, "bare_ractor")],
         "tells from one sender until the last is handled",
     );
+    let mut tell_cp = Metric::new(
+        "local_tell_throughput_checkpoint",
+        "msg/s",
+        &["durability_none"],
+        &[Goal::at_least(0.9, "durability_none")],
+        "tells to an agent in checkpoint mode, against the same in none mode",
+    );
     let mut ask = Metric::new(
         "local_ask_rtt_us",
         "us",
@@ -276,20 +283,6 @@ async fn local_rows(s: &Sizes, say: &impl Fn(String)) -> anyhow::Result<Vec<Metr
         &["bare_ractor"],
         &[Goal::at_least(0.8, "bare_ractor")],
         "a spawn and its first message, against ractor's spawn and first call",
-    );
-    let mut mem = Metric::new(
-        "bytes_per_idle_agent",
-        "bytes",
-        &["bare_ractor"],
-        &[],
-        "spawned, never messaged (dormant)",
-    );
-    let mut mem_awake = Metric::new(
-        "bytes_per_awake_agent",
-        "bytes",
-        &["bare_ractor"],
-        &[Goal::at_most(1.1, "bare_ractor")],
-        "an agent that has handled a message, idle",
     );
     let mut p50 = Metric::new(
         "restart_latency_p50_ms",
@@ -312,6 +305,12 @@ async fn local_rows(s: &Sizes, say: &impl Fn(String)) -> anyhow::Result<Vec<Metr
             in_task(async move { local::tell_throughput(&n, k, &format!("tell-{r}")).await })
                 .await?;
         tell.push(t, &[b]);
+        let (n, k) = (node.clone(), s.tells);
+        let (t, b) = in_task(async move {
+            local::tell_throughput_checkpointed(&n, k, &format!("tell-cp-{r}")).await
+        })
+        .await?;
+        tell_cp.push(t, &[b]);
         let (n, k) = (node.clone(), s.asks);
         let (t, b) =
             in_task(async move { local::ask_rtt(&n, k, &format!("ask-{r}")).await }).await?;
@@ -329,7 +328,28 @@ async fn local_rows(s: &Sizes, say: &impl Fn(String)) -> anyhow::Result<Vec<Metr
     }
     node.shutdown().await;
     let _ = std::fs::remove_dir_all(dir);
-    // memory: fewer repetitions (each is a fresh process spawning many agents)
+    let [mem, mem_awake] = memory_rows(s, say)?;
+    Ok(vec![
+        tell, tell_cp, ask, spawn, spawn_ask, mem, mem_awake, p50, p99,
+    ])
+}
+
+/// Memory per agent: fewer repetitions (each is a fresh process spawning many agents).
+fn memory_rows(s: &Sizes, say: &impl Fn(String)) -> anyhow::Result<[Metric; 2]> {
+    let mut mem = Metric::new(
+        "bytes_per_idle_agent",
+        "bytes",
+        &["bare_ractor"],
+        &[],
+        "spawned, never messaged (dormant)",
+    );
+    let mut mem_awake = Metric::new(
+        "bytes_per_awake_agent",
+        "bytes",
+        &["bare_ractor"],
+        &[Goal::at_most(1.1, "bare_ractor")],
+        "an agent that has handled a message, idle",
+    );
     for r in 0..s.reps.min(3) {
         say(format!("memory: repetition {}/{}", r + 1, s.reps.min(3)));
         let t = local::memory_in_child("tether", s.idle)?;
@@ -339,7 +359,7 @@ async fn local_rows(s: &Sizes, say: &impl Fn(String)) -> anyhow::Result<Vec<Metr
         let b = local::memory_in_child("ractor-awake", s.idle)?;
         mem_awake.push(t, &[b]);
     }
-    Ok(vec![tell, ask, spawn, spawn_ask, mem, mem_awake, p50, p99])
+    Ok([mem, mem_awake])
 }
 
 async fn remote_rows(s: &Sizes, say: &impl Fn(String)) -> anyhow::Result<Vec<Metric>> {
@@ -366,6 +386,14 @@ async fn remote_rows(s: &Sizes, say: &impl Fn(String)) -> anyhow::Result<Vec<Met
         ANCHORS,
         &[],
         "p99 of the same asks",
+    );
+    let mut acked50 = Metric::new(
+        "acked_ask_p50_us",
+        "us",
+        &["ask_plus_fsync"],
+        &[Goal::at_most(1.0, "ask_plus_fsync")],
+        "asks to an acked agent on another node (replica: this node), against a plain ask's \
+         p50 plus one fsync's, both in this repetition",
     );
     let mut spawn50 = Metric::new(
         "remote_spawn_p50_ms",
@@ -403,6 +431,9 @@ async fn remote_rows(s: &Sizes, say: &impl Fn(String)) -> anyhow::Result<Vec<Met
             say(format!("remote: repetition {}/{}", r + 1, s.reps));
             let t = remote::tell_throughput(&pair, s.remote_tells, &format!("tell-{r}")).await?;
             let (a50, a99) = remote::ask_rtt(&pair, s.remote_asks, &format!("ask-{r}")).await?;
+            let (acked, plain) = remote::acked_ask_p50(&pair, s.remote_asks, r).await?;
+            let fsync = remote::fsync_p50_us(&pair, s.remote_asks.min(200))?;
+            acked50.push(acked, &[plain + fsync]);
             let (s50, s99) = remote::spawn_latency(&pair, s.remote_spawns, r).await?;
             let rc = anchors::run_sender("ractor-send", &sender_args(&ractor_recv.at))?;
             let mut qargs = sender_args(&quinn_recv.at);
@@ -422,7 +453,7 @@ async fn remote_rows(s: &Sizes, say: &impl Fn(String)) -> anyhow::Result<Vec<Met
     drop(quinn_recv);
     let _ = std::fs::remove_dir_all(&certs);
     result?;
-    Ok(vec![tell, ask50, ask99, spawn50, spawn99])
+    Ok(vec![tell, ask50, ask99, acked50, spawn50, spawn99])
 }
 
 fn fault_rows(s: &Sizes, say: &impl Fn(String)) -> anyhow::Result<Vec<Metric>> {

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
-use tether::{Kinds, Node};
-use tether_actors::builtin::{Sink, SinkMsg, SinkReply};
+use tether::{Durability, Kinds, Node};
+use tether_actors::builtin::{Counter, CounterMsg, Sink, SinkMsg, SinkReply};
 use tether_actors::AgentRef;
 use tether_cluster::net::certs::CertDir;
 
@@ -152,6 +152,53 @@ pub(super) async fn ask_rtt(pair: &Pair, n: u64, key: &str) -> anyhow::Result<(f
         rtts.push(t.elapsed().as_secs_f64() * 1e6);
     }
     Ok((percentile(&rtts, 0.5), percentile(&rtts, 0.99)))
+}
+
+/// p50 of asks to a counter in `acked` mode on `b2` (its replica is `b1`, the only other
+/// remote node) and of the same asks to a counter in `none` mode, alternating, in
+/// microseconds.
+pub(super) async fn acked_ask_p50(pair: &Pair, n: u64, round: usize) -> anyhow::Result<(f64, f64)> {
+    let acked: AgentRef<Counter> = pair
+        .node
+        .spawn(&format!("acked-{round}"), None)
+        .on("b2")
+        .durability(Durability::Acked)
+        .await?;
+    let plain: AgentRef<Counter> = pair
+        .node
+        .spawn(&format!("plain-{round}"), None)
+        .on("b2")
+        .await?;
+    let (mut a, mut p) = (
+        Vec::with_capacity(n as usize),
+        Vec::with_capacity(n as usize),
+    );
+    for i in 1..=n {
+        for (c, lat) in [(&acked, &mut a), (&plain, &mut p)] {
+            let t = Instant::now();
+            let got = c.ask(CounterMsg::Inc, DEADLINE).await?;
+            lat.push(t.elapsed().as_secs_f64() * 1e6);
+            anyhow::ensure!(got == i as i64, "counted {got} of {i}");
+        }
+    }
+    Ok((percentile(&a, 0.5), percentile(&p, 0.5)))
+}
+
+/// p50 of writing 64 bytes to a file in the nodes' state directory and `fsync`ing it, in
+/// microseconds: what one durable commit costs on this disk at least.
+pub(super) fn fsync_p50_us(pair: &Pair, n: u64) -> anyhow::Result<f64> {
+    use std::io::Write;
+    let path = pair.dir.join("fsync-probe");
+    let mut f = std::fs::File::create(&path)?;
+    let mut lat = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let t = Instant::now();
+        f.write_all(&[7u8; 64])?;
+        f.sync_data()?;
+        lat.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    let _ = std::fs::remove_file(&path);
+    Ok(percentile(&lat, 0.5))
 }
 
 /// Latency of get-or-spawning a fresh agent on the other node, in milliseconds: (p50, p99).

@@ -99,6 +99,9 @@ pub trait ControlPlane: Send + Sync + 'static {
     /// Messages in a local node's outbox (`None`: the node keeps none). Read without a lock.
     fn outbox_depth(&self) -> Option<usize>;
 
+    /// The node's checkpointer (replicas from peers are stored there).
+    fn checkpointer(&self) -> Arc<crate::durable::Checkpointer>;
+
     /// Whether tells to `id` wait in the outbox.
     fn outbox_holds(&self, id: &AgentId) -> bool;
 

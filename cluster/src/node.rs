@@ -157,6 +157,7 @@ impl Node {
         let links = Arc::new(Links::new(shutdown.subscribe()));
         let (routes, counters) = (Arc::new(Routes::default()), Arc::new(Counters::default()));
         let io = PeerIo::new(links.clone(), routes.clone(), counters.clone());
+        let store = RedbStore::open(&cfg.node_dir.path().join(CHECKPOINTS_FILE))?;
         let core = ClusterCore::new(me.clone(), cfg.timing.detector, role, host.clone());
         let driver = Driver::new(
             core,
@@ -166,9 +167,7 @@ impl Node {
                 links: links.clone(),
                 host: host.clone(),
                 sup: sup.clone(),
-                store: Box::new(RedbStore::open(
-                    &cfg.node_dir.path().join(CHECKPOINTS_FILE),
-                )?),
+                store: Box::new(store),
             },
         );
         let router = Router::new(
@@ -180,12 +179,7 @@ impl Node {
         );
         let weak: std::sync::Weak<dyn tether_actors::Router> = Arc::downgrade(&router) as _;
         host.set_router(weak);
-        let inbound = Inbound::new(
-            host.clone(),
-            driver.durable().clone(),
-            driver.clone(),
-            counters.clone(),
-        );
+        let inbound = Inbound::new(host.clone(), driver.clone(), counters.clone());
         let seeds = cfg
             .seeds
             .iter()

@@ -442,8 +442,8 @@ pub struct SbrConfig {
 impl Default for SbrConfig {
     fn default() -> Self {
         Self {
-            stable_after: Duration::from_secs(3),
-            down_margin: Duration::from_secs(2),
+            stable_after: Duration::from_millis(700),
+            down_margin: Duration::from_millis(1000),
         }
     }
 }

@@ -97,7 +97,7 @@ impl Default for SimConfig {
         Self {
             remotes: 3,
             locals: 1,
-            heartbeat: Duration::from_millis(150),
+            heartbeat: Duration::from_millis(100),
             detector: DetectorConfig::default(),
             latency_ms: (1, 5),
             activation: Duration::from_millis(2),

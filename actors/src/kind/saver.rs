@@ -153,7 +153,9 @@ impl Saver {
                 })
                 .collect(),
             timers: Vec::new(),
-            taken_unix_ms: crate::host::now_unix_ms(),
+            taken_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
         };
         let release_held: crate::durable::Release = Box::new(move |r| release(held, r));
         self.sink

@@ -41,15 +41,10 @@ pub(crate) struct Inbound {
 }
 
 impl Inbound {
-    pub(crate) fn new(
-        host: Arc<Host>,
-        durable: Arc<Checkpointer>,
-        control: ControlRef,
-        counters: Arc<Counters>,
-    ) -> Arc<Self> {
+    pub(crate) fn new(host: Arc<Host>, control: ControlRef, counters: Arc<Counters>) -> Arc<Self> {
         Arc::new(Self {
             host,
-            durable,
+            durable: control.checkpointer(),
             control,
             counters,
         })

@@ -3,15 +3,14 @@
 //! checkpoint of its agent.
 //!
 //! ```text
-//! agent actors ── submit(cp, release) ──▶ queue ──▶ one commit at a time: every checkpoint
-//!                                                    queued meanwhile in one store.put (one fsync)
-//!                                                      │ local-only, or no other remote node up:
-//!                                                      │   released once stored here
-//!                                                      ▼
-//!                                          grouped by replica node ─▶ Replicate{cps} (deadline)
-//!                                                      ▼                 stored there ─▶ Stored
-//!                                          released (acked replies go out); a failure is tried
-//!                                          once more with the replica of the view then
+//! agent actors ── submit(cp, release) ──▶ queue ──▶ one commit at a time, each with every
+//!                                                    checkpoint queued meanwhile (one fsync)
+//!                                        at the same time, grouped by replica node:
+//!                                          Replicate{cps} (deadline) ──▶ stored there: Stored
+//!                                          (a failure is tried once more, with the replica of
+//!                                          the view then)
+//!                        released once stored here and there (local-only, or no other remote
+//!                        node up: once stored here); acked replies go out then
 //! peer ── Replicate{cps} ─▶ store.put ─▶ Stored        peer ── Newest{id} ─▶ the newest held
 //! activation of a durable agent ─▶ gather(id): the newest of this node's and every up remote
 //!                                  peer's (all must answer), stored here, then started from it
@@ -273,69 +272,90 @@ fn lock(store: &Store) -> std::sync::MutexGuard<'_, Box<dyn CheckpointStore>> {
 }
 
 /// Commits what was submitted, one commit at a time, each with everything queued meanwhile;
-/// then replicates (see the module doc).
+/// the replicas are sent at the same time (a replica ahead of its host's disk is harmless: a
+/// store never goes back), and each checkpoint is released once both are done.
 async fn commit_loop(me: std::sync::Weak<Checkpointer>, mut rx: mpsc::UnboundedReceiver<Job>) {
     let mut jobs = Vec::new();
     while rx.recv_many(&mut jobs, usize::MAX).await > 0 {
         let Some(me) = me.upgrade() else { return };
         let batch: Vec<Checkpoint> = jobs.iter().map(|j| (*j.cp).clone()).collect();
-        if let Err(e) = me.store(batch).await {
-            warn!(error = %e, n = jobs.len(), "checkpoints not stored");
-            for j in jobs.drain(..) {
-                (j.release)(Err(e.clone()));
-            }
-            continue;
-        }
-        for j in &jobs {
-            me.note(&j.cp, true, None);
-        }
         let remotes = me.replicas.remotes();
+        let mut here = Vec::new();
         let mut by_node: HashMap<String, Vec<Job>> = HashMap::new();
         for j in jobs.drain(..) {
-            match (j.local_only || j.mode == Durability::None)
-                .then_some(None)
-                .unwrap_or_else(|| replica_of(&j.cp.id, &remotes))
-            {
+            let replica = if j.local_only || j.mode == Durability::None {
+                None // stays on this node
+            } else {
+                replica_of(&j.cp.id, &remotes)
+            };
+            match replica {
                 Some(node) => by_node.entry(node).or_default().push(j),
-                // stays here, or no other node can keep a copy now: as durable as it can be
-                None => (j.release)(Ok(())),
+                // no other node can keep a copy now: as durable as it can be once stored here
+                None => here.push(j),
             }
         }
-        for (node, group) in by_node {
-            tokio::spawn(replicate(me.clone(), node, group));
+        let sent: Vec<_> = by_node
+            .into_iter()
+            .map(|(node, group)| {
+                let me = me.clone();
+                let cps = group.iter().map(|j| (*j.cp).clone()).collect();
+                (
+                    group,
+                    tokio::spawn(async move { replicate(&me, node, cps).await }),
+                )
+            })
+            .collect();
+        let stored = me.store(batch).await;
+        if let Err(e) = &stored {
+            warn!(error = %e, "checkpoints not stored");
         }
+        for j in here {
+            (j.release)(stored.clone());
+        }
+        let me = me.clone();
+        // the next commit does not wait for the replicas
+        tokio::spawn(async move {
+            for (group, replica) in sent {
+                let replica = replica.await.unwrap_or_else(|e| {
+                    Err(AgentError::Internal(format!("replication stopped: {e}")))
+                });
+                if let Ok(node) = &replica {
+                    for j in &group {
+                        me.note(&j.cp, stored.is_ok(), Some(node));
+                    }
+                }
+                let outcome = stored.clone().and(replica.map(|_| ()));
+                for j in group {
+                    (j.release)(outcome.clone());
+                }
+            }
+        });
     }
 }
 
-/// Sends `jobs`' checkpoints to `node`, tried once more with the replica of the view then if
-/// that fails; releases them with the outcome.
-async fn replicate(me: Arc<Checkpointer>, node: String, jobs: Vec<Job>) {
-    let cps: Vec<Checkpoint> = jobs.iter().map(|j| (*j.cp).clone()).collect();
-    let mut to = node;
-    let mut result = send_replica(&me, &to, cps.clone()).await;
-    if let Err(e) = &result {
-        let again = jobs
-            .first()
-            .and_then(|j| replica_of(&j.cp.id, &me.replicas.remotes()));
-        match again {
-            Some(other) => {
-                debug!(node = %to, error = %e, %other, "replica not stored; trying the replica of the view now");
-                to = other;
-                result = send_replica(&me, &to, cps).await;
-            }
-            None => result = Ok(()), // no other node up now: kept here only
+/// Sends `cps` to `node`, tried once more with the replica of the view then if that fails
+/// (membership may have changed); the node that stored them.
+async fn replicate(
+    me: &Checkpointer,
+    node: String,
+    cps: Vec<Checkpoint>,
+) -> Result<String, AgentError> {
+    let e = match send_replica(me, &node, cps.clone()).await {
+        Ok(()) => return Ok(node),
+        Err(e) => e,
+    };
+    let Some(first) = cps.first() else {
+        return Ok(node);
+    };
+    match replica_of(&first.id, &me.replicas.remotes()) {
+        Some(other) => {
+            debug!(%node, error = %e, %other, "replica not stored; trying the replica of the view now");
+            send_replica(me, &other, cps).await.map(|()| other)
         }
-    }
-    match &result {
-        Ok(()) => {
-            for j in &jobs {
-                me.note(&j.cp, true, Some(&to));
-            }
+        None => {
+            warn!(%node, error = %e, "replica not stored, and no other remote node is up");
+            Err(e)
         }
-        Err(e) => warn!(node = %to, error = %e, n = jobs.len(), "checkpoints not replicated"),
-    }
-    for j in jobs {
-        (j.release)(result.clone());
     }
 }
 

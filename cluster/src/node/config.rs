@@ -36,7 +36,7 @@ pub struct Timing {
 impl Default for Timing {
     fn default() -> Self {
         Self {
-            heartbeat_interval: Duration::from_millis(150),
+            heartbeat_interval: Duration::from_millis(100),
             detector: DetectorConfig::default(),
             dial: DialConfig::default(),
             quic: QuicTiming::default(),

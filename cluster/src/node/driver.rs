@@ -147,6 +147,12 @@ impl Driver {
         let view = Arc::new(core.members().view());
         let depth = core.outbox_depth().unwrap_or(usize::MAX);
         let (version, _) = watch::channel(0);
+        let (name, io) = (me.clone(), parts.io.clone());
+        let replicas = move |myself: &Weak<Driver>| super::replicas::NodeReplicas {
+            me: name,
+            control: myself.clone() as Weak<dyn ControlPlane>,
+            io,
+        };
         let driver = Arc::new_cyclic(|myself| Self {
             gate: Arc::new(Gate {
                 me: me.clone(),
@@ -166,10 +172,7 @@ impl Driver {
             links: parts.links,
             host: parts.host,
             sup: parts.sup,
-            durable: Checkpointer::start(
-                parts.store,
-                Arc::new(super::replicas::DriverReplicas(myself.clone())),
-            ),
+            durable: Checkpointer::start(parts.store, Arc::new(replicas(myself))),
             myself: myself.clone(),
         });
         driver.host.set_checkpoints(driver.durable.clone());
@@ -186,21 +189,6 @@ impl Driver {
                 }
             }));
         driver
-    }
-
-    /// This node's name.
-    pub(crate) fn me(&self) -> &str {
-        &self.me
-    }
-
-    /// The node's agent streams.
-    pub(crate) fn io(&self) -> &Arc<PeerIo> {
-        &self.io
-    }
-
-    /// The node's checkpointer.
-    pub(crate) fn durable(&self) -> &Arc<Checkpointer> {
-        &self.durable
     }
 
     fn arc(&self) -> Option<Arc<Driver>> {
@@ -440,6 +428,10 @@ impl ControlPlane for Driver {
 
     fn receive(&self, from: &str, msg: DirMsg) {
         self.with(|c, now| c.receive(from, msg, now));
+    }
+
+    fn checkpointer(&self) -> Arc<Checkpointer> {
+        self.durable.clone()
     }
 
     fn outbox_depth(&self) -> Option<usize> {
