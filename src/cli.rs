@@ -4,6 +4,7 @@ mod agents;
 mod certs;
 mod common;
 mod faults;
+mod migrate;
 mod node;
 mod status;
 mod tree;
@@ -72,8 +73,10 @@ enum Command {
     Tell(agents::TellArgs),
     /// Send an agent a JSON message and print its JSON reply.
     Ask(agents::AskArgs),
-    /// Every agent in the cluster: node, epoch, status, placement.
+    /// Every agent in the cluster: node, epoch, status, placement, durability.
     Agents(agents::AgentsArgs),
+    /// Move an agent to another node with its state and unhandled messages.
+    Migrate(migrate::MigrateArgs),
     /// The supervision trees of the cluster: nodes, supervisors, agents, restarts, failures.
     Tree(tree::TreeArgs),
     /// Supervisor groups (one-for-all, rest-for-one...).
@@ -97,6 +100,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Tell(a) => agents::tell(a).await,
         Command::Ask(a) => agents::ask(a).await,
         Command::Agents(a) => agents::agents(a).await,
+        Command::Migrate(a) => migrate::migrate(a).await,
         Command::Tree(a) => tree::tree(a).await,
         Command::Group(c) => tree::group(c).await,
         Command::Certs(c) => certs::run(c),

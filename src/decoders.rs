@@ -75,8 +75,12 @@ fn touch_request(req: Request) {
                 let _ = tether_actors::codec::decode::<i64>(&cp.state);
             }
         }
-        Request::Newest { id, .. } => {
+        Request::Newest { id, .. } | Request::Discard { id, .. } | Request::Migrate { id, .. } => {
             let _ = id.kind();
+        }
+        Request::Install { spec, cp, .. } => {
+            let _ = spec.record();
+            let _ = tether_actors::codec::decode::<i64>(&cp.state);
         }
     }
 }
@@ -316,6 +320,7 @@ fn checkpoint_seeds() -> Vec<Vec<u8>> {
             deadline_unix_ms: 1_800_000_000_000,
         }],
         taken_unix_ms: 1_799_999_999_000,
+        since_epoch: 0,
     };
     vec![tether_cluster::durable::store::encode_record(&cp).expect("a seed encodes")]
 }

@@ -48,6 +48,22 @@ impl ReplyTx {
         }
     }
 
+    /// The asker's channel if the reply goes to one, else the reply sender itself, unused.
+    ///
+    /// # Errors
+    /// The reply sender, when it is a callback.
+    pub fn try_into_channel(
+        mut self,
+    ) -> Result<oneshot::Sender<Result<Body, AgentError>>, ReplyTx> {
+        match self.0.take() {
+            Some(ReplyTo::Channel(tx)) => Ok(tx),
+            other => {
+                self.0 = other;
+                Err(self)
+            }
+        }
+    }
+
     /// Sends the reply.
     ///
     /// # Errors

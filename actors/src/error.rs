@@ -33,6 +33,26 @@ pub enum AgentError {
         /// The node the message reached.
         node: String,
     },
+    /// The agent moved to another node (a live migration): the message was not delivered
+    /// here. Send it to `to`, as `epoch` (a node's router does, and keeps the new route).
+    #[error("{id} moved to {to}; not delivered here, send it there")]
+    Moved {
+        /// The agent.
+        id: String,
+        /// Where it runs now.
+        to: String,
+        /// Its epoch there.
+        epoch: u64,
+    },
+    /// A live migration of the agent could not be done; the agent keeps serving where it was
+    /// (unless `reason` says otherwise).
+    #[error("{id} was not moved: {reason}")]
+    NotMoved {
+        /// The agent.
+        id: String,
+        /// Why.
+        reason: String,
+    },
     /// The agent cannot be reached now, and whether it exists cannot be told from here: its
     /// directory owner is fenced or cut off, or its host is gone and it is being placed again.
     /// Retry later (unlike [`AgentError::NotFound`], which its owner says for sure).
@@ -205,6 +225,7 @@ impl AgentError {
             self,
             AgentError::NodeUnreachable { .. }
                 | AgentError::NotHere { .. }
+                | AgentError::Moved { .. }
                 | AgentError::Unavailable { .. }
                 | AgentError::Timeout { .. }
                 | AgentError::OutboxFull { .. }

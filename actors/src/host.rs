@@ -38,6 +38,7 @@
 
 mod door;
 mod lifecycle;
+mod moving;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::Ordering;
@@ -62,6 +63,7 @@ pub use crate::port::LocalPort;
 pub use crate::record::Activation;
 use crate::record::SpawnRecord;
 use crate::stats::AgentStats;
+pub use moving::{Forwarder, FrozenAgent, TOMBSTONE};
 
 /// Sequence numbers are `session << SESSION_SHIFT | n`, `n` from 1 (see the module doc).
 pub const SESSION_SHIFT: u32 = 40;
@@ -100,6 +102,9 @@ struct Spec {
     kind: Arc<dyn ErasedKind>,
     record: Arc<SpawnRecord>,
     epoch: u64,
+    /// The oldest epoch a message may be addressed to: this activation's, or the first of
+    /// the line of moves it came by (see [`moving`]).
+    floor: u64,
     run: StoredRun,
 }
 
@@ -160,6 +165,8 @@ pub enum DownStatus {
     Restarting,
     /// Waiting for its backoff delay.
     BackingOff,
+    /// Frozen for a live migration: messages wait for its outcome.
+    Moving,
 }
 
 type Waiting = VecDeque<(Delivery, Body, Option<ReplyTx>)>;
@@ -264,6 +271,10 @@ pub struct Host {
     router: std::sync::OnceLock<Weak<dyn crate::router::Router>>,
     /// Where durable agents' checkpoints go (the node's checkpointer).
     checkpoints: std::sync::OnceLock<Arc<dyn CheckpointSink>>,
+    /// Agents that moved away, for a while (see [`moving`]).
+    moved: DashMap<AgentId, moving::Tombstone, IdHash>,
+    /// Where messages for moved agents go.
+    forwarder: std::sync::OnceLock<Forwarder>,
     /// What every instance calls when it ends (one for the host, shared by all agents).
     on_exit: ExitHook,
 }
@@ -303,6 +314,8 @@ impl Host {
             gate: std::sync::OnceLock::new(),
             router: std::sync::OnceLock::new(),
             checkpoints: std::sync::OnceLock::new(),
+            moved: DashMap::default(),
+            forwarder: std::sync::OnceLock::new(),
             on_exit: {
                 let me = me.clone();
                 Arc::new(move |id: &AgentId, epoch: u64, reason: Option<String>| {
@@ -426,6 +439,7 @@ impl Host {
             let status = match d.status {
                 DownStatus::Restarting => "restarting",
                 DownStatus::BackingOff => "backing-off",
+                DownStatus::Moving => "moving",
             };
             return Some(base(
                 d.spec.epoch,

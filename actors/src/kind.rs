@@ -40,6 +40,10 @@ use saver::Saver;
 /// rather than restart it.
 pub const SELF_STOP: &str = "stopped by itself";
 
+/// The stop reason of an agent frozen for a live migration: it goes on elsewhere, so its
+/// supervisor neither restarts nor removes it here (the move's outcome decides).
+pub const MOVED: &str = "frozen for a move";
+
 /// Called once when an agent's actor ends: `None` for a clean stop, else the failure.
 pub type ExitHook = Arc<dyn Fn(&AgentId, u64, Option<String>) + Send + Sync>;
 
@@ -79,6 +83,9 @@ pub struct SpawnSpec {
     pub router: Option<std::sync::Weak<dyn crate::router::Router>>,
     /// Its checkpointing, if it is durable (see [`crate::durable`]).
     pub durable: Option<DurableSpec>,
+    /// The checkpoint it starts from instead of `init` (a restart or failover of a durable
+    /// agent, a move).
+    pub restore: Option<Arc<crate::durable::Checkpoint>>,
 }
 
 /// Asked before each message reaches the handler: `Some(error)` means the node must not act
@@ -154,11 +161,15 @@ impl<A: Agent> ErasedKind for KindImpl<A> {
                         reason,
                     }
                 })?;
-            let saver = spec
-                .durable
-                .as_ref()
-                .map(|d| Box::new(Saver::new(d, spec.epoch, spec.local_only)));
-            let restore = spec.durable.and_then(|d| d.restore);
+            let restore = spec.restore;
+            let saver = spec.durable.as_ref().map(|d| {
+                Box::new(Saver::new(
+                    d,
+                    restore.as_deref(),
+                    spec.epoch,
+                    spec.local_only,
+                ))
+            });
             let origin = Arc::new(Origin::new(
                 spec.id,
                 spec.node,

@@ -82,6 +82,16 @@ pub trait Dormant: Send {
     /// Stops the agent without ever starting its actor, as a stopping actor would end: its
     /// `on_stop`, then its exit hook (a clean stop).
     fn stop(self: Box<Self>) -> BoxFuture<'static, ()>;
+
+    /// Ends the agent for a move, without `on_stop` or exit hook: its state, encoded; or why
+    /// it does not encode (the agent is then given back, unchanged).
+    ///
+    /// # Errors
+    /// The agent, and why its state does not encode.
+    #[allow(clippy::type_complexity)]
+    fn freeze(
+        self: Box<Self>,
+    ) -> Result<bytes::Bytes, (Box<dyn Dormant>, crate::error::AgentError)>;
 }
 
 /// The queue of one agent (see the module doc).
@@ -90,12 +100,20 @@ pub struct Mailbox {
     inner: Mutex<Inner>,
     /// The agent's actor, once the first post started it.
     actor: OnceLock<ActorRef<Wake>>,
+    /// A freeze was asked and the actor has not taken it: read between messages, without
+    /// the lock.
+    freeze_asked: std::sync::atomic::AtomicBool,
 }
 
 /// Kept small: the mailbox is one allocation per agent, idle agents included (three words of
-/// queue, two of waker, two of the dormant agent, three flags).
+/// queue, two of waker, two of the dormant agent, one of a freeze request, four flags).
 #[derive(Default)]
 struct Inner {
+    /// A live migration asked the actor to freeze at its next message boundary.
+    freezer: Option<FreezeTx>,
+    /// Frozen: posts are refused (they go to the host's slot for the move), what waits is
+    /// handed over with the state.
+    frozen: bool,
     /// Until the first post: the agent, its actor not started.
     dormant: Option<Box<dyn Dormant>>,
     queue: Vec<Call>,
@@ -106,6 +124,29 @@ struct Inner {
     listener: Option<Waker>,
     released: bool,
     closed: bool,
+}
+
+/// What a frozen agent hands over (see [`Mailbox::freeze`]): its state, encoded, and the
+/// calls it had not handled, in order.
+pub struct Frozen {
+    /// The agent's `State` (MessagePack).
+    pub state: bytes::Bytes,
+    /// Calls taken but not handled, then what waited in the mailbox.
+    pub calls: Vec<Call>,
+}
+
+/// Where a freezing actor answers: the state and calls, or why it could not freeze (it then
+/// goes on running).
+pub type FreezeTx = tokio::sync::oneshot::Sender<Result<Frozen, crate::error::AgentError>>;
+
+/// What [`Mailbox::freeze`] found.
+pub enum Freezing {
+    /// The agent never got mail: freeze it here ([`Dormant::freeze`]); these calls waited.
+    Dormant(Box<dyn Dormant>, Vec<Call>),
+    /// Its actor runs: it answers on the channel at its next message boundary.
+    Actor,
+    /// Nothing to freeze: the mailbox was closed.
+    Gone,
 }
 
 /// What [`Mailbox::post`] did.
@@ -188,6 +229,7 @@ impl Mailbox {
                 ..Inner::default()
             }),
             actor: OnceLock::new(),
+            freeze_asked: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -221,7 +263,7 @@ impl Mailbox {
     /// The call, unqueued.
     pub fn post(self: &Arc<Self>, call: Call) -> Result<Posted, Box<Call>> {
         let mut m = self.lock();
-        if m.closed || !self.start(&mut m) {
+        if m.closed || m.frozen || !self.start(&mut m) {
             return Err(Box::new(call));
         }
         if m.queue.capacity() == 0 {
@@ -242,7 +284,7 @@ impl Mailbox {
     /// The calls, unqueued.
     pub fn post_all(self: &Arc<Self>, calls: Vec<Call>) -> Result<Posted, Vec<Call>> {
         let mut m = self.lock();
-        if m.closed || !self.start(&mut m) {
+        if m.closed || m.frozen || !self.start(&mut m) {
             return Err(calls);
         }
         m.queue.extend(calls);
@@ -277,6 +319,11 @@ impl Mailbox {
             return Poll::Ready(Took::Calls);
         }
         m.keep_one_buffer(into);
+        if m.freezer.is_some() {
+            // a freeze is asked: the actor takes it (it stays awake)
+            m.listener = None;
+            return Poll::Ready(Took::Released);
+        }
         if m.released || m.closed {
             m.awake = false;
             m.listener = None;
@@ -292,6 +339,82 @@ impl Mailbox {
     /// Whether [`Mailbox::release_for_stop`] was called.
     pub fn released(&self) -> bool {
         self.lock().released
+    }
+
+    /// A live migration: posts are refused from now on (the host holds what comes for the
+    /// move). A dormant agent is handed out with what waited; a running actor is asked to
+    /// freeze at its next message boundary and answers on `tx` (a listening one is woken).
+    pub fn freeze(&self, tx: FreezeTx) -> Freezing {
+        let (freezing, woken) = {
+            let mut m = self.lock();
+            if m.closed {
+                return Freezing::Gone;
+            }
+            m.frozen = true;
+            match m.dormant.take() {
+                Some(agent) => {
+                    let calls = std::mem::take(&mut m.queue);
+                    (Freezing::Dormant(agent, calls), None)
+                }
+                None if self.actor.get().is_some() => {
+                    m.freezer = Some(tx);
+                    self.freeze_asked
+                        .store(true, std::sync::atomic::Ordering::Release);
+                    let woken = m.listener.take();
+                    if !m.awake {
+                        // idle: bring it into its handler, where it freezes
+                        m.awake = true;
+                        drop(m);
+                        self.wake_actor();
+                        return Freezing::Actor;
+                    }
+                    (Freezing::Actor, woken)
+                }
+                None => (Freezing::Gone, None),
+            }
+        };
+        wake(woken);
+        freezing
+    }
+
+    /// For the actor: the freeze request, if one came; what waits is moved to the back of
+    /// `into`.
+    pub fn take_freeze(&self, into: &mut VecDeque<Call>) -> Option<FreezeTx> {
+        let mut m = self.lock();
+        let tx = m.freezer.take()?;
+        self.freeze_asked
+            .store(false, std::sync::atomic::Ordering::Release);
+        into.extend(m.queue.drain(..));
+        Some(tx)
+    }
+
+    /// The mover gave up waiting: a freeze the actor has not taken is withdrawn, and posts
+    /// are taken again (one it took ends when its answer finds no mover: it thaws itself).
+    pub fn cancel_freeze(&self) {
+        let mut m = self.lock();
+        m.freezer = None;
+        m.frozen = false;
+        self.freeze_asked
+            .store(false, std::sync::atomic::Ordering::Release);
+    }
+
+    /// A dormant agent whose freeze failed goes back, with what waited.
+    pub fn unfreeze_dormant(&self, agent: Box<dyn Dormant>, calls: Vec<Call>) {
+        let mut m = self.lock();
+        m.dormant = Some(agent);
+        let later = std::mem::replace(&mut m.queue, calls);
+        m.queue.extend(later);
+        m.frozen = false;
+    }
+
+    /// For the actor: the freeze could not be done; posts are taken again.
+    pub fn thaw(&self) {
+        self.lock().frozen = false;
+    }
+
+    /// Whether a freeze was asked and not yet taken (checked by the actor between messages).
+    pub fn freeze_asked(&self) -> bool {
+        self.freeze_asked.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// A stop is coming: a dormant agent is taken out (the mailbox closes: it will never
@@ -479,6 +602,26 @@ impl AgentActorRef {
         if let Some(a) = self.mailbox.actor.get() {
             a.kill();
         }
+    }
+
+    /// A live migration: see [`Mailbox::freeze`].
+    pub fn freeze(&self, tx: FreezeTx) -> Freezing {
+        self.mailbox.freeze(tx)
+    }
+
+    /// Posts are taken again after a freeze that could not be completed.
+    pub fn thaw(&self) {
+        self.mailbox.thaw();
+    }
+
+    /// See [`Mailbox::cancel_freeze`].
+    pub fn cancel_freeze(&self) {
+        self.mailbox.cancel_freeze();
+    }
+
+    /// See [`Mailbox::unfreeze_dormant`].
+    pub fn unfreeze_dormant(&self, agent: Box<dyn Dormant>, calls: Vec<Call>) {
+        self.mailbox.unfreeze_dormant(agent, calls);
     }
 
     /// The id of the agent's actor, once it started.
@@ -693,6 +836,12 @@ mod tests {
             Box::pin(async move {
                 self.stops.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             })
+        }
+
+        fn freeze(
+            self: Box<Self>,
+        ) -> Result<bytes::Bytes, (Box<dyn Dormant>, crate::error::AgentError)> {
+            Ok(bytes::Bytes::from_static(b"probe"))
         }
     }
 

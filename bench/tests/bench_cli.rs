@@ -32,6 +32,7 @@ fn remote_rows_report_every_metric_with_its_anchors() {
             "remote_tell_throughput",
             "remote_ask_rtt_p50_us",
             "remote_ask_rtt_p99_us",
+            "acked_ask_p50_us",
             "remote_spawn_p50_ms",
             "remote_spawn_p99_ms"
         ]

@@ -102,6 +102,25 @@ pub trait ControlPlane: Send + Sync + 'static {
     /// The node's checkpointer (replicas from peers are stored there).
     fn checkpointer(&self) -> Arc<crate::durable::Checkpointer>;
 
+    /// Installs `id` as `epoch` from `cp` (the target of a move; see [`crate::migration`]).
+    fn install(
+        &self,
+        id: AgentId,
+        epoch: u64,
+        spec: crate::directory::AgentSpec,
+        cp: tether_actors::Checkpoint,
+    ) -> tether_actors::call::BoxFuture<'_, Result<tether_actors::Activation, AgentError>>;
+
+    /// Drops the instance of `id` installed as `epoch` (a move aborted).
+    fn discard(&self, id: &AgentId, epoch: u64) -> tether_actors::call::BoxFuture<'_, ()>;
+
+    /// Moves `id`, which runs here, to `to` (see [`crate::migration`]).
+    fn migrate_here(
+        &self,
+        id: AgentId,
+        to: String,
+    ) -> tether_actors::call::BoxFuture<'_, Result<crate::migration::MoveReport, AgentError>>;
+
     /// Whether tells to `id` wait in the outbox.
     fn outbox_holds(&self, id: &AgentId) -> bool;
 

@@ -453,6 +453,46 @@ impl ClusterCore {
         ticket
     }
 
+    /// A new epoch for an activation of this node, one generation past `newest` (a move's
+    /// target epoch).
+    pub fn new_epoch(&mut self, now: Instant, newest: u64) -> u64 {
+        self.raw_call(now, |_, cx| cx.new_epoch(newest))
+    }
+
+    /// Commits a live migration of `id` at its owner (see [`DirMsg::Move`]); ends with its
+    /// answer: the activation on `to`, or why not.
+    pub fn commit_move(
+        &mut self,
+        now: Instant,
+        id: AgentId,
+        from: Location,
+        to: Location,
+    ) -> Ticket {
+        let ticket = self
+            .io
+            .new_ticket(Want::Activation, now + LOOKUP_TIMEOUT, &id);
+        let view = self.members.up_view();
+        let Some(owner) = directory::owner(id.as_str(), view.remotes()).map(str::to_owned) else {
+            let e = AgentError::NoDirectory("no remote node is reachable from this node".into());
+            self.io.complete(ticket, Err(e), &self.members);
+            return ticket;
+        };
+        if owner == self.me() {
+            let reply = ReplyTo::Local(ticket);
+            self.call(now, |role, cx| role.commit_move(cx, reply, id, from, to));
+            return ticket;
+        }
+        let state = self.members.state_of(&owner);
+        self.io
+            .request_for_ticket(ticket, &owner, state, &self.members, |req| DirMsg::Move {
+                req,
+                id,
+                from,
+                to,
+            });
+        ticket
+    }
+
     // ---------------------------------------------------------------- messages from peers
 
     /// A directory message from `from`.
@@ -524,6 +564,18 @@ impl ClusterCore {
             DirMsg::Probe { req, id } => {
                 let result = self.probed(&id);
                 self.io.send(from, DirMsg::Answer { req, result });
+            }
+            DirMsg::Move {
+                req,
+                id,
+                from: was,
+                to,
+            } => {
+                let reply = ReplyTo::Peer {
+                    node: from.to_owned(),
+                    req,
+                };
+                self.call(now, |role, cx| role.commit_move(cx, reply, id, was, to));
             }
             notice @ (DirMsg::Backup { req, .. }
             | DirMsg::Handoff { req, .. }

@@ -14,6 +14,7 @@
 //!   and live migration).
 //! - [`role`]: the [`role::RoleCore`] trait a node role implements, and what the core lends it.
 //! - [`effects`]: what a core asks its node to do, and its requests in flight.
+//! - [`migration`]: live migration (freeze, ship, commit): the protocol and its report.
 //! - [`core`]: [`core::ClusterCore`], membership + directory + the role, sans-IO.
 //! - [`sim`]: a deterministic simulator of N cores on a virtual clock; seeded fault schedules.
 //! - [`agents`]: the data plane: sends by agent id, a peer's streams, the peer queues.
@@ -28,6 +29,7 @@ pub mod durable;
 pub mod effects;
 pub mod identity;
 pub mod membership;
+pub mod migration;
 pub mod net;
 pub mod node;
 pub mod notices;

@@ -19,6 +19,7 @@
 mod config;
 mod connect;
 mod driver;
+mod migrate;
 mod ops;
 mod ractor_bridge;
 mod replicas;
@@ -345,6 +346,53 @@ impl Node {
         &self,
     ) -> Result<tether_supervision::tree::NodeTree, tether_supervision::SupervisionError> {
         self.shared.sup.snapshot().await
+    }
+
+    /// Moves agent `id` to node `to`, with its state and its unhandled messages (see
+    /// [`crate::migration`]), from whichever node runs it.
+    ///
+    /// # Errors
+    /// [`AgentError::NotMoved`] saying why (local-only, in a supervisor group, a handler that
+    /// did not reach a message boundary, the target refused, the directory refused),
+    /// [`AgentError::NodeUnreachable`] for a target that is not up, [`AgentError::UnknownKind`]
+    /// for one without the kind, [`AgentError::Placement`], [`AgentError::NotFound`]. The
+    /// agent keeps serving where it was unless the move succeeded.
+    pub async fn migrate(
+        &self,
+        id: &AgentId,
+        to: &str,
+    ) -> Result<crate::migration::MoveReport, AgentError> {
+        Self::migrate_shared(&self.shared, id, to).await
+    }
+
+    pub(crate) async fn migrate_shared(
+        shared: &Shared,
+        id: &AgentId,
+        to: &str,
+    ) -> Result<crate::migration::MoveReport, AgentError> {
+        let driver = &shared.driver;
+        if shared.host.epoch_of(id).is_some() {
+            return driver.migrate(id.clone(), to.to_owned()).await;
+        }
+        let loc = shared.router.lookup(id).await?;
+        if loc.node == shared.me.name {
+            return driver.migrate(id.clone(), to.to_owned()).await;
+        }
+        let make = |req| crate::agents::protocol::Request::Migrate {
+            req,
+            id: id.clone(),
+            to: to.to_owned(),
+        };
+        match driver
+            .io
+            .request(&loc.node, make, crate::migration::MIGRATE_TIMEOUT)
+            .await?
+        {
+            crate::agents::protocol::Answer::Moved(r) => Ok(r),
+            other => Err(AgentError::Internal(format!(
+                "unexpected answer to a migration: {other:?}"
+            ))),
+        }
     }
 
     /// Resolves when a shutdown was asked for (by [`Node::shutdown`] or the control plane).

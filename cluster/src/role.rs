@@ -197,6 +197,20 @@ pub trait RoleCore: Send + 'static {
         cx.reply(reply, Err(not_an_owner(cx)));
     }
 
+    /// The commit of a live migration of an id this node owns: move its entry from `from` to
+    /// `to` if it still names `from` (see [`DirMsg::Move`]).
+    fn commit_move(
+        &mut self,
+        cx: &mut Cx<'_>,
+        reply: ReplyTo,
+        id: AgentId,
+        from: crate::directory::Location,
+        to: crate::directory::Location,
+    ) {
+        let _ = (id, from, to);
+        cx.reply(reply, Err(not_an_owner(cx)));
+    }
+
     /// Whether this node, as an owner, is placing `id` now (a probe from another owner is
     /// then answered "unavailable": its placement could double this one).
     fn placing(&self, id: &AgentId) -> bool {
@@ -442,8 +456,8 @@ pub struct SbrConfig {
 impl Default for SbrConfig {
     fn default() -> Self {
         Self {
-            stable_after: Duration::from_millis(700),
-            down_margin: Duration::from_millis(1000),
+            stable_after: Duration::from_millis(400),
+            down_margin: Duration::from_millis(1100),
         }
     }
 }

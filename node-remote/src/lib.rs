@@ -24,7 +24,7 @@ mod quarantine;
 use std::time::{Duration, Instant};
 
 use tether_actors::{Activation, AgentError, AgentId};
-use tether_cluster::directory::{DirAnswer, DirMsg};
+use tether_cluster::directory::{DirAnswer, DirMsg, Location};
 use tether_cluster::membership::detector::DetectorConfig;
 use tether_cluster::membership::Heartbeat;
 use tether_cluster::role::{
@@ -146,9 +146,10 @@ impl RoleCore for RemoteRole {
         match msg {
             // a fenced node may have missed what the other side placed meanwhile: it answers
             // no lookup ("unavailable now", never "no such agent")
-            DirMsg::Claim { .. } | DirMsg::Activate { .. } | DirMsg::Lookup { .. } => {
-                self.standing().refusal(cx.me(), cx.now)
-            }
+            DirMsg::Claim { .. }
+            | DirMsg::Activate { .. }
+            | DirMsg::Lookup { .. }
+            | DirMsg::Move { .. } => self.standing().refusal(cx.me(), cx.now),
             _ => None,
         }
     }
@@ -167,6 +168,20 @@ impl RoleCore for RemoteRole {
 
     fn placing(&self, id: &AgentId) -> bool {
         self.owner.placing(id)
+    }
+
+    fn commit_move(
+        &mut self,
+        cx: &mut Cx<'_>,
+        reply: ReplyTo,
+        id: AgentId,
+        from: Location,
+        to: Location,
+    ) {
+        let result = self
+            .owner
+            .commit_move(cx, self.split.fenced(), &id, &from, &to);
+        cx.reply(reply, result.map(DirAnswer::Activation));
     }
 
     fn spawn_private(&mut self, cx: &mut Cx<'_>, reply: u64, claim: Claim) {

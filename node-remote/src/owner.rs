@@ -22,6 +22,7 @@
 //! Failover, hand-over and backups are in [`crate::failover`].
 
 pub(crate) mod entries;
+mod moves;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;

@@ -24,7 +24,7 @@ pub(crate) struct ViaArg {
     via: Option<String>,
 }
 
-async fn via(dir: &StateDirArg, via: &ViaArg) -> anyhow::Result<Found> {
+pub(crate) async fn via(dir: &StateDirArg, via: &ViaArg) -> anyhow::Result<Found> {
     let names: Vec<String> = via.via.iter().cloned().collect();
     let (_op, found) = connect_some(&dir.state_dir, &names).await?;
     let mut errors = Vec::new();
@@ -37,7 +37,7 @@ async fn via(dir: &StateDirArg, via: &ViaArg) -> anyhow::Result<Found> {
     bail!("no node to send through: {}", errors.join("; "))
 }
 
-async fn call(
+pub(crate) async fn call(
     f: &Found,
     req: ControlRequest,
     deadline: Duration,
@@ -288,6 +288,20 @@ pub(crate) struct AgentsArgs {
     dir: StateDirArg,
 }
 
+/// `none`, or the mode with its newest checkpoint: `acked seq=5 1.2s ago replica=r2`.
+fn durability(i: &AgentInfo) -> String {
+    match &i.checkpoint {
+        None => i.durability.to_string(),
+        Some(c) => format!(
+            "{} seq={} {:.1}s ago replica={}",
+            i.durability,
+            c.seq,
+            c.age_ms as f64 / 1e3,
+            c.replica.as_deref().unwrap_or("-")
+        ),
+    }
+}
+
 pub(crate) async fn agents(a: AgentsArgs) -> anyhow::Result<ExitCode> {
     let (_op, found) = common::connect_all(&a.dir.state_dir).await?;
     let running: Vec<Found> = found.into_iter().filter(|f| f.client.is_ok()).collect();
@@ -331,6 +345,7 @@ pub(crate) async fn agents(a: AgentsArgs) -> anyhow::Result<ExitCode> {
             "STATUS".into(),
             "RECEIVED".into(),
             "MAILBOX".into(),
+            "DURABILITY".into(),
             "PLACEMENT".into(),
         ]];
         for i in &all {
@@ -361,6 +376,7 @@ pub(crate) async fn agents(a: AgentsArgs) -> anyhow::Result<ExitCode> {
                 status,
                 i.received.to_string(),
                 i.mailbox.to_string(),
+                durability(i),
                 labels,
             ]);
         }

@@ -48,12 +48,12 @@ pub(crate) struct NodeArgs {
     /// Remote nodes: how long the set of unreachable members must stay the same before the
     /// split-brain resolver decides (the losing side fences then). Use the same value on every
     /// remote node. Milliseconds, or with a unit (3s).
-    #[arg(long, env = "TETHER_SBR_STABLE_AFTER", default_value = "700ms",
+    #[arg(long, env = "TETHER_SBR_STABLE_AFTER", default_value = "400ms",
           value_parser = super::agents::parse_timeout)]
     sbr_stable_after: std::time::Duration,
     /// Remote nodes: how much longer the winning side waits before it decides the others
     /// down, so that the losing side has fenced first. Same value on every remote node.
-    #[arg(long, env = "TETHER_SBR_DOWN_MARGIN", default_value = "1s",
+    #[arg(long, env = "TETHER_SBR_DOWN_MARGIN", default_value = "1100ms",
           value_parser = super::agents::parse_timeout)]
     sbr_down_margin: std::time::Duration,
     /// Also register the demonstration kinds (flaky, sleeper, sink, ledger), which let anyone

@@ -155,6 +155,30 @@ impl NodeSupervisor {
         self.call_root(SupMsg::Settle, SNAPSHOT_TIMEOUT).await
     }
 
+    /// Forgets agent `id`, a child of the root, without stopping anything: it moved to
+    /// another node. Returns whether the root had it (an agent in a group is not the root's).
+    ///
+    /// # Errors
+    /// [`SupervisionError::Unavailable`] if the root supervisor does not answer.
+    pub async fn forget(&self, id: &AgentId) -> Result<bool, SupervisionError> {
+        let id = id.clone();
+        self.call_root(|port| SupMsg::Forget(id, port), SNAPSHOT_TIMEOUT)
+            .await
+    }
+
+    /// The policy of agent `id` if it is a child of the root (not of a group).
+    ///
+    /// # Errors
+    /// [`SupervisionError::Unavailable`] if the root supervisor does not answer.
+    pub async fn root_policy(
+        &self,
+        id: &AgentId,
+    ) -> Result<Option<crate::AgentPolicy>, SupervisionError> {
+        let id = id.clone();
+        self.call_root(|port| SupMsg::PolicyOf(id, port), SNAPSHOT_TIMEOUT)
+            .await
+    }
+
     /// Calls the root supervisor, within `timeout`.
     async fn call_root<T: Send + 'static>(
         &self,
@@ -216,6 +240,7 @@ mod tests {
                 placement: Placement::default(),
                 durability: Default::default(),
             }),
+            restore: None,
             // no backoff: a restart follows its failure at once, before the events that
             // the restart's stops caused are handled
             policy: AgentPolicy {

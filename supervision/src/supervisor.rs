@@ -82,6 +82,8 @@ pub struct AddAgent {
     pub policy: AgentPolicy,
     /// Trace of the spawn.
     pub trace: TraceContext,
+    /// The checkpoint it starts from instead of `init` (the target of a move).
+    pub restore: Option<Arc<tether_actors::Checkpoint>>,
 }
 
 /// Messages of a supervisor actor.
@@ -98,6 +100,10 @@ pub enum SupMsg {
     Fence(RpcReplyPort<usize>),
     /// Reply once the children activated so far are taken in (see "Spawning under the root").
     Settle(RpcReplyPort<()>),
+    /// An agent child moved to another node: forget it here without stopping anything.
+    Forget(AgentId, RpcReplyPort<bool>),
+    /// The policy of an agent child, if it is one of this supervisor's.
+    PolicyOf(AgentId, RpcReplyPort<Option<AgentPolicy>>),
 }
 
 impl ractor::Message for SupMsg {}
@@ -193,12 +199,13 @@ pub(crate) async fn activate_linked(
     sup: &ActorRef<SupMsg>,
     created: impl FnOnce(),
 ) -> Result<Activation, AgentError> {
-    host.activate(
+    host.activate_from(
         a.id.clone(),
         a.epoch,
         a.record.clone(),
         a.trace,
         run_options(&a.policy, sup),
+        a.restore.clone(),
         created,
     )
     .await
@@ -612,6 +619,24 @@ impl Actor for SupervisorActor {
             SupMsg::Settle(reply) => {
                 let _ = reply.send(());
             }
+            SupMsg::Forget(id, reply) => {
+                let child = st.by_agent.get(&id).copied();
+                if let Some(c) = child {
+                    st.core.remove_child(c);
+                    Self::forget_child(st, c);
+                }
+                let _ = reply.send(child.is_some());
+            }
+            SupMsg::PolicyOf(id, reply) => {
+                let policy = st
+                    .by_agent
+                    .get(&id)
+                    .and_then(|c| match &st.children.get(c)?.kind {
+                        Kind::Agent { policy, .. } => Some(policy.get()),
+                        Kind::Group { .. } => None,
+                    });
+                let _ = reply.send(policy);
+            }
         }
         Ok(())
     }
@@ -628,6 +653,13 @@ impl Actor for SupervisorActor {
                 let exit = match reason {
                     Some(r) if r.starts_with("escalated: ") => Exit::Failed(r),
                     Some(r) if r == tether_actors::kind::SELF_STOP => Exit::Stopped,
+                    Some(r) if r == tether_actors::kind::MOVED => {
+                        // frozen for a move: it goes on elsewhere, or here again if the move
+                        // is aborted; either way nothing is restarted or removed now
+                        self.take_in(st);
+                        let _ = self.child_of(st, &cell.get_id());
+                        return Ok(());
+                    }
                     _ => Exit::Normal,
                 };
                 (cell, exit)

@@ -18,6 +18,13 @@ pub struct Version {
     pub seq: u64,
 }
 
+impl Version {
+    /// The version of a checkpoint taken when the activation was frozen for a move: its last.
+    pub fn is_final(&self) -> bool {
+        self.seq == u64::MAX
+    }
+}
+
 impl std::fmt::Display for Version {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -63,6 +70,11 @@ pub struct Checkpoint {
     pub timers: Vec<Timer>,
     /// When it was taken, in milliseconds since the Unix epoch.
     pub taken_unix_ms: u64,
+    /// The first epoch of the agent's line of moves up to this activation (0: this
+    /// activation's own): a message addressed to any epoch of that line is the agent's, not
+    /// a stale route's (see `tether_cluster::migration`).
+    #[serde(default)]
+    pub since_epoch: u64,
 }
 
 impl Checkpoint {

@@ -64,6 +64,19 @@ impl Host {
         if let Some(h) = self.agents.get(&d.target).map(|h| h.clone()) {
             return self.deliver_running(&h, d, body, reply);
         }
+        if self.moved.contains_key(&d.target) {
+            let (target, call) = into_call(d, body, reply);
+            match self.forward(&target, call) {
+                Ok(()) => return Ok(()),
+                Err(call) => {
+                    let e = AgentError::NotHere {
+                        id: target.to_string(),
+                        node: self.node.to_string(),
+                    };
+                    return Err((e, call.reply));
+                }
+            }
+        }
         let e = match self.failed.get(&d.target) {
             Some(f) => AgentError::Failed {
                 id: d.target.to_string(),
@@ -88,7 +101,7 @@ impl Host {
             let (d, body, reply) = make();
             return Some(self.deliver_running(&h, d, body, reply));
         }
-        if self.down.contains_key(target) {
+        if self.down.contains_key(target) || self.moved.contains_key(target) {
             let (d, body, reply) = make();
             return Some(self.try_deliver(d, body, reply));
         }
@@ -107,13 +120,35 @@ impl Host {
         }
         h.stats.received.fetch_add(1, Ordering::Relaxed);
         let (target, call) = into_call(d, body, reply);
-        h.actor.send(call).map_err(|call| {
+        h.actor.send(call).or_else(|call| {
+            // frozen for a move since it was looked up: it waits in the move's slot
+            if let Some(slot) = self
+                .down
+                .get(&target)
+                .filter(|s| s.status == super::DownStatus::Moving)
+            {
+                let mut q = slot
+                    .queue
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let d = super::Delivery {
+                    target: target.clone(),
+                    epoch: 0,
+                    sender: call.sender.clone().unwrap_or_else(|| "".into()),
+                    seq: call.seq,
+                    trace: call.trace,
+                    contract: None,
+                    in_process: true,
+                };
+                q.push_back((d, call.body, call.reply));
+                return Ok(());
+            }
             h.stats.settle(1);
             let e = AgentError::Failed {
                 id: target.to_string(),
                 reason: "stopped".into(),
             };
-            (e, call.reply)
+            Err((e, call.reply))
         })
     }
 
@@ -222,7 +257,7 @@ fn check_head(
     contract: Option<&Contract>,
     spec: &Spec,
 ) -> Result<(), AgentError> {
-    if epoch != 0 && epoch < spec.epoch {
+    if epoch != 0 && epoch < spec.floor {
         return Err(AgentError::StaleEpoch {
             id: target.to_string(),
             sent: epoch,

@@ -14,6 +14,7 @@ use tracing::{debug, info, warn};
 
 use super::door::into_call;
 use super::{Activation, Down, DownStatus, Host, Hosted, RunOptions, Spec, StoredRun};
+use crate::durable::Checkpoint;
 use crate::envelope::TraceContext;
 use crate::error::AgentError;
 use crate::id::AgentId;
@@ -40,6 +41,26 @@ impl Host {
         run: RunOptions,
         created: impl FnOnce(),
     ) -> Result<Activation, AgentError> {
+        self.activate_from(id, epoch, record, trace, run, None, created)
+            .await
+    }
+
+    /// [`Host::activate`], starting from `restore` instead of `init` (the target of a move);
+    /// with none, a durable agent starts from its newest checkpoint known here, if any.
+    ///
+    /// # Errors
+    /// As [`Host::activate`]; [`AgentError::Failed`] when the checkpoint does not decode.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn activate_from(
+        &self,
+        id: AgentId,
+        epoch: u64,
+        record: Arc<SpawnRecord>,
+        trace: TraceContext,
+        run: RunOptions,
+        restore: Option<Arc<Checkpoint>>,
+        created: impl FnOnce(),
+    ) -> Result<Activation, AgentError> {
         let kind = self.kind(id.kind())?;
         let lock = self.activating.entry(id.clone()).or_default().clone();
         let _guard = lock.lock().await;
@@ -51,14 +72,26 @@ impl Host {
                 created: false,
             });
         }
+        // moved here: messages addressed to the epochs it came by are its own
+        let floor = restore
+            .as_deref()
+            .filter(|cp| cp.version.is_final())
+            .map_or(epoch, |cp| match cp.since_epoch {
+                0 => cp.version.epoch,
+                since => since,
+            });
         let spec = Spec {
             kind,
             record,
             epoch,
+            floor,
             run: StoredRun::new(run),
         };
         let stats = Arc::<AgentStats>::default();
-        let actor = self.start(&id, &spec, trace, stats.clone()).await?;
+        let actor = self
+            .start(&id, &spec, trace, stats.clone(), restore)
+            .await?;
+        self.moved.remove(&id);
         self.failed.remove(&id);
         created();
         self.agents.insert(
@@ -84,15 +117,16 @@ impl Host {
         })
     }
 
-    async fn start(
+    pub(super) async fn start(
         &self,
         id: &AgentId,
         spec: &Spec,
         trace: TraceContext,
         stats: Arc<AgentStats>,
+        restore: Option<Arc<Checkpoint>>,
     ) -> Result<AgentActorRef, AgentError> {
         let on_exit = self.on_exit.clone();
-        let durable = self.durable_spec(id, spec, &stats);
+        let (durable, restore) = self.durable_spec(id, spec, &stats, restore);
         spec.kind
             .spawn(SpawnSpec {
                 id: id.clone(),
@@ -114,25 +148,29 @@ impl Host {
                 gate: self.gate.get().cloned(),
                 router: self.router.get().cloned(),
                 durable,
+                restore,
             })
             .await
     }
 
-    /// How a durable agent starts: from its newest checkpoint known here, if any, with the
-    /// door's sequence table seeded from its marks (a resend of what it covers is a
-    /// duplicate). None for an agent that is not durable, or a host with no checkpointer.
+    /// How an agent starts: from `restore` (a move), else, if it is durable, from its newest
+    /// checkpoint known here, with the door's sequence table seeded from the marks (a resend
+    /// of what the checkpoint covers is a duplicate); and its checkpointing, if it is durable
+    /// and the host has a checkpointer.
     fn durable_spec(
         &self,
         id: &AgentId,
         spec: &Spec,
         stats: &AgentStats,
-    ) -> Option<crate::kind::DurableSpec> {
+        restore: Option<Arc<Checkpoint>>,
+    ) -> (Option<crate::kind::DurableSpec>, Option<Arc<Checkpoint>>) {
         let mode = spec.record.durability;
-        if !mode.is_durable() {
-            return None;
-        }
-        let sink = self.checkpoints.get()?.clone();
-        let restore = sink.latest(id);
+        let sink = self
+            .checkpoints
+            .get()
+            .filter(|_| mode.is_durable())
+            .cloned();
+        let restore = restore.or_else(|| sink.as_ref().and_then(|s| s.latest(id)));
         if let Some(cp) = &restore {
             let mut guard = stats
                 .last_seq
@@ -145,11 +183,8 @@ impl Host {
             }
             info!(agent = %id, epoch = spec.epoch, from = %cp.version, "starting from its checkpoint");
         }
-        Some(crate::kind::DurableSpec {
-            mode,
-            sink,
-            restore,
-        })
+        let durable = sink.map(|sink| crate::kind::DurableSpec { mode, sink });
+        (durable, restore)
     }
 
     pub(super) fn exited(&self, id: &AgentId, epoch: u64, reason: Option<String>) {
@@ -246,7 +281,7 @@ impl Host {
             spec.run.supervisor = supervisor;
         }
         let actor = self
-            .start(id, &spec, TraceContext::new_root(), stats.clone())
+            .start(id, &spec, TraceContext::new_root(), stats.clone(), None)
             .await?;
         // promote the slot under its entry lock: the waiting messages go first, then the
         // instance becomes visible to new senders, then the slot goes (see `deliver`)

@@ -32,7 +32,7 @@ use crate::agent::{Agent, Ctx};
 use crate::body::Body;
 use crate::call::{BoxFuture, Call};
 use crate::error::AgentError;
-use crate::mailbox::{Dormant, Mailbox, Took, Wake, BATCH};
+use crate::mailbox::{Dormant, Frozen, Mailbox, Took, Wake, BATCH};
 use crate::origin::CURRENT_AGENT;
 use crate::stats::AgentStats;
 
@@ -87,6 +87,13 @@ impl<A: Agent> Dormant for Prepared<A> {
         Ok(aref)
     }
 
+    fn freeze(self: Box<Self>) -> Result<bytes::Bytes, (Box<dyn Dormant>, AgentError)> {
+        match encode_state(self.ctx.id(), &self.state) {
+            Ok(state) => Ok(state),
+            Err(e) => Err((self, e)),
+        }
+    }
+
     fn stop(self: Box<Self>) -> BoxFuture<'static, ()> {
         Box::pin(async move {
             let Prepared {
@@ -100,6 +107,20 @@ impl<A: Agent> Dormant for Prepared<A> {
             on_exit(ctx.id(), ctx.epoch, None);
         })
     }
+}
+
+/// The agent's state as a move ships it (MessagePack); a `LocalOnly` in it refuses.
+fn encode_state<S: serde::Serialize>(
+    id: &crate::id::AgentId,
+    state: &S,
+) -> Result<bytes::Bytes, AgentError> {
+    crate::local_only::guard(
+        || crate::codec::encode_bytes(state).map_err(|e| e.to_string()),
+        |reason| AgentError::NotMoved {
+            id: id.to_string(),
+            reason: format!("its state does not encode: {reason}"),
+        },
+    )
 }
 
 pub(super) struct AgentActor<A> {
@@ -119,6 +140,8 @@ pub(super) struct ActorState<A: Agent> {
     batch: VecDeque<Call>,
     /// Checkpointing, for a durable agent.
     saver: Option<Box<Saver>>,
+    /// Frozen for a move: it ends without `on_stop` (it goes on elsewhere).
+    frozen: bool,
     /// The actor runs (linked, in its own task): from then on, its end closes the mailbox.
     /// Before, the state is dropped only by a start that failed, under the mailbox's lock,
     /// and the mailbox closes itself (see `Mailbox::start`).
@@ -169,6 +192,7 @@ impl<A: Agent> Actor for AgentActor<A> {
             mailbox,
             batch: VecDeque::new(),
             saver,
+            frozen: false,
             live: false,
         })
     }
@@ -204,6 +228,9 @@ impl<A: Agent> Actor for AgentActor<A> {
         _me: ActorRef<Wake>,
         st: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        if st.frozen {
+            return Ok(()); // moved: it goes on elsewhere, nothing ends here
+        }
         let ActorState { state, ctx, .. } = &mut *st;
         self.behaviour.on_stop(ctx, state).await;
         st.exit(None);
@@ -243,10 +270,18 @@ impl<A: Agent> AgentActor<A> {
                     },
                 };
                 if took == Took::Released {
-                    return Ok(()); // a stop is coming: let ractor deliver it
+                    if st.mailbox.freeze_asked() && self.freeze(&me, st) {
+                        return Ok(());
+                    }
+                    if st.batch.is_empty() {
+                        return Ok(()); // a stop is coming: let ractor deliver it
+                    }
                 }
             }
             self.run_batch(st).await?;
+            if st.mailbox.freeze_asked() && self.freeze(&me, st) {
+                return Ok(());
+            }
             if st.ctx.origin.stop_requested() {
                 // the agent asked to stop for good: its supervisor removes it
                 me.stop(Some(super::SELF_STOP.into()));
@@ -266,6 +301,51 @@ impl<A: Agent> AgentActor<A> {
         }
     }
 
+    /// Freezes the agent for a move (see [`Mailbox::freeze`]): its state, encoded, and the
+    /// calls not handled go to the mover, and the actor stops without `on_stop`. True when
+    /// it froze; false when it goes on (its state does not encode, or the mover gave up),
+    /// with whatever waits in its batch.
+    fn freeze(&self, me: &ActorRef<Wake>, st: &mut ActorState<A>) -> bool {
+        let Some(tx) = st.mailbox.take_freeze(&mut st.batch) else {
+            return false;
+        };
+        let ActorState {
+            state, ctx, saver, ..
+        } = &mut *st;
+        if let Some(s) = saver.as_mut().filter(|s| s.due()) {
+            // replies held for a checkpoint go out once this one is durable
+            s.save(ctx.id(), ctx.epoch, state);
+        }
+        let frozen = encode_state(ctx.id(), state).map(|state| Frozen {
+            state,
+            calls: st.batch.drain(..).collect(),
+        });
+        let handed = frozen.as_ref().ok().map(|f| f.calls.len() as u64);
+        match tx.send(frozen) {
+            Ok(()) if handed.is_some() => {
+                let handed = handed.unwrap_or(0);
+                // the calls handed over left this mailbox unhandled
+                st.stats.settle(handed);
+                st.frozen = true;
+                st.exited.store(true, Ordering::Release);
+                me.stop(Some(super::MOVED.into()));
+                true
+            }
+            // the state does not encode: the mover was told why; the agent goes on
+            Ok(()) => {
+                st.mailbox.thaw();
+                false
+            }
+            Err(back) => {
+                st.mailbox.thaw();
+                if let Ok(f) = back {
+                    st.batch.extend(f.calls);
+                }
+                false
+            }
+        }
+    }
+
     /// Handles at most [`BATCH`] of the calls taken from the mailbox.
     ///
     /// The agent is the current one for the whole batch (its sends carry it as sender). The
@@ -280,6 +360,9 @@ impl<A: Agent> AgentActor<A> {
             trace.scope(async {
                 let mut handled = 0;
                 for _ in 0..BATCH {
+                    if st.mailbox.freeze_asked() {
+                        break; // at a message boundary: the move takes the rest
+                    }
                     let Some(call) = st.batch.pop_front() else {
                         break;
                     };

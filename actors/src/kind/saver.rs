@@ -17,15 +17,12 @@ use crate::durable::{
 use crate::error::AgentError;
 use crate::id::AgentId;
 
-/// How a durable agent is started: its mode, where its checkpoints go, and the checkpoint it
-/// starts from (instead of `init`), if any.
+/// How a durable agent is checkpointed: its mode, and where its checkpoints go.
 pub struct DurableSpec {
     /// The agent's durability (not `none`).
     pub mode: Durability,
     /// The node's checkpointer.
     pub sink: Arc<dyn CheckpointSink>,
-    /// The checkpoint to start from.
-    pub restore: Option<Arc<Checkpoint>>,
 }
 
 type Held = Vec<(ReplyTx, Result<Body, AgentError>)>;
@@ -45,8 +42,13 @@ pub(super) struct Saver {
 }
 
 impl Saver {
-    pub(super) fn new(spec: &DurableSpec, epoch: u64, local_only: bool) -> Self {
-        let (seq, marks) = match &spec.restore {
+    pub(super) fn new(
+        spec: &DurableSpec,
+        restore: Option<&Checkpoint>,
+        epoch: u64,
+        local_only: bool,
+    ) -> Self {
+        let (seq, marks) = match restore {
             Some(cp) => (
                 if cp.version.epoch == epoch {
                     cp.version.seq
@@ -156,6 +158,7 @@ impl Saver {
             taken_unix_ms: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
+            since_epoch: 0,
         };
         let release_held: crate::durable::Release = Box::new(move |r| release(held, r));
         self.sink

@@ -151,6 +151,37 @@ impl Inbound {
                     .map(|cp| Answer::Checkpoint(cp.map(Box::new)));
                 tx.send(Response::Done { req, result });
             }
+            Request::Install {
+                req,
+                id,
+                epoch,
+                spec,
+                cp,
+            } => {
+                let (control, tx) = (self.control.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let result = control
+                        .install(id, epoch, *spec, *cp)
+                        .await
+                        .map(Answer::Installed);
+                    tx.send(Response::Done { req, result });
+                });
+            }
+            Request::Discard { req, id, epoch } => {
+                let (control, tx) = (self.control.clone(), tx.clone());
+                tokio::spawn(async move {
+                    control.discard(&id, epoch).await;
+                    let result = Ok(Answer::Discarded);
+                    tx.send(Response::Done { req, result });
+                });
+            }
+            Request::Migrate { req, id, to } => {
+                let (control, tx) = (self.control.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let result = control.migrate_here(id, to).await.map(Answer::Moved);
+                    tx.send(Response::Done { req, result });
+                });
+            }
             Request::Dir(_) => unreachable!("handled above"),
         }
     }
@@ -272,7 +303,10 @@ fn refuse(req: Request, error: AgentError, tx: &Answers) {
         Request::Ask { req, .. }
         | Request::Deliver { req, .. }
         | Request::Replicate { req, .. }
-        | Request::Newest { req, .. } => tx.send(Response::Done {
+        | Request::Newest { req, .. }
+        | Request::Install { req, .. }
+        | Request::Discard { req, .. }
+        | Request::Migrate { req, .. } => tx.send(Response::Done {
             req,
             result: Err(error),
         }),

@@ -305,7 +305,10 @@ impl PeerIo {
             Request::Ask { req, .. }
             | Request::Deliver { req, .. }
             | Request::Replicate { req, .. }
-            | Request::Newest { req, .. } => {
+            | Request::Newest { req, .. }
+            | Request::Install { req, .. }
+            | Request::Discard { req, .. }
+            | Request::Migrate { req, .. } => {
                 if let Some((_, p)) = self.pending.remove(&req) {
                     self.finish(p, Err(e));
                 }

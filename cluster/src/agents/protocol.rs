@@ -14,13 +14,17 @@
 //!   Dir(msg)                  ──▶  the node's cluster core (see `crate::directory`)
 //!   Replicate{req, cps}       ──▶  store them ◀── Done{req, Stored}    (see `crate::durable`)
 //!   Newest{req, id}           ──▶  ◀── Done{req, Checkpoint(newest held)}
+//!   Install / Discard / Migrate ─▶  a live migration's steps (see `crate::migration`)
 //! ```
 //!
 //! [`StreamTag::Agents`]: crate::net::wire::StreamTag::Agents
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use tether_actors::{AgentError, AgentId, Checkpoint, Encoding, Envelope, TellRun};
+use tether_actors::{Activation, AgentError, AgentId, Checkpoint, Encoding, Envelope, TellRun};
+
+use crate::directory::AgentSpec;
+use crate::migration::MoveReport;
 
 use crate::directory::DirMsg;
 
@@ -75,6 +79,38 @@ pub enum Request {
         /// The agent.
         id: AgentId,
     },
+    /// Install `id` as `epoch` from `cp`, not running until something is sent to it (the
+    /// target of a move): answered `Installed`.
+    Install {
+        /// Request id.
+        req: u64,
+        /// The agent.
+        id: AgentId,
+        /// Its epoch here.
+        epoch: u64,
+        /// How it was spawned and is supervised.
+        spec: Box<AgentSpec>,
+        /// Its state and marks.
+        cp: Box<Checkpoint>,
+    },
+    /// Drop the instance of `id` installed as `epoch` (a move aborted): answered `Discarded`.
+    Discard {
+        /// Request id.
+        req: u64,
+        /// The agent.
+        id: AgentId,
+        /// The installed epoch.
+        epoch: u64,
+    },
+    /// Move `id`, which runs here, to `to`: answered `Moved`.
+    Migrate {
+        /// Request id.
+        req: u64,
+        /// The agent.
+        id: AgentId,
+        /// The target node.
+        to: String,
+    },
 }
 
 /// What a successful data request yields.
@@ -94,6 +130,12 @@ pub enum Answer {
     Stored,
     /// A `Newest`'s answer.
     Checkpoint(Option<Box<Checkpoint>>),
+    /// An `Install`'s answer.
+    Installed(Activation),
+    /// A `Discard` was done.
+    Discarded,
+    /// A `Migrate`'s answer.
+    Moved(MoveReport),
 }
 
 /// An answer, peer to requester.

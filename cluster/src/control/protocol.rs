@@ -145,6 +145,13 @@ pub enum ControlRequest {
     },
     /// The agents this node hosts.
     Agents,
+    /// Move an agent to another node (see `tether_cluster::migration`); asked of any node.
+    Migrate {
+        /// The agent id.
+        id: String,
+        /// The target node.
+        to: String,
+    },
 }
 
 /// A node's answer.
@@ -186,6 +193,8 @@ pub enum ControlResponse {
     Agents(Vec<AgentInfo>),
     /// A supervision tree.
     Tree(NodeTree),
+    /// An agent moved.
+    Migrated(crate::migration::MoveReport),
     /// The request failed; the message says why.
     Error {
         /// What went wrong.

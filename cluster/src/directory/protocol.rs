@@ -199,6 +199,19 @@ pub enum DirMsg {
         /// The failure, if it failed.
         reason: Option<String>,
     },
+    /// A live migration is ready to commit (to the id's owner): the entry moves from `from`
+    /// to `to` if it still names `from` (a compare-and-set; answered with the activation on
+    /// `to`, also when it already names `to`).
+    Move {
+        /// Request id.
+        req: u64,
+        /// The agent.
+        id: AgentId,
+        /// Where it ran.
+        from: Location,
+        /// Where it is installed, as which epoch.
+        to: Location,
+    },
     /// The answer to request `req`.
     Answer {
         /// Request id.
@@ -217,7 +230,8 @@ impl DirMsg {
             | DirMsg::Activate { id, .. }
             | DirMsg::Probe { id, .. }
             | DirMsg::Evicted { id, .. }
-            | DirMsg::Exited { id, .. } => Some(id),
+            | DirMsg::Exited { id, .. }
+            | DirMsg::Move { id, .. } => Some(id),
             DirMsg::Backup { entry, .. } | DirMsg::Handoff { entry, .. } => Some(&entry.id),
             DirMsg::Answer { .. } => None,
         }
@@ -233,7 +247,8 @@ impl DirMsg {
             | DirMsg::Backup { req, .. }
             | DirMsg::Handoff { req, .. }
             | DirMsg::Evicted { req, .. }
-            | DirMsg::Exited { req, .. } => Some(*req),
+            | DirMsg::Exited { req, .. }
+            | DirMsg::Move { req, .. } => Some(*req),
             DirMsg::Answer { .. } => None,
         }
     }
@@ -264,6 +279,10 @@ impl DirMsg {
                 epoch,
                 reason,
             } => format!("Exited#{req} {id}@{epoch} {reason:?}"),
+            DirMsg::Move { req, id, from, to } => format!(
+                "Move#{req} {id} {}@{} -> {}@{}",
+                from.node, from.epoch, to.node, to.epoch
+            ),
             DirMsg::Answer { req, result } => format!("Answer#{req} {result:?}"),
         }
     }

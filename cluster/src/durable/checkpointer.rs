@@ -201,12 +201,7 @@ impl Checkpointer {
             }
         }
         match newest {
-            Some(cp)
-                if !self
-                    .known
-                    .get(id)
-                    .is_some_and(|k| k.cp.version >= cp.version) =>
-            {
+            Some(cp) if self.known.get(id).is_none_or(|k| k.cp.version < cp.version) => {
                 debug!(agent = %id, version = %cp.version, "newest checkpoint gathered");
                 self.store(vec![cp]).await
             }

@@ -333,6 +333,7 @@ mod tests {
                 deadline_unix_ms: 1_000 + seq,
             }],
             taken_unix_ms: 7,
+            since_epoch: 0,
         }
     }
 

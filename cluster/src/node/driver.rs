@@ -48,7 +48,7 @@ type Reply = oneshot::Sender<Result<DirAnswer, AgentError>>;
 /// Whether the node may act, readable without the core's lock: the host's gate asks it before
 /// every message an agent handles.
 #[derive(Debug)]
-struct Gate {
+pub(super) struct Gate {
     me: String,
     fenced: AtomicBool,
     /// Until when (on [`coarse_now_ms`]'s clock) the node may act; `u64::MAX`: no lease.
@@ -56,7 +56,7 @@ struct Gate {
 }
 
 impl Gate {
-    fn refusal(&self) -> Option<AgentError> {
+    pub(super) fn refusal(&self) -> Option<AgentError> {
         if self.fenced.load(Ordering::SeqCst) {
             return Some(AgentError::Fenced {
                 node: self.me.clone(),
@@ -105,24 +105,24 @@ fn coarse_now_ms() -> u64 {
 
 /// The driver of one node's core (see the module doc).
 pub(crate) struct Driver {
-    me: String,
+    pub(super) me: String,
     core: Mutex<ClusterCore>,
     tickets: Mutex<HashMap<Ticket, Reply>>,
     view: Mutex<Arc<View>>,
     /// Bumped when the view or the mode changes: waiters (`tether wait`) watch it.
     version: watch::Sender<u64>,
-    gate: Arc<Gate>,
+    pub(super) gate: Arc<Gate>,
     quarantined: DashMap<String, ()>,
     quarantined_n: AtomicUsize,
     /// The outbox's depth; `usize::MAX`: the node keeps none.
     outbox_depth: AtomicUsize,
-    io: Arc<PeerIo>,
-    routes: Arc<Routes>,
+    pub(super) io: Arc<PeerIo>,
+    pub(super) routes: Arc<Routes>,
     links: Arc<Links>,
-    host: Arc<Host>,
-    sup: Arc<NodeSupervisor>,
+    pub(super) host: Arc<Host>,
+    pub(super) sup: Arc<NodeSupervisor>,
     /// The node's checkpointer (durable agents' checkpoints and the replicas peers send).
-    durable: Arc<Checkpointer>,
+    pub(super) durable: Arc<Checkpointer>,
     myself: Weak<Driver>,
 }
 
@@ -176,6 +176,10 @@ impl Driver {
             myself: myself.clone(),
         });
         driver.host.set_checkpoints(driver.durable.clone());
+        driver.host.set_forwarder(super::migrate::forwarder(
+            Arc::downgrade(&driver.io),
+            driver.me.clone(),
+        ));
         let gate = driver.gate.clone();
         driver.host.set_gate(Arc::new(move || gate.refusal()));
         let weak = Arc::downgrade(&driver);
@@ -341,6 +345,7 @@ impl Driver {
             record,
             policy,
             trace,
+            restore: None,
         };
         self.sup.activate(a, group.as_deref()).await
     }
@@ -372,7 +377,10 @@ impl Driver {
     }
 
     /// Registers `ticket`'s reply channel.
-    fn ticket(&self, ticket: Ticket) -> oneshot::Receiver<Result<DirAnswer, AgentError>> {
+    pub(super) fn ticket(
+        &self,
+        ticket: Ticket,
+    ) -> oneshot::Receiver<Result<DirAnswer, AgentError>> {
         let (tx, rx) = oneshot::channel();
         lock(&self.tickets).insert(ticket, tx);
         rx
@@ -432,6 +440,29 @@ impl ControlPlane for Driver {
 
     fn checkpointer(&self) -> Arc<Checkpointer> {
         self.durable.clone()
+    }
+
+    fn install(
+        &self,
+        id: AgentId,
+        epoch: u64,
+        spec: crate::directory::AgentSpec,
+        cp: tether_actors::Checkpoint,
+    ) -> tether_actors::call::BoxFuture<'_, Result<Activation, AgentError>> {
+        Box::pin(self.install_here(id, epoch, spec, cp))
+    }
+
+    fn discard(&self, id: &AgentId, epoch: u64) -> tether_actors::call::BoxFuture<'_, ()> {
+        let id = id.clone();
+        Box::pin(async move { self.discard_here(&id, epoch).await })
+    }
+
+    fn migrate_here(
+        &self,
+        id: AgentId,
+        to: String,
+    ) -> tether_actors::call::BoxFuture<'_, Result<crate::migration::MoveReport, AgentError>> {
+        Box::pin(self.migrate(id, to))
     }
 
     fn outbox_depth(&self) -> Option<usize> {

@@ -107,6 +107,17 @@ async fn handle(shared: &Arc<Shared>, req: ControlRequest) -> ControlResponse {
             timeout_ms,
         } => ask(shared, &id, &json, timeout_ms).await,
         ControlRequest::Agents => ControlResponse::Agents(shared.host.list()),
+        ControlRequest::Migrate { id, to } => match id.parse::<AgentId>() {
+            Err(e) => ControlResponse::Error {
+                message: format!("bad agent id {id:?}: {e}"),
+            },
+            Ok(id) => match super::Node::migrate_shared(shared, &id, &to).await {
+                Ok(report) => ControlResponse::Migrated(report),
+                Err(e) => ControlResponse::Error {
+                    message: e.to_string(),
+                },
+            },
+        },
         ControlRequest::AddGroup {
             name,
             strategy,

@@ -1,0 +1,318 @@
+//! A node's side of a live migration (the protocol is in [`crate::migration`]): as the source
+//! it checks, freezes, installs on the target, commits at the owner and hands over; as the
+//! target it installs and discards; and it forwards what comes for agents that moved away.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tether_actors::call::{Call, ReplyTx};
+use tether_actors::host::FrozenAgent;
+use tether_actors::{Activation, AgentError, AgentId, Checkpoint, Contract, Envelope};
+use tether_supervision::AddAgent;
+use tracing::{info, warn};
+
+use super::driver::Driver;
+use crate::agents::peer_io::PeerIo;
+use crate::agents::protocol::{Answer, Request};
+use crate::agents::ControlPlane;
+use crate::directory::{self, AgentSpec, DirAnswer, Location};
+use crate::migration::{CommitOutcome, MoveReport, COMMIT_TRIES, FREEZE_WITHIN, INSTALL_TIMEOUT};
+
+/// How long an ask forwarded for a moved agent may wait for its reply.
+const FORWARDED_ASK: Duration = Duration::from_secs(30);
+
+fn not_moved(id: &AgentId, reason: impl Into<String>) -> AgentError {
+    AgentError::NotMoved {
+        id: id.to_string(),
+        reason: reason.into(),
+    }
+}
+
+impl Driver {
+    /// Moves `id`, which runs here, to `to` (see [`crate::migration`]).
+    pub(crate) async fn migrate(&self, id: AgentId, to: String) -> Result<MoveReport, AgentError> {
+        let Some(epoch) = self.host.epoch_of(&id) else {
+            return Err(AgentError::NotHere {
+                id: id.to_string(),
+                node: self.me.clone(),
+            });
+        };
+        let policy = self.check_move(&id, &to).await?;
+        let frozen = self.host.freeze(&id, FREEZE_WITHIN).await?;
+        let new_epoch = self.with(|c, now| c.new_epoch(now, epoch));
+        let state_bytes = frozen.checkpoint.state.len();
+        let spec = AgentSpec::of(&frozen.record, policy, None);
+        let install = self
+            .io
+            .request(
+                &to,
+                |req| Request::Install {
+                    req,
+                    id: id.clone(),
+                    epoch: new_epoch,
+                    spec: Box::new(spec),
+                    cp: Box::new(frozen.checkpoint.clone()),
+                },
+                INSTALL_TIMEOUT,
+            )
+            .await;
+        if let Err(e) = install.and_then(|a| match a {
+            Answer::Installed(_) => Ok(()),
+            other => Err(AgentError::Internal(format!("unexpected answer {other:?}"))),
+        }) {
+            return self
+                .abort(
+                    frozen,
+                    &to,
+                    new_epoch,
+                    format!("{to} did not install it: {e}"),
+                )
+                .await;
+        }
+        let from = Location {
+            node: self.me.clone(),
+            epoch,
+        };
+        let there = Location {
+            node: to.clone(),
+            epoch: new_epoch,
+        };
+        match self.commit(&id, from, there).await {
+            CommitOutcome::Committed => {}
+            CommitOutcome::Refused(e) | CommitOutcome::Unknown(e) => {
+                return self.abort(frozen, &to, new_epoch, e.to_string()).await;
+            }
+        }
+        if let Err(e) = self.sup.forget(&id).await {
+            warn!(agent = %id, error = %e, "a moved agent stays in this node's supervision tree");
+        }
+        let FrozenAgent {
+            calls, frozen_at, ..
+        } = frozen;
+        // this node's own senders go to the target from now on, behind what is forwarded on
+        // the same stream
+        let there = Location {
+            node: to.clone(),
+            epoch: new_epoch,
+        };
+        self.routes.set(&self.me, &id, &there);
+        self.host.moved(&id, &to, new_epoch, calls);
+        let pause_ms = frozen_at.elapsed().as_secs_f64() * 1e3;
+        info!(agent = %id, %to, epoch = new_epoch, pause_ms, state_bytes, "agent moved");
+        Ok(MoveReport {
+            agent: id.to_string(),
+            from: self.me.clone(),
+            to,
+            epoch: new_epoch,
+            pause_ms,
+            state_bytes,
+        })
+    }
+
+    /// The checks before a move; the agent's restart policy (it goes with it).
+    async fn check_move(
+        &self,
+        id: &AgentId,
+        to: &str,
+    ) -> Result<tether_supervision::AgentPolicy, AgentError> {
+        if to == self.me {
+            return Err(not_moved(id, format!("it already runs on {to}")));
+        }
+        if self
+            .host
+            .placement_of(id)
+            .is_some_and(|p| p.is_local_only())
+        {
+            return Err(not_moved(
+                id,
+                "it is local-only: its state never leaves its device",
+            ));
+        }
+        let view = self.view();
+        let Some((_, role, has_kind)) = view.up.members(id.kind()).find(|(n, ..)| *n == to) else {
+            return Err(AgentError::NodeUnreachable {
+                node: to.to_owned(),
+            });
+        };
+        if !has_kind {
+            return Err(AgentError::UnknownKind {
+                kind: id.kind().to_owned(),
+                node: to.to_owned(),
+                registered: self.read(|c| c.members().kinds_of(to).join(", ")),
+            });
+        }
+        let placement = self.host.placement_of(id).unwrap_or_default();
+        directory::role_allows(&placement, role).map_err(|why| AgentError::Placement {
+            reason: format!("{id} cannot run on {to}: {why}"),
+        })?;
+        match self.sup.root_policy(id).await {
+            Ok(Some(p)) => Ok(p),
+            Ok(None) => Err(not_moved(
+                id,
+                "it runs under a supervisor group, which lives on one node",
+            )),
+            Err(e) => Err(not_moved(id, e.to_string())),
+        }
+    }
+
+    /// Asks the owner to commit, again while the answer says nothing; a lookup decides a
+    /// commit whose answer never came.
+    async fn commit(&self, id: &AgentId, from: Location, to: Location) -> CommitOutcome {
+        let mut last = None;
+        for attempt in 0..COMMIT_TRIES {
+            let rx = self.with(|c, now| {
+                let t = c.commit_move(now, id.clone(), from.clone(), to.clone());
+                self.ticket(t)
+            });
+            let result = rx
+                .await
+                .unwrap_or_else(|_| Err(AgentError::Internal("the node is stopping".into())));
+            match CommitOutcome::of(result.map(|_: DirAnswer| ())) {
+                CommitOutcome::Unknown(e) => {
+                    warn!(agent = %id, attempt, error = %e, "commit of a move not answered");
+                    last = Some(e);
+                    tokio::time::sleep(Duration::from_millis(200 << attempt.min(4))).await;
+                }
+                decided => return decided,
+            }
+        }
+        match self.lookup(id).await {
+            Ok(Ok(DirAnswer::Location(Some(loc)))) if loc == to => CommitOutcome::Committed,
+            Ok(Ok(DirAnswer::Location(Some(loc)))) if loc == from => {
+                CommitOutcome::Refused(not_moved(id, "its owner did not commit it"))
+            }
+            _ => CommitOutcome::Unknown(
+                last.unwrap_or_else(|| not_moved(id, "the commit was never answered")),
+            ),
+        }
+    }
+
+    /// A move that failed before its commit: the target's instance is dropped, and the agent
+    /// runs here again from its frozen state.
+    async fn abort(
+        &self,
+        frozen: FrozenAgent,
+        to: &str,
+        epoch: u64,
+        why: String,
+    ) -> Result<MoveReport, AgentError> {
+        let id = frozen.checkpoint.id.clone();
+        let discard = self
+            .io
+            .request(
+                to,
+                |req| Request::Discard {
+                    req,
+                    id: id.clone(),
+                    epoch,
+                },
+                INSTALL_TIMEOUT,
+            )
+            .await;
+        if let Err(e) = discard {
+            // it was never committed, so nothing routes to it; it stays dormant there
+            warn!(agent = %id, node = %to, error = %e, "an aborted move's instance was not discarded");
+        }
+        self.host.unfreeze(frozen).await?;
+        Err(not_moved(&id, why))
+    }
+
+    /// The target's side: starts `id` from `cp`, dormant, under the root supervisor; a
+    /// durable agent's checkpoint is stored first.
+    pub(crate) async fn install_here(
+        &self,
+        id: AgentId,
+        epoch: u64,
+        spec: AgentSpec,
+        cp: Checkpoint,
+    ) -> Result<Activation, AgentError> {
+        if let Some(e) = self.gate.refusal() {
+            return Err(e);
+        }
+        if spec.placement.is_local_only() {
+            return Err(not_moved(&id, "it is local-only"));
+        }
+        if spec.durability.is_durable() {
+            self.durable.store(vec![cp.clone()]).await?;
+        }
+        let a = AddAgent {
+            id,
+            epoch,
+            record: spec.record(),
+            policy: spec.policy,
+            trace: tether_actors::TraceContext::new_root(),
+            restore: Some(Arc::new(cp)),
+        };
+        self.sup.activate(a, None).await
+    }
+
+    /// The target's side of an abort.
+    pub(crate) async fn discard_here(&self, id: &AgentId, epoch: u64) {
+        if self.host.epoch_of(id) == Some(epoch) {
+            let _ = self.sup.forget(id).await;
+            self.host.discard(id, epoch);
+        }
+    }
+}
+
+/// The host's [`tether_actors::host::Forwarder`]: a call for an agent that moved away goes
+/// to its new host on this node's agent stream there, in order with what was sent before.
+pub(crate) fn forwarder(io: std::sync::Weak<PeerIo>, me: String) -> tether_actors::host::Forwarder {
+    let me: Arc<str> = me.into();
+    Arc::new(
+        move |id: &AgentId, contract: Contract, to: &str, epoch: u64, call: Call| {
+            let Some(io) = io.upgrade() else { return };
+            let Call {
+                body,
+                trace,
+                sender,
+                seq,
+                reply,
+            } = call;
+            let (encoding, body) = match body.into_wire() {
+                Ok(x) => x,
+                Err(reason) => {
+                    if let Some(r) = reply {
+                        let _ = r.send(Err(AgentError::Internal(format!(
+                            "a message for {id}, which moved, does not encode: {reason}"
+                        ))));
+                    }
+                    return;
+                }
+            };
+            let env = Envelope {
+                target: id.clone(),
+                epoch,
+                sender: sender.unwrap_or_else(|| me.clone()),
+                seq,
+                trace,
+                contract,
+                encoding,
+                body,
+            };
+            match reply {
+                None => io.send_tell(to, env),
+                Some(reply) => forward_ask(&io, to, env, reply),
+            }
+        },
+    )
+}
+
+fn forward_ask(io: &Arc<PeerIo>, to: &str, env: Envelope, reply: ReplyTx) {
+    let started = Instant::now();
+    match reply.try_into_channel() {
+        Ok(tx) => io.send_ask(to, env, tx, FORWARDED_ASK),
+        Err(reply) => {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            io.send_ask(to, env, tx, FORWARDED_ASK);
+            tokio::spawn(async move {
+                let answer = rx.await.unwrap_or_else(|_| {
+                    Err(AgentError::Timeout {
+                        ms: started.elapsed().as_millis() as u64,
+                    })
+                });
+                let _ = reply.send(answer);
+            });
+        }
+    }
+}
