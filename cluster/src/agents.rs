@@ -28,6 +28,7 @@
 //! handler, or any task holding a ref it made) to an agent that does not run here is refused,
 //! and a peer's message for it is answered as if it did not exist.
 
+pub(crate) mod forward;
 pub(crate) mod inbound;
 pub(crate) mod peer_io;
 #[doc(hidden)] // the node's send queues; public only for the micro bench

@@ -176,7 +176,7 @@ impl Driver {
             myself: myself.clone(),
         });
         driver.host.set_checkpoints(driver.durable.clone());
-        driver.host.set_forwarder(super::migrate::forwarder(
+        driver.host.set_forwarder(crate::agents::forward::forwarder(
             Arc::downgrade(&driver.io),
             driver.me.clone(),
         ));

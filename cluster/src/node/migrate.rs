@@ -3,23 +3,18 @@
 //! target it installs and discards; and it forwards what comes for agents that moved away.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tether_actors::call::{Call, ReplyTx};
 use tether_actors::host::FrozenAgent;
-use tether_actors::{Activation, AgentError, AgentId, Checkpoint, Contract, Envelope};
+use tether_actors::{Activation, AgentError, AgentId, Checkpoint};
 use tether_supervision::AddAgent;
 use tracing::{info, warn};
 
 use super::driver::Driver;
-use crate::agents::peer_io::PeerIo;
 use crate::agents::protocol::{Answer, Request};
 use crate::agents::ControlPlane;
 use crate::directory::{self, AgentSpec, DirAnswer, Location};
 use crate::migration::{CommitOutcome, MoveReport, COMMIT_TRIES, FREEZE_WITHIN, INSTALL_TIMEOUT};
-
-/// How long an ask forwarded for a moved agent may wait for its reply.
-const FORWARDED_ASK: Duration = Duration::from_secs(30);
 
 fn not_moved(id: &AgentId, reason: impl Into<String>) -> AgentError {
     AgentError::NotMoved {
@@ -251,68 +246,6 @@ impl Driver {
         if self.host.epoch_of(id) == Some(epoch) {
             let _ = self.sup.forget(id).await;
             self.host.discard(id, epoch);
-        }
-    }
-}
-
-/// The host's [`tether_actors::host::Forwarder`]: a call for an agent that moved away goes
-/// to its new host on this node's agent stream there, in order with what was sent before.
-pub(crate) fn forwarder(io: std::sync::Weak<PeerIo>, me: String) -> tether_actors::host::Forwarder {
-    let me: Arc<str> = me.into();
-    Arc::new(
-        move |id: &AgentId, contract: Contract, to: &str, epoch: u64, call: Call| {
-            let Some(io) = io.upgrade() else { return };
-            let Call {
-                body,
-                trace,
-                sender,
-                seq,
-                reply,
-            } = call;
-            let (encoding, body) = match body.into_wire() {
-                Ok(x) => x,
-                Err(reason) => {
-                    if let Some(r) = reply {
-                        let _ = r.send(Err(AgentError::Internal(format!(
-                            "a message for {id}, which moved, does not encode: {reason}"
-                        ))));
-                    }
-                    return;
-                }
-            };
-            let env = Envelope {
-                target: id.clone(),
-                epoch,
-                sender: sender.unwrap_or_else(|| me.clone()),
-                seq,
-                trace,
-                contract,
-                encoding,
-                body,
-            };
-            match reply {
-                None => io.send_tell(to, env),
-                Some(reply) => forward_ask(&io, to, env, reply),
-            }
-        },
-    )
-}
-
-fn forward_ask(io: &Arc<PeerIo>, to: &str, env: Envelope, reply: ReplyTx) {
-    let started = Instant::now();
-    match reply.try_into_channel() {
-        Ok(tx) => io.send_ask(to, env, tx, FORWARDED_ASK),
-        Err(reply) => {
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            io.send_ask(to, env, tx, FORWARDED_ASK);
-            tokio::spawn(async move {
-                let answer = rx.await.unwrap_or_else(|_| {
-                    Err(AgentError::Timeout {
-                        ms: started.elapsed().as_millis() as u64,
-                    })
-                });
-                let _ = reply.send(answer);
-            });
         }
     }
 }

@@ -107,17 +107,7 @@ async fn handle(shared: &Arc<Shared>, req: ControlRequest) -> ControlResponse {
             timeout_ms,
         } => ask(shared, &id, &json, timeout_ms).await,
         ControlRequest::Agents => ControlResponse::Agents(shared.host.list()),
-        ControlRequest::Migrate { id, to } => match id.parse::<AgentId>() {
-            Err(e) => ControlResponse::Error {
-                message: format!("bad agent id {id:?}: {e}"),
-            },
-            Ok(id) => match super::Node::migrate_shared(shared, &id, &to).await {
-                Ok(report) => ControlResponse::Migrated(report),
-                Err(e) => ControlResponse::Error {
-                    message: e.to_string(),
-                },
-            },
-        },
+        ControlRequest::Migrate { id, to } => migrate(shared, &id, &to).await,
         ControlRequest::AddGroup {
             name,
             strategy,
@@ -302,5 +292,22 @@ async fn wait_peers(
                 };
             }
         }
+    }
+}
+
+async fn migrate(shared: &Shared, id: &str, to: &str) -> ControlResponse {
+    let id = match id.parse::<AgentId>() {
+        Ok(id) => id,
+        Err(e) => {
+            return ControlResponse::Error {
+                message: format!("bad agent id {id:?}: {e}"),
+            }
+        }
+    };
+    match super::Node::migrate_shared(shared, &id, to).await {
+        Ok(report) => ControlResponse::Migrated(report),
+        Err(e) => ControlResponse::Error {
+            message: e.to_string(),
+        },
     }
 }
