@@ -77,6 +77,8 @@ enum Command {
     Agents(agents::AgentsArgs),
     /// Move an agent to another node with its state and unhandled messages.
     Migrate(migrate::MigrateArgs),
+    /// Move every agent off a node (before an upgrade), which then takes no new agents.
+    Drain(migrate::DrainArgs),
     /// The supervision trees of the cluster: nodes, supervisors, agents, restarts, failures.
     Tree(tree::TreeArgs),
     /// Supervisor groups (one-for-all, rest-for-one...).
@@ -101,6 +103,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ask(a) => agents::ask(a).await,
         Command::Agents(a) => agents::agents(a).await,
         Command::Migrate(a) => migrate::migrate(a).await,
+        Command::Drain(a) => migrate::drain(a).await,
         Command::Tree(a) => tree::tree(a).await,
         Command::Group(c) => tree::group(c).await,
         Command::Certs(c) => certs::run(c),

@@ -181,3 +181,32 @@ fn migrations_under_concurrent_senders_lose_and_double_nothing() {
     assert_eq!(got, want, "after {moves} moves");
     eprintln!("{moves} moves under load, {want} tells counted once each");
 }
+
+/// `tether drain` moves every agent off a node with its state, the node then takes no new
+/// agents, and `tether down --node` stops it (draining first) without losing any.
+#[test]
+fn a_drained_node_keeps_no_agent_and_stops_without_loss() {
+    let c = Cluster::up("mig-drain", 3, 0);
+    let n = 40;
+    for i in 0..n {
+        let key = format!("d{i}");
+        c.ok(&["spawn", "counter", &key, "--on", "r1", "--via", "r2"]);
+        c.ok(&["tell", &format!("counter/{key}"), "\"inc\"", "--repeat", "3", "--via", "r2"]);
+    }
+    let out = c.ok(&["drain", "r1"]);
+    assert!(out.contains(&format!("[{n}/{n}]")), "progress shown: {out}");
+    assert!(out.contains(&format!("r1 drained: {n} moved, 0 stayed")), "{out}");
+    let agents = c.agents();
+    assert!(agents.iter().all(|a| a["node"] != "r1"), "nothing left on r1");
+    let e = c.err(&["spawn", "counter", "late", "--on", "r1", "--via", "r2"]);
+    assert!(e.contains("drained"), "{e}");
+    c.ok(&["down", "--node", "r1"]);
+    for i in 0..n {
+        assert_eq!(get(&c, &format!("counter/d{i}"), "r3"), 3, "counter/d{i}");
+    }
+    assert_eq!(
+        agents.iter().filter(|a| a["status"] == "running").count(),
+        n,
+        "one instance each"
+    );
+}

@@ -119,7 +119,7 @@ pub trait ControlPlane: Send + Sync + 'static {
     fn migrate_here(
         &self,
         id: AgentId,
-        to: String,
+        to: Option<String>,
     ) -> tether_actors::call::BoxFuture<'_, Result<crate::migration::MoveReport, AgentError>>;
 
     /// Whether tells to `id` wait in the outbox.

@@ -68,6 +68,15 @@ pub struct MoveReport {
     pub state_bytes: usize,
 }
 
+/// What a drain did: the agents moved, and those that stayed, with why.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DrainReport {
+    /// The moves.
+    pub moved: Vec<MoveReport>,
+    /// Agents that stayed: id, why.
+    pub stayed: Vec<(String, String)>,
+}
+
 /// What the answer to a commit means for the source.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CommitOutcome {

@@ -362,26 +362,50 @@ impl Node {
         id: &AgentId,
         to: &str,
     ) -> Result<crate::migration::MoveReport, AgentError> {
-        Self::migrate_shared(&self.shared, id, to).await
+        Self::migrate_shared(&self.shared, id, Some(to)).await
+    }
+
+    /// Moves every agent off this node (local-only agents stay, and agents in supervisor
+    /// groups: they are reported with why), after it stops taking new activations, so that
+    /// it can be stopped without loss. Each goes to a node its placement allows.
+    pub async fn drain(&self) -> crate::migration::DrainReport {
+        self.shared.driver.set_draining(true);
+        let mut report = crate::migration::DrainReport::default();
+        for a in self.shared.host.list() {
+            if a.status != "running" {
+                report
+                    .stayed
+                    .push((a.id.to_string(), format!("it is {}", a.status)));
+                continue;
+            }
+            match Self::migrate_shared(&self.shared, &a.id, None).await {
+                Ok(m) => report.moved.push(m),
+                Err(e) => report.stayed.push((a.id.to_string(), e.to_string())),
+            }
+        }
+        report
     }
 
     pub(crate) async fn migrate_shared(
         shared: &Shared,
         id: &AgentId,
-        to: &str,
+        to: Option<&str>,
     ) -> Result<crate::migration::MoveReport, AgentError> {
         let driver = &shared.driver;
-        if shared.host.epoch_of(id).is_some() {
-            return driver.migrate(id.clone(), to.to_owned()).await;
+        let here = shared.host.epoch_of(id).is_some()
+            || shared.router.lookup(id).await?.node == shared.me.name;
+        if here {
+            let to = match to {
+                Some(t) => t.to_owned(),
+                None => driver.choose_target(id)?,
+            };
+            return driver.migrate(id.clone(), to).await;
         }
         let loc = shared.router.lookup(id).await?;
-        if loc.node == shared.me.name {
-            return driver.migrate(id.clone(), to.to_owned()).await;
-        }
         let make = |req| crate::agents::protocol::Request::Migrate {
             req,
             id: id.clone(),
-            to: to.to_owned(),
+            to: to.map(str::to_owned),
         };
         match driver
             .io

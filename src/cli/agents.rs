@@ -21,7 +21,7 @@ use super::StateDirArg;
 pub(crate) struct ViaArg {
     /// The node that sends on the CLI's behalf (default: the first running node).
     #[arg(long)]
-    via: Option<String>,
+    pub(crate) via: Option<String>,
 }
 
 pub(crate) async fn via(dir: &StateDirArg, via: &ViaArg) -> anyhow::Result<Found> {

@@ -363,6 +363,21 @@ async fn stop_children(dir: &Path, nodes: &mut [Started]) {
 }
 
 /// Asks every running node of the state directory to shut down. Returns the nodes asked.
+/// Asks `node` to stop (leaving the cluster cleanly); its name and pid.
+async fn shutdown_one(dir: &Path, node: &str) -> anyhow::Result<Vec<(String, u32)>> {
+    let (_op, found) = connect_all(dir).await?;
+    let Some(f) = found.into_iter().find(|f| f.record.name == node) else {
+        bail!("no node {node:?} in {}", dir.display());
+    };
+    if !pid_alive(f.record.pid) {
+        return Ok(Vec::new());
+    }
+    let single = [f];
+    common::call_each(&single, |_| Some(ControlRequest::Shutdown), CONTROL_TIMEOUT).await;
+    let [f] = single;
+    Ok(vec![(f.record.name, f.record.pid)])
+}
+
 async fn shutdown_all(dir: &Path) -> anyhow::Result<Vec<(String, u32)>> {
     if !common::records(dir).iter().any(|r| pid_alive(r.pid)) {
         return Ok(Vec::new());
@@ -386,17 +401,36 @@ async fn shutdown_all(dir: &Path) -> anyhow::Result<Vec<(String, u32)>> {
 }
 
 #[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  tether down                 # the whole cluster
+  tether down --node r2       # one node: its agents move elsewhere first (see `tether drain`)
+  tether down --node r2 --no-drain")]
 pub(crate) struct DownArgs {
     /// How long nodes get to stop cleanly before they are killed.
     #[arg(long, default_value = "5s", value_parser = common::parse_duration)]
     grace: Duration,
+    /// Stop only this node, after moving its agents to other nodes.
+    #[arg(long)]
+    node: Option<String>,
+    /// With --node: stop it without moving its agents first (they fail over, and lose what
+    /// their durability does not keep).
+    #[arg(long, requires = "node")]
+    no_drain: bool,
     #[command(flatten)]
     dir: StateDirArg,
 }
 
 pub(crate) async fn down(a: DownArgs) -> anyhow::Result<ExitCode> {
+    if let Some(node) = &a.node {
+        if !a.no_drain && !super::migrate::drain_node(&a.dir, node, false).await? {
+            bail!("{node} was not stopped: some agents could not be moved (above); stop it anyway with --no-drain");
+        }
+    }
     let dir: PathBuf = a.dir.state_dir;
-    let asked = shutdown_all(&dir).await?;
+    let asked = match &a.node {
+        Some(node) => shutdown_one(&dir, node).await?,
+        None => shutdown_all(&dir).await?,
+    };
     if asked.is_empty() {
         println!("no running nodes in {}", dir.display());
         return Ok(ExitCode::SUCCESS);

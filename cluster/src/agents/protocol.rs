@@ -102,14 +102,15 @@ pub enum Request {
         /// The installed epoch.
         epoch: u64,
     },
-    /// Move `id`, which runs here, to `to`: answered `Moved`.
+    /// Move `id`, which runs here, to `to` (None: where its placement allows): answered
+    /// `Moved`.
     Migrate {
         /// Request id.
         req: u64,
         /// The agent.
         id: AgentId,
         /// The target node.
-        to: String,
+        to: Option<String>,
     },
 }
 

@@ -149,8 +149,13 @@ pub enum ControlRequest {
     Migrate {
         /// The agent id.
         id: String,
-        /// The target node.
-        to: String,
+        /// The target node (None: one its placement allows, chosen by the agent's host).
+        to: Option<String>,
+    },
+    /// Refuse new activations here (`on`), or take them again: a node being drained.
+    Drain {
+        /// Refuse from now on.
+        on: bool,
     },
 }
 

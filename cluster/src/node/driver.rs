@@ -121,6 +121,8 @@ pub(crate) struct Driver {
     links: Arc<Links>,
     pub(super) host: Arc<Host>,
     pub(super) sup: Arc<NodeSupervisor>,
+    /// Drained: no new activations here.
+    pub(super) draining: std::sync::atomic::AtomicBool,
     /// The node's checkpointer (durable agents' checkpoints and the replicas peers send).
     pub(super) durable: Arc<Checkpointer>,
     myself: Weak<Driver>,
@@ -172,6 +174,7 @@ impl Driver {
             links: parts.links,
             host: parts.host,
             sup: parts.sup,
+            draining: std::sync::atomic::AtomicBool::new(false),
             durable: Checkpointer::start(parts.store, Arc::new(replicas(myself))),
             myself: myself.clone(),
         });
@@ -322,7 +325,7 @@ impl Driver {
     }
 
     async fn run_activation(&self, order: ActivateOrder) -> Result<Activation, AgentError> {
-        if let Some(e) = self.gate.refusal() {
+        if let Some(e) = self.gate.refusal().or_else(|| self.draining_refusal()) {
             return Err(e);
         }
         let ActivateOrder {
@@ -460,9 +463,15 @@ impl ControlPlane for Driver {
     fn migrate_here(
         &self,
         id: AgentId,
-        to: String,
+        to: Option<String>,
     ) -> tether_actors::call::BoxFuture<'_, Result<crate::migration::MoveReport, AgentError>> {
-        Box::pin(self.migrate(id, to))
+        Box::pin(async move {
+            let to = match to {
+                Some(t) => t,
+                None => self.choose_target(&id)?,
+            };
+            self.migrate(id, to).await
+        })
     }
 
     fn outbox_depth(&self) -> Option<usize> {

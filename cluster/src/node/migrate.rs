@@ -104,6 +104,41 @@ impl Driver {
         })
     }
 
+    /// Refuses new activations here (a node being drained), or takes them again.
+    pub(crate) fn set_draining(&self, on: bool) {
+        self.draining
+            .store(on, std::sync::atomic::Ordering::Release);
+        info!(on, "draining");
+    }
+
+    /// Where an agent leaving this node goes when no node is named: among the up nodes that
+    /// have its kind and that its placement allows (remote ones first, unless it prefers
+    /// local), the rendezvous choice for its id, so that a drain spreads agents evenly.
+    pub(crate) fn choose_target(&self, id: &AgentId) -> Result<String, AgentError> {
+        let placement = self.host.placement_of(id).unwrap_or_default();
+        let view = self.view();
+        let candidates: Vec<(&str, crate::Role)> = view
+            .up
+            .members(id.kind())
+            .filter(|(n, role, has)| {
+                *has && *n != self.me && directory::role_allows(&placement, *role).is_ok()
+            })
+            .map(|(n, role, _)| (n, role))
+            .collect();
+        let prefer = match placement.prefer {
+            tether_actors::Prefer::Local => crate::Role::Local,
+            _ => crate::Role::Remote,
+        };
+        let preferred = candidates.iter().any(|(_, r)| *r == prefer);
+        let pool = candidates
+            .iter()
+            .filter(|(_, r)| !preferred || *r == prefer)
+            .map(|(n, _)| *n);
+        directory::owner(id.as_str(), pool)
+            .map(str::to_owned)
+            .ok_or_else(|| not_moved(id, "no other up node has its kind and fits its placement"))
+    }
+
     /// The checks before a move; the agent's restart policy (it goes with it).
     async fn check_move(
         &self,
@@ -221,7 +256,7 @@ impl Driver {
         spec: AgentSpec,
         cp: Checkpoint,
     ) -> Result<Activation, AgentError> {
-        if let Some(e) = self.gate.refusal() {
+        if let Some(e) = self.gate.refusal().or_else(|| self.draining_refusal()) {
             return Err(e);
         }
         if spec.placement.is_local_only() {
@@ -239,6 +274,16 @@ impl Driver {
             restore: Some(Arc::new(cp)),
         };
         self.sup.activate(a, None).await
+    }
+
+    /// Why an activation is refused here while the node is drained.
+    pub(crate) fn draining_refusal(&self) -> Option<AgentError> {
+        self.draining
+            .load(std::sync::atomic::Ordering::Acquire)
+            .then(|| AgentError::Unavailable {
+                id: String::new(),
+                reason: format!("node {} is being drained and takes no new agents", self.me),
+            })
     }
 
     /// The target's side of an abort.

@@ -107,7 +107,11 @@ async fn handle(shared: &Arc<Shared>, req: ControlRequest) -> ControlResponse {
             timeout_ms,
         } => ask(shared, &id, &json, timeout_ms).await,
         ControlRequest::Agents => ControlResponse::Agents(shared.host.list()),
-        ControlRequest::Migrate { id, to } => migrate(shared, &id, &to).await,
+        ControlRequest::Migrate { id, to } => migrate(shared, &id, to.as_deref()).await,
+        ControlRequest::Drain { on } => {
+            shared.driver.set_draining(on);
+            ControlResponse::Ok
+        }
         ControlRequest::AddGroup {
             name,
             strategy,
@@ -295,7 +299,7 @@ async fn wait_peers(
     }
 }
 
-async fn migrate(shared: &Shared, id: &str, to: &str) -> ControlResponse {
+async fn migrate(shared: &Shared, id: &str, to: Option<&str>) -> ControlResponse {
     let id = match id.parse::<AgentId>() {
         Ok(id) => id,
         Err(e) => {
