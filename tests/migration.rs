@@ -191,13 +191,27 @@ fn a_drained_node_keeps_no_agent_and_stops_without_loss() {
     for i in 0..n {
         let key = format!("d{i}");
         c.ok(&["spawn", "counter", &key, "--on", "r1", "--via", "r2"]);
-        c.ok(&["tell", &format!("counter/{key}"), "\"inc\"", "--repeat", "3", "--via", "r2"]);
+        c.ok(&[
+            "tell",
+            &format!("counter/{key}"),
+            "\"inc\"",
+            "--repeat",
+            "3",
+            "--via",
+            "r2",
+        ]);
     }
     let out = c.ok(&["drain", "r1"]);
     assert!(out.contains(&format!("[{n}/{n}]")), "progress shown: {out}");
-    assert!(out.contains(&format!("r1 drained: {n} moved, 0 stayed")), "{out}");
+    assert!(
+        out.contains(&format!("r1 drained: {n} moved, 0 stayed")),
+        "{out}"
+    );
     let agents = c.agents();
-    assert!(agents.iter().all(|a| a["node"] != "r1"), "nothing left on r1");
+    assert!(
+        agents.iter().all(|a| a["node"] != "r1"),
+        "nothing left on r1"
+    );
     let e = c.err(&["spawn", "counter", "late", "--on", "r1", "--via", "r2"]);
     assert!(e.contains("drained"), "{e}");
     c.ok(&["down", "--node", "r1"]);

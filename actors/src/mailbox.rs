@@ -100,17 +100,22 @@ pub struct Mailbox {
     inner: Mutex<Inner>,
     /// The agent's actor, once the first post started it.
     actor: OnceLock<ActorRef<Wake>>,
-    /// A freeze was asked and the actor has not taken it: read between messages, without
-    /// the lock.
-    freeze_asked: std::sync::atomic::AtomicBool,
 }
 
+/// Freeze requests not yet taken, by mailbox (its address): kept out of the mailbox, which
+/// every agent pays for, since moves are rare.
+static FREEZERS: Mutex<Vec<(usize, FreezeTx)>> = Mutex::new(Vec::new());
+/// How many freeze requests wait in the whole process: an actor looks at its own mailbox
+/// between messages only when some do.
+static FREEZES_WAITING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// Kept small: the mailbox is one allocation per agent, idle agents included (three words of
-/// queue, two of waker, two of the dormant agent, one of a freeze request, four flags).
+/// queue, two of waker, two of the dormant agent, five flags).
 #[derive(Default)]
 struct Inner {
-    /// A live migration asked the actor to freeze at its next message boundary.
-    freezer: Option<FreezeTx>,
+    /// A live migration asked the actor to freeze at its next message boundary (its channel
+    /// waits in [`FREEZERS`]).
+    freeze_wanted: bool,
     /// Frozen: posts are refused (they go to the host's slot for the move), what waits is
     /// handed over with the state.
     frozen: bool,
@@ -229,7 +234,6 @@ impl Mailbox {
                 ..Inner::default()
             }),
             actor: OnceLock::new(),
-            freeze_asked: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -319,7 +323,7 @@ impl Mailbox {
             return Poll::Ready(Took::Calls);
         }
         m.keep_one_buffer(into);
-        if m.freezer.is_some() {
+        if m.freeze_wanted {
             // a freeze is asked: the actor takes it (it stays awake)
             m.listener = None;
             return Poll::Ready(Took::Released);
@@ -357,9 +361,13 @@ impl Mailbox {
                     (Freezing::Dormant(agent, calls), None)
                 }
                 None if self.actor.get().is_some() => {
-                    m.freezer = Some(tx);
-                    self.freeze_asked
-                        .store(true, std::sync::atomic::Ordering::Release);
+                    if !std::mem::replace(&mut m.freeze_wanted, true) {
+                        FREEZES_WAITING.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                    }
+                    let mut freezers = FREEZERS.lock().unwrap_or_else(PoisonError::into_inner);
+                    freezers.retain(|(k, _)| *k != self.key());
+                    freezers.push((self.key(), tx));
+                    drop(freezers);
                     let woken = m.listener.take();
                     if !m.awake {
                         // idle: bring it into its handler, where it freezes
@@ -381,9 +389,7 @@ impl Mailbox {
     /// `into`.
     pub fn take_freeze(&self, into: &mut VecDeque<Call>) -> Option<FreezeTx> {
         let mut m = self.lock();
-        let tx = m.freezer.take()?;
-        self.freeze_asked
-            .store(false, std::sync::atomic::Ordering::Release);
+        let tx = self.withdraw_freeze(&mut m)?;
         into.extend(m.queue.drain(..));
         Some(tx)
     }
@@ -392,10 +398,24 @@ impl Mailbox {
     /// are taken again (one it took ends when its answer finds no mover: it thaws itself).
     pub fn cancel_freeze(&self) {
         let mut m = self.lock();
-        m.freezer = None;
+        drop(self.withdraw_freeze(&mut m));
         m.frozen = false;
-        self.freeze_asked
-            .store(false, std::sync::atomic::Ordering::Release);
+    }
+
+    /// This mailbox's key in [`FREEZERS`].
+    fn key(&self) -> usize {
+        std::ptr::from_ref(self) as usize
+    }
+
+    /// Takes this mailbox's freeze request, if one waits (under its lock).
+    fn withdraw_freeze(&self, m: &mut Inner) -> Option<FreezeTx> {
+        if !std::mem::take(&mut m.freeze_wanted) {
+            return None;
+        }
+        FREEZES_WAITING.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        let mut freezers = FREEZERS.lock().unwrap_or_else(PoisonError::into_inner);
+        let at = freezers.iter().position(|(k, _)| *k == self.key())?;
+        Some(freezers.swap_remove(at).1)
     }
 
     /// A dormant agent whose freeze failed goes back, with what waited.
@@ -414,7 +434,7 @@ impl Mailbox {
 
     /// Whether a freeze was asked and not yet taken (checked by the actor between messages).
     pub fn freeze_asked(&self) -> bool {
-        self.freeze_asked.load(std::sync::atomic::Ordering::Acquire)
+        FREEZES_WAITING.load(std::sync::atomic::Ordering::Acquire) > 0 && self.lock().freeze_wanted
     }
 
     /// A stop is coming: a dormant agent is taken out (the mailbox closes: it will never
@@ -476,6 +496,15 @@ impl Mailbox {
     /// Whether nothing waits.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+impl Drop for Mailbox {
+    /// A freeze asked of an agent that ended meanwhile is withdrawn (its mover sees the
+    /// channel closed).
+    fn drop(&mut self) {
+        let mut m = std::mem::take(self.inner.get_mut().unwrap_or_else(PoisonError::into_inner));
+        drop(self.withdraw_freeze(&mut m));
     }
 }
 

@@ -85,8 +85,9 @@ fn remote_rows_report_every_metric_with_its_anchors() {
         .map(|m| m["name"].as_str().unwrap())
         .collect();
     assert_eq!(misses, not_met);
-    // the spawn p99 is set against raw quinn's p99
-    assert!(metrics[4]["anchors"]["raw_quinn_rtt_p99"].is_number());
+    // the spawn p99 is set against raw quinn's p99, the acked ask against an ask plus a fsync
+    assert!(metrics[5]["anchors"]["raw_quinn_rtt_p99"].is_number());
+    assert!(metrics[3]["anchors"]["ask_plus_fsync"].is_number());
 }
 
 #[test]
