@@ -75,7 +75,11 @@ fn touch_request(req: Request) {
                 let _ = tether_actors::codec::decode::<i64>(&cp.state);
             }
         }
-        Request::Newest { id, .. } | Request::Discard { id, .. } | Request::Migrate { id, .. } => {
+        Request::Newest { id, .. }
+        | Request::Discard { id, .. }
+        | Request::Drained { id, .. }
+        | Request::Barrier { id, .. }
+        | Request::Migrate { id, .. } => {
             let _ = id.kind();
         }
         Request::Install { spec, cp, .. } => {

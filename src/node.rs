@@ -27,6 +27,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use tether_actors::{Agent, AgentError, AgentId, AgentRef, Durability, Kinds, Placement};
+use tether_cluster::migration::{DrainReport, MoveReport};
 use tether_cluster::net::certs::CertDir;
 use tether_cluster::net::statedir::NodeDir;
 use tether_cluster::{
@@ -40,6 +41,24 @@ use tether_supervision::{AgentPolicy, GroupSpec, Intensity, SupervisionError};
 pub struct Node(tether_cluster::Node);
 
 impl Node {
+    /// Moves agent `id` to node `to`, with its state and its unhandled messages, from
+    /// whichever node runs it (see `tether_cluster::migration`).
+    ///
+    /// # Errors
+    /// [`AgentError::NotMoved`] with why (local-only, in a supervisor group, a handler that did
+    /// not reach a message boundary, the target or the directory refused), an unreachable
+    /// target, a kind it lacks, a placement that forbids it, an unknown agent. The agent keeps
+    /// serving where it was unless the move succeeded.
+    pub async fn migrate(&self, id: &AgentId, to: &str) -> Result<MoveReport, AgentError> {
+        self.0.migrate(id, to).await
+    }
+
+    /// Moves every agent off this node (local-only ones stay), after it stops taking new
+    /// activations, so that it can be stopped without loss.
+    pub async fn drain(&self) -> DrainReport {
+        self.0.drain().await
+    }
+
     /// A node named `name` (its certificate's DNS name: `[a-z0-9-]`), to configure and start.
     pub fn builder(name: &str) -> NodeBuilder {
         NodeBuilder {

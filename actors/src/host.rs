@@ -63,7 +63,7 @@ pub use crate::port::LocalPort;
 pub use crate::record::Activation;
 use crate::record::SpawnRecord;
 use crate::stats::AgentStats;
-pub use moving::{Forwarder, FrozenAgent, TOMBSTONE};
+pub use moving::{ArrivalHook, Forwarder, FrozenAgent, TOMBSTONE};
 
 /// Sequence numbers are `session << SESSION_SHIFT | n`, `n` from 1 (see the module doc).
 pub const SESSION_SHIFT: u32 = 40;
@@ -273,8 +273,14 @@ pub struct Host {
     checkpoints: std::sync::OnceLock<Arc<dyn CheckpointSink>>,
     /// Agents that moved away, for a while (see [`moving`]).
     moved: DashMap<AgentId, moving::Tombstone, IdHash>,
+    /// Agents installed for a move, held until their source has handed everything over.
+    installed: DashMap<AgentId, moving::Installed, IdHash>,
+    /// Installs announced for a move, by agent and epoch: the source node.
+    installing: DashMap<(AgentId, u64), Arc<str>>,
     /// Where messages for moved agents go.
     forwarder: std::sync::OnceLock<Forwarder>,
+    /// Told when an agent moved here runs (the node forgets its route to where it was).
+    arrived: std::sync::OnceLock<moving::ArrivalHook>,
     /// What every instance calls when it ends (one for the host, shared by all agents).
     on_exit: ExitHook,
 }
@@ -315,7 +321,10 @@ impl Host {
             router: std::sync::OnceLock::new(),
             checkpoints: std::sync::OnceLock::new(),
             moved: DashMap::default(),
+            installed: DashMap::default(),
+            installing: DashMap::default(),
             forwarder: std::sync::OnceLock::new(),
+            arrived: std::sync::OnceLock::new(),
             on_exit: {
                 let me = me.clone();
                 Arc::new(move |id: &AgentId, epoch: u64, reason: Option<String>| {
@@ -481,6 +490,14 @@ impl Host {
     /// The actor of a running agent, once it started (at its first message).
     pub fn actor_id(&self, id: &AgentId) -> Option<ActorId> {
         self.agents.get(id).and_then(|h| h.actor.actor_id())
+    }
+
+    /// How durable a hosted agent is.
+    pub fn durability_of(&self, id: &AgentId) -> Option<Durability> {
+        self.agents
+            .get(id)
+            .map(|h| h.spec.record.durability)
+            .or_else(|| self.down.get(id).map(|d| d.spec.record.durability))
     }
 
     /// Placement labels of a hosted agent.

@@ -5,6 +5,8 @@
 //!   sees both `unreachable`.
 //! - `heal_s`: `heal` until every pair is `up` again.
 //! - `detect_kill_s`: kill -9 of r2 until r1 and l1 see it `unreachable`.
+//! - `failover_with_state_s`: from the same kill -9 until a counter in `acked` mode that ran
+//!   on r2 (five increments acknowledged) answers 5 from r1.
 //!
 //! Each time includes starting the CLI processes that wait (a few milliseconds).
 
@@ -32,6 +34,11 @@ fn tether_bin() -> anyhow::Result<std::path::PathBuf> {
 }
 
 fn tether(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
+    tether_out(dir, args).map(drop)
+}
+
+/// Runs the CLI; its standard output.
+fn tether_out(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
     let out = Command::new(tether_bin()?)
         .args(args)
         .arg("--state-dir")
@@ -45,11 +52,11 @@ fn tether(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
         args.join(" "),
         String::from_utf8_lossy(&out.stderr).trim()
     );
-    Ok(())
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Seconds for (isolate, heal, kill -9) in one fresh cluster.
-pub(super) fn detection_once(round: usize) -> anyhow::Result<(f64, f64, f64)> {
+/// Seconds for (isolate, heal, kill -9, failover with state) in one fresh cluster.
+pub(super) fn detection_once(round: usize) -> anyhow::Result<(f64, f64, f64, f64)> {
     let dir = std::env::temp_dir().join(format!(
         "tether-bench-faults-{}-{round}",
         std::process::id()
@@ -61,7 +68,7 @@ pub(super) fn detection_once(round: usize) -> anyhow::Result<(f64, f64, f64)> {
     result
 }
 
-fn measure(dir: &Path) -> anyhow::Result<(f64, f64, f64)> {
+fn measure(dir: &Path) -> anyhow::Result<(f64, f64, f64, f64)> {
     tether(dir, &["up", "--detach"])?;
 
     let t0 = Instant::now();
@@ -97,6 +104,21 @@ fn measure(dir: &Path) -> anyhow::Result<(f64, f64, f64)> {
     tether(dir, &["wait", "--state", "up", "--timeout", "10s"])?;
     let heal = t0.elapsed().as_secs_f64();
 
+    let spawn = [
+        "spawn",
+        "counter",
+        "fo",
+        "--on",
+        "r2",
+        "--durability",
+        "acked",
+        "--via",
+        "r1",
+    ];
+    tether(dir, &spawn)?;
+    for _ in 0..5 {
+        tether(dir, &["ask", "counter/fo", "\"inc\"", "--via", "r1"])?;
+    }
     let rec = tether_cluster::net::statedir::NodeDir::new(dir.join("nodes").join("r2"))
         .read_record()
         .context("no record of r2")?;
@@ -111,5 +133,23 @@ fn measure(dir: &Path) -> anyhow::Result<(f64, f64, f64)> {
     );
     tether(dir, &wait_peer_lost)?;
     let kill = t0.elapsed().as_secs_f64();
-    Ok((isolate, heal, kill))
+    let get = [
+        "ask",
+        "counter/fo",
+        "\"get\"",
+        "--via",
+        "r1",
+        "--timeout",
+        "1s",
+    ];
+    loop {
+        if let Ok(out) = tether_out(dir, &get) {
+            anyhow::ensure!(out.trim() == "5", "the counter came back at {}", out.trim());
+            break;
+        }
+        anyhow::ensure!(t0.elapsed().as_secs() < 30, "no failover within 30 s");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let failover = t0.elapsed().as_secs_f64();
+    Ok((isolate, heal, kill, failover))
 }

@@ -73,7 +73,11 @@ pub(super) async fn node_in(
     Ok(Node::builder(name)
         .state_dir(dir)
         .seeds(seeds)
-        .kinds(Kinds::builtin().with_demo(dir))
+        .kinds(
+            Kinds::builtin()
+                .with_demo(dir)
+                .register::<super::ballast::Ballast>(),
+        )
         .root_intensity(Intensity {
             max_restarts: 1_000_000,
             within: Duration::from_secs(1),

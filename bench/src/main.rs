@@ -22,8 +22,10 @@
 //! process.
 
 mod anchors;
+mod ballast;
 mod faults;
 mod local;
+mod moves;
 mod remote;
 mod report;
 
@@ -114,6 +116,8 @@ struct Sizes {
     remote_tells: u64,
     remote_asks: u64,
     remote_spawns: u64,
+    moves: usize,
+    migrating_secs: u64,
 }
 
 impl Sizes {
@@ -129,6 +133,8 @@ impl Sizes {
                 remote_tells: 200_000,
                 remote_asks: 2_000,
                 remote_spawns: 200,
+                moves: 20,
+                migrating_secs: 3,
             }
         } else {
             Self {
@@ -141,6 +147,8 @@ impl Sizes {
                 remote_tells: 1_000_000,
                 remote_asks: 10_000,
                 remote_spawns: 1_000,
+                moves: 100,
+                migrating_secs: 5,
             }
         }
     }
@@ -426,9 +434,11 @@ async fn remote_rows(s: &Sizes, say: &impl Fn(String)) -> anyhow::Result<Vec<Met
             s.remote_asks.to_string(),
         ]
     };
+    let mut moving = migration_rows();
     let result: anyhow::Result<()> = async {
         for r in 0..s.reps {
             say(format!("remote: repetition {}/{}", r + 1, s.reps));
+            migration_once(&pair, s, r, &mut moving).await?;
             let t = remote::tell_throughput(&pair, s.remote_tells, &format!("tell-{r}")).await?;
             let (a50, a99) = remote::ask_rtt(&pair, s.remote_asks, &format!("ask-{r}")).await?;
             let (acked, plain) = remote::acked_ask_p50(&pair, s.remote_asks, r).await?;
@@ -453,7 +463,61 @@ async fn remote_rows(s: &Sizes, say: &impl Fn(String)) -> anyhow::Result<Vec<Met
     drop(quinn_recv);
     let _ = std::fs::remove_dir_all(&certs);
     result?;
-    Ok(vec![tell, ask50, ask99, acked50, spawn50, spawn99])
+    let mut rows = vec![tell, ask50, ask99, acked50, spawn50, spawn99];
+    rows.extend(moving);
+    Ok(rows)
+}
+
+/// One repetition of the migration rows.
+async fn migration_once(
+    pair: &remote::Pair,
+    s: &Sizes,
+    r: usize,
+    rows: &mut [Metric; 4],
+) -> anyhow::Result<()> {
+    let p64 = moves::pauses(pair, 64 << 10, s.moves, &format!("m64-{r}")).await?;
+    let p1m = moves::pauses(pair, 1 << 20, s.moves, &format!("m1m-{r}")).await?;
+    rows[0].push(report::percentile(&p64, 0.5), &[]);
+    rows[1].push(report::percentile(&p64, 0.99), &[]);
+    rows[2].push(report::percentile(&p1m, 0.99), &[]);
+    let (with, without) = moves::throughput(pair, s.migrating_secs, &format!("mt-{r}")).await?;
+    rows[3].push(with, &[without]);
+    Ok(())
+}
+
+/// The migration rows (see `bench/moves.rs`).
+fn migration_rows() -> [Metric; 4] {
+    [
+        Metric::new(
+            "migration_pause_64k_p50_ms",
+            "ms",
+            &[],
+            &[Goal::within(0.5)],
+            "last message handled at the source to first at the target, 64 KiB of state, 8 \
+             senders telling",
+        ),
+        Metric::new(
+            "migration_pause_64k_p99_ms",
+            "ms",
+            &[],
+            &[Goal::within(2.0)],
+            "p99 of the same pauses",
+        ),
+        Metric::new(
+            "migration_pause_1m_p99_ms",
+            "ms",
+            &[],
+            &[Goal::within(10.0)],
+            "p99 of the pauses with 1 MiB of state",
+        ),
+        Metric::new(
+            "throughput_while_migrating",
+            "msg/s",
+            &["no_migrations"],
+            &[Goal::at_least(0.95, "no_migrations")],
+            "8 senders' tells handled while the agent moves once a second, against no moves",
+        ),
+    ]
 }
 
 fn fault_rows(s: &Sizes, say: &impl Fn(String)) -> anyhow::Result<Vec<Metric>> {
@@ -472,12 +536,20 @@ fn fault_rows(s: &Sizes, say: &impl Fn(String)) -> anyhow::Result<Vec<Metric>> {
         "from kill -9 to unreachable",
     );
     let mut heal = Metric::new("heal_s", "s", &[], &[], "from heal to every pair up");
+    let mut failover = Metric::new(
+        "failover_with_state_s",
+        "s",
+        &[],
+        &[Goal::within(3.0)],
+        "from kill -9 to an acked counter of the killed node answering with its state elsewhere",
+    );
     for r in 0..s.reps {
         say(format!("faults: repetition {}/{}", r + 1, s.reps));
-        let (i, h, k) = faults::detection_once(r)?;
+        let (i, h, k, f) = faults::detection_once(r)?;
         iso.push(i, &[]);
         heal.push(h, &[]);
         kill.push(k, &[]);
+        failover.push(f, &[]);
     }
-    Ok(vec![iso, kill, heal])
+    Ok(vec![iso, kill, heal, failover])
 }

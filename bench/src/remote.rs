@@ -89,7 +89,11 @@ pub(super) async fn peer_node(dir: &Path, seed: std::net::SocketAddr) -> anyhow:
         .state_dir(dir)
         .seed(seed)
         .fault_seed(1)
-        .kinds(Kinds::builtin().with_demo(dir))
+        .kinds(
+            Kinds::builtin()
+                .with_demo(dir)
+                .register::<super::ballast::Ballast>(),
+        )
         .start()
         .await?;
     println!("ready addr={}", node.info().addr);

@@ -106,6 +106,7 @@ pub trait ControlPlane: Send + Sync + 'static {
     /// Installs `id` as `epoch` from `cp` (the target of a move; see [`crate::migration`]).
     fn install(
         &self,
+        from: &str,
         id: AgentId,
         epoch: u64,
         spec: crate::directory::AgentSpec,

@@ -37,6 +37,22 @@ impl Host {
         body: Body,
         reply: Option<ReplyTx>,
     ) -> Result<(), (AgentError, Option<ReplyTx>)> {
+        self.try_deliver_from(None, d, body, reply)
+    }
+
+    /// [`Host::try_deliver`] of a message that came from node `peer` (None: from this
+    /// node): an agent installed here for a move takes what its source relays at once, and
+    /// holds the rest until the source has handed everything over (see [`super::moving`]).
+    ///
+    /// # Errors
+    /// As [`Host::deliver`].
+    pub fn try_deliver_from(
+        &self,
+        peer: Option<&str>,
+        d: Delivery,
+        body: Body,
+        reply: Option<ReplyTx>,
+    ) -> Result<(), (AgentError, Option<ReplyTx>)> {
         if let Some(h) = self.agents.get(&d.target) {
             return self.deliver_running(&h, d, body, reply);
         }
@@ -60,7 +76,25 @@ impl Host {
             queue.push_back((d, body, reply));
             return Ok(());
         }
-        // the slot may have been promoted to running between the two looks
+        if let Some(i) = self.installed.get(&d.target) {
+            // relayed by the source: addressed to the new epoch (a sender that still has an
+            // older route, the source's own included, waits with the others)
+            if d.epoch == i.hosted.spec.epoch && peer.is_some_and(|p| *p == *i.source) {
+                let h = i.hosted.clone();
+                drop(i);
+                return self.deliver_running(&h, d, body, reply);
+            }
+            if let Err(e) = self.check(&d, &i.hosted.spec, &i.hosted.stats) {
+                return Err((e, reply));
+            }
+            i.hosted.stats.received.fetch_add(1, Ordering::Relaxed);
+            i.queue
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push_back((d, body, reply));
+            return Ok(());
+        }
+        // the slot may have been promoted to running between the looks
         if let Some(h) = self.agents.get(&d.target).map(|h| h.clone()) {
             return self.deliver_running(&h, d, body, reply);
         }
@@ -101,7 +135,10 @@ impl Host {
             let (d, body, reply) = make();
             return Some(self.deliver_running(&h, d, body, reply));
         }
-        if self.down.contains_key(target) || self.moved.contains_key(target) {
+        if self.down.contains_key(target)
+            || self.installed.contains_key(target)
+            || self.moved.contains_key(target)
+        {
             let (d, body, reply) = make();
             return Some(self.try_deliver(d, body, reply));
         }
@@ -131,16 +168,7 @@ impl Host {
                     .queue
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
-                let d = super::Delivery {
-                    target: target.clone(),
-                    epoch: 0,
-                    sender: call.sender.clone().unwrap_or_else(|| "".into()),
-                    seq: call.seq,
-                    trace: call.trace,
-                    contract: None,
-                    in_process: true,
-                };
-                q.push_back((d, call.body, call.reply));
+                q.push_back(held(&target, *call));
                 return Ok(());
             }
             h.stats.settle(1);
@@ -171,14 +199,22 @@ impl Host {
     /// check, one lock on its sequence table and one on its mailbox. Returns the messages
     /// refused, with why.
     pub fn deliver_run(&self, run: TellRun) -> Vec<(u64, AgentError)> {
+        self.deliver_run_from(None, run)
+    }
+
+    /// [`Host::deliver_run`] of a run that came from node `peer` (see
+    /// [`Host::try_deliver_from`]).
+    pub fn deliver_run_from(&self, peer: Option<&str>, run: TellRun) -> Vec<(u64, AgentError)> {
         let Some(h) = self.agents.get(&run.target) else {
-            // not running here: queued while it restarts, or refused, one by one
+            // not running here: queued while it restarts or moves, or refused, one by one
             return run
                 .into_envelopes()
                 .filter_map(|env| {
                     let seq = env.seq;
                     let (d, body) = Delivery::from_envelope(env);
-                    self.deliver(d, body, None).err().map(|e| (seq, e))
+                    self.try_deliver_from(peer, d, body, None)
+                        .err()
+                        .map(|(e, _)| (seq, e))
                 })
                 .collect();
         };
@@ -219,7 +255,21 @@ impl Host {
         h.stats
             .received
             .fetch_add(calls.len() as u64, Ordering::Relaxed);
-        if let Err(back) = h.actor.send_all(calls) {
+        if let Err(mut back) = h.actor.send_all(calls) {
+            // frozen for a move since it was looked up: they wait in the move's slot
+            if let Some(slot) = self
+                .down
+                .get(&target)
+                .filter(|s| s.status == super::DownStatus::Moving)
+            {
+                let mut q = slot
+                    .queue
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                for c in back.drain(..) {
+                    q.push_back(held(&target, c));
+                }
+            }
             h.stats.settle(back.len() as u64);
             refused.extend(back.into_iter().map(|c| {
                 let e = AgentError::Failed {
@@ -304,4 +354,18 @@ fn admit_seq(last: &mut u64, seq: u64, stats: &AgentStats) -> Result<(), ()> {
     }
     *last = seq;
     Ok(())
+}
+
+/// A call, admitted already, as a move's slot holds it.
+fn held(target: &AgentId, call: Call) -> (super::Delivery, Body, Option<ReplyTx>) {
+    let d = super::Delivery {
+        target: target.clone(),
+        epoch: 0,
+        sender: call.sender.unwrap_or_else(|| "".into()),
+        seq: call.seq,
+        trace: call.trace,
+        contract: None,
+        in_process: true,
+    };
+    (d, call.body, call.reply)
 }

@@ -91,18 +91,19 @@ impl Host {
         let actor = self
             .start(&id, &spec, trace, stats.clone(), restore)
             .await?;
-        self.moved.remove(&id);
         self.failed.remove(&id);
         created();
-        self.agents.insert(
-            id.clone(),
-            Hosted {
-                actor,
-                spec,
-                started: Instant::now(),
-                stats,
-            },
-        );
+        let hosted = Hosted {
+            actor,
+            spec,
+            started: Instant::now(),
+            stats,
+        };
+        // the target of a move: held until the source has handed everything over
+        if let Some(hosted) = self.hold_installed(&id, epoch, hosted) {
+            self.moved.remove(&id);
+            self.agents.insert(id.clone(), hosted);
+        }
         drop(_guard);
         self.activating.remove(&id);
         // at debug, as OTP's progress reports and Akka's lifecycle logs: a node that spawns

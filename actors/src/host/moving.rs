@@ -42,12 +42,28 @@ pub const TOMBSTONE: Duration = Duration::from_secs(30);
 /// Sends a call for a moved agent on to its new host: `(target, contract, node, epoch, call)`.
 pub type Forwarder = Arc<dyn Fn(&AgentId, Contract, &str, u64, Call) + Send + Sync>;
 
+/// Told when an agent moved here runs for everyone.
+pub type ArrivalHook = Arc<dyn Fn(&AgentId) + Send + Sync>;
+
 /// Where a moved agent went.
 #[derive(Debug, Clone)]
 pub(super) struct Tombstone {
     pub(super) to: Arc<str>,
     pub(super) epoch: u64,
     pub(super) at: Instant,
+}
+
+/// An agent installed for a move, not yet running for everyone (see the module doc): what
+/// its source relays (from the source, addressed to the new epoch) goes in at once, in the
+/// source's order; what anyone else sends waits until the source says it handed everything
+/// over, so that no sender's later message overtakes an earlier one still on its way
+/// through the source.
+pub(super) struct Installed {
+    /// The node it comes from: what that node relays goes in at once.
+    pub(super) source: Arc<str>,
+    pub(super) hosted: Hosted,
+    /// What others sent meanwhile, in order.
+    pub(super) queue: std::sync::Mutex<super::Waiting>,
 }
 
 /// A frozen agent, as the mover ships it.
@@ -83,6 +99,12 @@ impl Host {
     /// Registers where calls for moved agents go. Returns false if one was registered.
     pub fn set_forwarder(&self, f: Forwarder) -> bool {
         self.forwarder.set(f).is_ok()
+    }
+
+    /// Registers what is told when an agent moved here runs. Returns false if one was
+    /// registered already.
+    pub fn set_arrival_listener(&self, f: ArrivalHook) -> bool {
+        self.arrived.set(f).is_ok()
     }
 
     /// Where `id` went, if it moved from here within [`TOMBSTONE`].
@@ -338,11 +360,101 @@ impl Host {
         Ok(())
     }
 
-    /// Drops an instance installed for a move that was aborted (no `on_stop`: it never ran).
+    /// Announces that `id` will be installed here as `epoch` for a move from `source`: that
+    /// activation is held (see [`Host::drained`]) rather than listed as running.
+    pub fn expect_install(&self, id: &AgentId, epoch: u64, source: &str) {
+        self.installing.insert((id.clone(), epoch), source.into());
+    }
+
+    /// An activation just made: held if a move announced it; else given back to be listed.
+    pub(super) fn hold_installed(
+        &self,
+        id: &AgentId,
+        epoch: u64,
+        hosted: Hosted,
+    ) -> Option<Hosted> {
+        let Some((_, source)) = self.installing.remove(&(id.clone(), epoch)) else {
+            return Some(hosted);
+        };
+        self.installed.insert(
+            id.clone(),
+            Installed {
+                source,
+                hosted,
+                queue: std::sync::Mutex::new(VecDeque::new()),
+            },
+        );
+        None
+    }
+
+    /// Whether `id` is installed here as `epoch`, held for its move.
+    pub fn is_installed(&self, id: &AgentId, epoch: u64) -> bool {
+        self.installed
+            .get(id)
+            .is_some_and(|i| i.hosted.spec.epoch == epoch)
+    }
+
+    /// The source of `id`'s move has handed everything over (after the commit): the agent
+    /// runs here for everyone, what others sent meanwhile first, in order.
+    pub fn drained(&self, id: &AgentId, epoch: u64) {
+        let Some(mut i) = self
+            .installed
+            .get_mut(id)
+            .filter(|i| i.hosted.spec.epoch == epoch)
+        else {
+            return;
+        };
+        // under the entry's lock: a sender that finds it here waits, then finds it running
+        let queued = std::mem::take(
+            i.queue
+                .get_mut()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for (d, body, reply) in queued {
+            let (_, call) = into_call(d, body, reply);
+            if i.hosted.actor.send(call).is_err() {
+                i.hosted.stats.settle(1);
+            }
+        }
+        self.moved.remove(id);
+        self.agents.insert(id.clone(), i.hosted.clone());
+        drop(i);
+        self.installed.remove(id);
+        if let Some(f) = self.arrived.get() {
+            f(id); // this node's senders send here directly from now on
+        }
+        debug!(agent = %id, epoch, "installed agent runs");
+    }
+
+    /// Drops an instance installed for a move that was aborted (no `on_stop`: it never ran for
+    /// everyone); what others sent it meanwhile goes where the agent still runs, if this node
+    /// knows, else fails with why.
     pub fn discard(&self, id: &AgentId, epoch: u64) {
+        self.installing.remove(&(id.clone(), epoch));
+        if let Some((_, i)) = self
+            .installed
+            .remove_if(id, |_, i| i.hosted.spec.epoch == epoch)
+        {
+            i.hosted.actor.close();
+            let queued = i
+                .queue
+                .into_inner()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for (d, body, reply) in queued {
+                let (_, call) = into_call(d, body, reply);
+                if let Err(call) = self.forward(id, call) {
+                    if let Some(r) = call.reply {
+                        let _ = r.send(Err(AgentError::NotHere {
+                            id: id.to_string(),
+                            node: self.node.to_string(),
+                        }));
+                    }
+                }
+            }
+            debug!(agent = %id, epoch, "installed instance discarded");
+        }
         if let Some((_, h)) = self.agents.remove_if(id, |_, h| h.spec.epoch == epoch) {
             h.actor.close();
-            debug!(agent = %id, epoch, "installed instance discarded");
         }
     }
 }

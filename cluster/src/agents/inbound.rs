@@ -116,27 +116,21 @@ impl Inbound {
         match req {
             Request::Tell { env } => {
                 let (target, seq) = (env.target.clone(), env.seq);
-                if let Err((error, _)) = self.deliver(env, None) {
+                if let Err((error, _)) = self.deliver(peer, env, None) {
                     debug!(%peer, %target, %error, "tell refused");
                     tx.send(Response::TellFailed { target, seq, error });
                 }
             }
             Request::Tells { run } => {
                 let target = run.target.clone();
-                for (seq, error) in self.deliver_run(run) {
+                for (seq, error) in self.deliver_run(peer, run) {
                     debug!(%peer, %target, seq, %error, "tell refused");
                     let target = target.clone();
                     tx.send(Response::TellFailed { target, seq, error });
                 }
             }
-            Request::Deliver { req, env } => {
-                let result = self
-                    .deliver(env, None)
-                    .map(|()| Answer::Delivered)
-                    .map_err(|(e, _)| e);
-                tx.send(Response::Done { req, result });
-            }
-            Request::Ask { req, env, .. } => self.ask(req, env, tx),
+            Request::Deliver { req, env } => self.deliver_for_outbox(peer, req, env, tx),
+            Request::Ask { req, env, .. } => self.ask(peer, req, env, tx),
             Request::Replicate { req, cps } => {
                 let (durable, tx) = (self.durable.clone(), tx.clone());
                 tokio::spawn(async move {
@@ -158,10 +152,10 @@ impl Inbound {
                 spec,
                 cp,
             } => {
-                let (control, tx) = (self.control.clone(), tx.clone());
+                let (control, tx, from) = (self.control.clone(), tx.clone(), peer.to_owned());
                 tokio::spawn(async move {
                     let result = control
-                        .install(id, epoch, *spec, *cp)
+                        .install(&from, id, epoch, *spec, *cp)
                         .await
                         .map(Answer::Installed);
                     tx.send(Response::Done { req, result });
@@ -175,6 +169,15 @@ impl Inbound {
                     tx.send(Response::Done { req, result });
                 });
             }
+            Request::Barrier { req, .. } => {
+                let result = Ok(Answer::Passed);
+                tx.send(Response::Done { req, result });
+            }
+            Request::Drained { req, id, epoch } => {
+                self.host.drained(&id, epoch);
+                let result = Ok(Answer::Drained);
+                tx.send(Response::Done { req, result });
+            }
             Request::Migrate { req, id, to } => {
                 let (control, tx) = (self.control.clone(), tx.clone());
                 tokio::spawn(async move {
@@ -186,9 +189,44 @@ impl Inbound {
         }
     }
 
+    /// A tell from a local node's outbox, which removes it once answered: answered when it is
+    /// in the agent's mailbox, or, for an `acked` agent, once the checkpoint that covers it is
+    /// durable (the agent answers it as an ask whose reply is dropped).
+    fn deliver_for_outbox(&self, peer: &str, req: u64, env: Envelope, tx: &Answers) {
+        let acked = self.host.durability_of(&env.target) == Some(tether_actors::Durability::Acked);
+        if !acked {
+            let result = self
+                .deliver(peer, env, None)
+                .map(|()| Answer::Delivered)
+                .map_err(|(e, _)| e);
+            return tx.send(Response::Done { req, result });
+        }
+        let (answers, target) = (tx.clone(), env.target.clone());
+        let reply = ReplyTx::callback(move |reply| {
+            let result = match reply {
+                // handled, and its checkpoint durable: the reply itself is not wanted
+                Some(Ok(_)) => Ok(Answer::Delivered),
+                Some(Err(e)) => Err(e),
+                None => Err(AgentError::lost_with_failed_instance(&target)),
+            };
+            answers.send(Response::Done { req, result });
+        });
+        if let Err((e, reply)) = self.deliver(peer, env, Some(reply)) {
+            match reply {
+                Some(reply) => {
+                    let _ = reply.send(Err(e));
+                }
+                None => tx.send(Response::Done {
+                    req,
+                    result: Err(e),
+                }),
+            }
+        }
+    }
+
     /// An ask: the asker's own deadline bounds its wait; this side does not wait at all, the
     /// agent's task hands the reply to the stream's writer.
-    fn ask(&self, req: u64, env: Envelope, tx: &Answers) {
+    fn ask(&self, peer: &str, req: u64, env: Envelope, tx: &Answers) {
         let target = env.target.clone();
         let answers = tx.clone();
         let reply = ReplyTx::callback(move |reply| {
@@ -204,7 +242,7 @@ impl Inbound {
             };
             answers.send(Response::Done { req, result });
         });
-        if let Err((e, reply)) = self.deliver(env, Some(reply)) {
+        if let Err((e, reply)) = self.deliver(peer, env, Some(reply)) {
             match reply {
                 Some(reply) => {
                     let _ = reply.send(Err(e));
@@ -219,19 +257,20 @@ impl Inbound {
 
     fn deliver(
         &self,
+        peer: &str,
         env: Envelope,
         reply: Option<ReplyTx>,
     ) -> Result<(), (AgentError, Option<ReplyTx>)> {
-        deliver_here(&self.host, env, reply)
+        deliver_here(&self.host, Some(peer), env, reply)
     }
 
     /// A run of tells from a peer, checked as [`Inbound::deliver`] checks one; returns the
     /// messages refused, with why.
-    fn deliver_run(&self, run: TellRun) -> Vec<(u64, AgentError)> {
+    fn deliver_run(&self, peer: &str, run: TellRun) -> Vec<(u64, AgentError)> {
         let (target, sender) = (run.target.clone(), run.sender.clone());
         let failed = match refused(&self.host, &run.target) {
             Some(e) => run.msgs.iter().map(|m| (m.seq, e.clone())).collect(),
-            None => self.host.deliver_run(run),
+            None => self.host.deliver_run_from(Some(peer), run),
         };
         for (seq, e) in &failed {
             info!(%target, %sender, seq, error = %e, "delivery refused");
@@ -258,6 +297,7 @@ fn refused(host: &Host, target: &tether_actors::AgentId) -> Option<AgentError> {
 /// on failure the error, and the reply sender (if the message was an ask) to answer with it.
 pub(crate) fn deliver_here(
     host: &Host,
+    peer: Option<&str>,
     env: Envelope,
     reply: Option<ReplyTx>,
 ) -> Result<(), (AgentError, Option<ReplyTx>)> {
@@ -266,7 +306,7 @@ pub(crate) fn deliver_here(
         Some(e) => Err((e, reply)),
         None => {
             let (d, body) = Delivery::from_envelope(env);
-            host.try_deliver(d, body, reply)
+            host.try_deliver_from(peer, d, body, reply)
                 .map_err(|(e, reply)| match e {
                     // this node was named as the host, and it is not: the route was stale
                     AgentError::NotFound { id } => {
@@ -306,6 +346,8 @@ fn refuse(req: Request, error: AgentError, tx: &Answers) {
         | Request::Newest { req, .. }
         | Request::Install { req, .. }
         | Request::Discard { req, .. }
+        | Request::Drained { req, .. }
+        | Request::Barrier { req, .. }
         | Request::Migrate { req, .. } => tx.send(Response::Done {
             req,
             result: Err(error),

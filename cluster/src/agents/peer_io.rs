@@ -308,6 +308,8 @@ impl PeerIo {
             | Request::Newest { req, .. }
             | Request::Install { req, .. }
             | Request::Discard { req, .. }
+            | Request::Drained { req, .. }
+            | Request::Barrier { req, .. }
             | Request::Migrate { req, .. } => {
                 if let Some((_, p)) = self.pending.remove(&req) {
                     self.finish(p, Err(e));

@@ -102,6 +102,25 @@ pub enum Request {
         /// The installed epoch.
         epoch: u64,
     },
+    /// The source of a move has handed everything over (after the commit): `id`, installed
+    /// here as `epoch`, runs for everyone. Answered `Drained`.
+    Drained {
+        /// Request id.
+        req: u64,
+        /// The agent.
+        id: AgentId,
+        /// The installed epoch.
+        epoch: u64,
+    },
+    /// From a move's target to its source, after the install: answered at once, so that
+    /// when the answer comes back, everything the target forwarded to the source before has
+    /// reached the source's host (one stream, in order). Answered `Passed`.
+    Barrier {
+        /// Request id.
+        req: u64,
+        /// The agent moving.
+        id: AgentId,
+    },
     /// Move `id`, which runs here, to `to` (None: where its placement allows): answered
     /// `Moved`.
     Migrate {
@@ -135,6 +154,10 @@ pub enum Answer {
     Installed(Activation),
     /// A `Discard` was done.
     Discarded,
+    /// A `Drained` was done.
+    Drained,
+    /// A `Barrier` was passed.
+    Passed,
     /// A `Migrate`'s answer.
     Moved(MoveReport),
 }

@@ -179,6 +179,12 @@ impl Driver {
             myself: myself.clone(),
         });
         driver.host.set_checkpoints(driver.durable.clone());
+        let weak = Arc::downgrade(&driver);
+        driver.host.set_arrival_listener(Arc::new(move |id| {
+            if let Some(d) = weak.upgrade() {
+                d.routes.forget(id);
+            }
+        }));
         driver.host.set_forwarder(crate::agents::forward::forwarder(
             Arc::downgrade(&driver.io),
             driver.me.clone(),
@@ -198,7 +204,7 @@ impl Driver {
         driver
     }
 
-    fn arc(&self) -> Option<Arc<Driver>> {
+    pub(super) fn arc(&self) -> Option<Arc<Driver>> {
         self.myself.upgrade()
     }
 
@@ -368,7 +374,7 @@ impl Driver {
     async fn deliver(&self, qid: u64, node: String, env: Envelope) {
         let target = env.target.clone();
         let result = if node == self.me {
-            deliver_here(&self.host, env, None).map_err(|(e, _)| e)
+            deliver_here(&self.host, None, env, None).map_err(|(e, _)| e)
         } else {
             self.io.deliver(&node, env, DELIVER_TIMEOUT).await
         };
@@ -447,12 +453,14 @@ impl ControlPlane for Driver {
 
     fn install(
         &self,
+        from: &str,
         id: AgentId,
         epoch: u64,
         spec: crate::directory::AgentSpec,
         cp: tether_actors::Checkpoint,
     ) -> tether_actors::call::BoxFuture<'_, Result<Activation, AgentError>> {
-        Box::pin(self.install_here(id, epoch, spec, cp))
+        let from = from.to_owned();
+        Box::pin(async move { self.install_here(&from, id, epoch, spec, cp).await })
     }
 
     fn discard(&self, id: &AgentId, epoch: u64) -> tether_actors::call::BoxFuture<'_, ()> {

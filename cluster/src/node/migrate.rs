@@ -16,6 +16,10 @@ use crate::agents::ControlPlane;
 use crate::directory::{self, AgentSpec, DirAnswer, Location};
 use crate::migration::{CommitOutcome, MoveReport, COMMIT_TRIES, FREEZE_WITHIN, INSTALL_TIMEOUT};
 
+/// How long a move's target waits for its source to say it handed everything over before it
+/// asks the directory whether it runs the agent.
+const DRAIN_WAIT: Duration = Duration::from_secs(10);
+
 fn not_moved(id: &AgentId, reason: impl Into<String>) -> AgentError {
     AgentError::NotMoved {
         id: id.to_string(),
@@ -84,14 +88,23 @@ impl Driver {
         let FrozenAgent {
             calls, frozen_at, ..
         } = frozen;
-        // this node's own senders go to the target from now on, behind what is forwarded on
-        // the same stream
+        // what it had not handled and what waited go first, on this node's stream to the
+        // target; then this node's own senders go there too, behind them on the same stream;
+        // then the target runs it for everyone
+        self.host.moved(&id, &to, new_epoch, calls);
         let there = Location {
             node: to.clone(),
             epoch: new_epoch,
         };
         self.routes.set(&self.me, &id, &there);
-        self.host.moved(&id, &to, new_epoch, calls);
+        let drained = |req| Request::Drained {
+            req,
+            id: id.clone(),
+            epoch: new_epoch,
+        };
+        if let Err(e) = self.io.request(&to, drained, INSTALL_TIMEOUT).await {
+            warn!(agent = %id, %to, error = %e, "the target did not hear that the move was handed over; it asks the directory");
+        }
         let pause_ms = frozen_at.elapsed().as_secs_f64() * 1e3;
         info!(agent = %id, %to, epoch = new_epoch, pause_ms, state_bytes, "agent moved");
         Ok(MoveReport {
@@ -251,6 +264,7 @@ impl Driver {
     /// durable agent's checkpoint is stored first.
     pub(crate) async fn install_here(
         &self,
+        from: &str,
         id: AgentId,
         epoch: u64,
         spec: AgentSpec,
@@ -265,15 +279,56 @@ impl Driver {
         if spec.durability.is_durable() {
             self.durable.store(vec![cp.clone()]).await?;
         }
+        self.host.expect_install(&id, epoch, from);
         let a = AddAgent {
-            id,
+            id: id.clone(),
             epoch,
             record: spec.record(),
             policy: spec.policy,
             trace: tether_actors::TraceContext::new_root(),
             restore: Some(Arc::new(cp)),
         };
-        self.sup.activate(a, None).await
+        let mut act = self.sup.activate(a, None).await;
+        if act.is_ok() {
+            // what this node forwarded to the source before the install (a tombstone of an
+            // earlier move) must reach the source first: it goes there before the commit
+            let barrier = |req| Request::Barrier {
+                req,
+                id: id.clone(),
+            };
+            if let Err(e) = self.io.request(from, barrier, INSTALL_TIMEOUT).await {
+                act = Err(e);
+            }
+        }
+        if act.is_err() {
+            self.host.discard(&id, epoch);
+        } else if let Some(me) = self.arc() {
+            // a source lost after the commit never says it handed everything over
+            tokio::spawn(async move { me.settle_install(id, epoch).await });
+        }
+        act
+    }
+
+    /// A move's target whose source did not say it handed everything over within
+    /// DRAIN_WAIT: the directory decides whether it runs here.
+    async fn settle_install(&self, id: AgentId, epoch: u64) {
+        tokio::time::sleep(DRAIN_WAIT).await;
+        if !self.host.is_installed(&id, epoch) {
+            return;
+        }
+        let here = Location {
+            node: self.me.clone(),
+            epoch,
+        };
+        match self.lookup(&id).await {
+            Ok(Ok(DirAnswer::Location(Some(loc)))) if loc == here => {
+                warn!(agent = %id, "its move's source went silent after the commit; it runs here");
+                self.host.drained(&id, epoch);
+            }
+            Ok(Ok(_)) => self.host.discard(&id, epoch),
+            // the directory cannot say: ask again later
+            _ => Box::pin(self.settle_install(id, epoch)).await,
+        }
     }
 
     /// Why an activation is refused here while the node is drained.
