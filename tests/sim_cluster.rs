@@ -163,6 +163,56 @@ fn schedules_0750_1000_keep_every_invariant() {
     run(750..1000);
 }
 
+/// Runs `seeds` with live migrations among the faults (`schedule::random_with_moves`).
+fn run_moving(seeds: std::ops::Range<u64>) {
+    let t0 = Instant::now();
+    let n = seeds.end - seeds.start;
+    let mut failures = Vec::new();
+    let mut acked = 0;
+    for seed in seeds {
+        let trace = std::env::var("TETHER_SIM_TRACE").is_ok();
+        match schedule::run_with_moves(seed, roles(), trace) {
+            Ok(o) => acked += o.acked,
+            Err(e) => failures.push(e),
+        }
+    }
+    eprintln!(
+        "{n} schedules with moves in {:.1}s: {acked} operations acknowledged, {} failed",
+        t0.elapsed().as_secs_f64(),
+        failures.len()
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// Replays one seed of the schedules with moves, traced: `TETHER_SIM_MOVES_SEED=N`.
+#[test]
+fn replay_with_moves() {
+    let Some(seed) = std::env::var("TETHER_SIM_MOVES_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    else {
+        return;
+    };
+    let r = schedule::run_with_moves(seed, roles(), true);
+    eprintln!("{r:?}");
+    assert!(r.is_ok());
+}
+
+#[test]
+fn schedules_with_moves_keep_every_invariant() {
+    run_moving(0..300);
+}
+
+#[test]
+#[ignore = "slow: run with --release --ignored"]
+fn stress_schedules_with_moves_keep_every_invariant() {
+    let n: u64 = std::env::var("TETHER_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5_000);
+    run_moving(1_000..1_000 + n);
+}
+
 #[test]
 #[ignore = "slow: run with --release --ignored"]
 fn stress_schedules_keep_every_invariant() {

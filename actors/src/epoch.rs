@@ -3,13 +3,17 @@
 //! An epoch is a `u64` made of two parts:
 //!
 //! ```text
-//!  63            40 39                                   0
-//! ┌────────────────┬──────────────────────────────────────┐
-//! │ generation     │ tag: who allocated it                │
-//! └────────────────┴──────────────────────────────────────┘
+//!  63        48 47     40 39                                   0
+//! ┌────────────┬─────────┬──────────────────────────────────────┐
+//! │ generation │ moves   │ tag: who allocated it                │
+//! └────────────┴─────────┴──────────────────────────────────────┘
 //! ```
 //!
 //! The generation orders activations: a new one is one past the newest the allocator knows.
+//! A live migration keeps the generation and counts one more move: a placement by an owner
+//! (a spawn, a failover) outranks every move of the activations before it. That matters when
+//! a move is made on one side of a split before that side notices it, and the other side's
+//! owner fails the same agent over: the failover's activation must be the newer one.
 //! The tag tells apart activations that were given the same generation by allocators that did
 //! not know of each other (an owner that lost its entries in a crash, two owners on either side
 //! of a partition): it is derived from the allocator's name, its incarnation (which grows with
@@ -27,12 +31,20 @@ use std::hash::{Hash, Hasher};
 
 /// Bits of an epoch that hold the tag.
 pub const TAG_BITS: u32 = 40;
+/// Bits of an epoch that count the moves within a generation.
+pub const MOVE_BITS: u32 = 8;
 const TAG_MASK: u64 = (1 << TAG_BITS) - 1;
-const MAX_GENERATION: u64 = u64::MAX >> TAG_BITS;
+const MAX_MOVES: u64 = (1 << MOVE_BITS) - 1;
+const MAX_GENERATION: u64 = u64::MAX >> (TAG_BITS + MOVE_BITS);
 
 /// The generation of `epoch`.
 pub fn generation(epoch: u64) -> u64 {
-    epoch >> TAG_BITS
+    epoch >> (TAG_BITS + MOVE_BITS)
+}
+
+/// The moves of `epoch` within its generation.
+pub fn moves(epoch: u64) -> u64 {
+    (epoch >> TAG_BITS) & MAX_MOVES
 }
 
 /// The tag of `epoch`.
@@ -55,7 +67,14 @@ pub fn tag_of(node: &str, life: u64, seq: u64) -> u64 {
 /// activations apart.
 pub fn next(newest: u64, tag: u64) -> u64 {
     let generation = (generation(newest) + 1).min(MAX_GENERATION);
-    (generation << TAG_BITS) | (tag & TAG_MASK)
+    (generation << (TAG_BITS + MOVE_BITS)) | (tag & TAG_MASK)
+}
+
+/// The epoch of `current` moved to another node: the same generation, one more move (past
+/// the last count the move stays, and the tag tells them apart).
+pub fn next_move(current: u64, tag: u64) -> u64 {
+    let moves = (moves(current) + 1).min(MAX_MOVES);
+    (generation(current) << (TAG_BITS + MOVE_BITS)) | (moves << TAG_BITS) | (tag & TAG_MASK)
 }
 
 /// How an epoch reads in logs and the CLI: `generation.tag` (the tag in hex), or just the
@@ -65,9 +84,10 @@ pub struct Shown(pub u64);
 
 impl fmt::Display for Shown {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match generation(self.0) {
-            0 => write!(f, "{}", self.0),
-            g => write!(f, "{g}.{:010x}", tag(self.0)),
+        match (generation(self.0), moves(self.0)) {
+            (0, 0) => write!(f, "{}", self.0),
+            (g, 0) => write!(f, "{g}.{:010x}", tag(self.0)),
+            (g, m) => write!(f, "{g}m{m}.{:010x}", tag(self.0)),
         }
     }
 }
@@ -103,8 +123,21 @@ mod tests {
     }
 
     #[test]
+    fn a_move_keeps_the_generation_and_any_placement_outranks_it() {
+        let placed = next(0, tag_of("r1", 1, 1));
+        let moved = next_move(placed, tag_of("r2", 1, 1));
+        let moved_again = next_move(moved, tag_of("r3", 1, 1));
+        assert!(placed < moved && moved < moved_again);
+        assert_eq!((generation(moved_again), moves(moved_again)), (1, 2));
+        // the other side of a split fails the first activation over: that one wins
+        let failover = next(placed, 1);
+        assert!(failover > moved_again);
+        assert_eq!(Shown(moved).to_string().split('.').next(), Some("1m1"));
+    }
+
+    #[test]
     fn the_last_generation_saturates() {
-        let last = (MAX_GENERATION << TAG_BITS) | 7;
+        let last = (MAX_GENERATION << (TAG_BITS + MOVE_BITS)) | 7;
         assert_eq!(generation(next(last, 9)), MAX_GENERATION);
         assert_eq!(tag(next(last, 9)), 9);
     }

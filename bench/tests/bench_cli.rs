@@ -34,7 +34,11 @@ fn remote_rows_report_every_metric_with_its_anchors() {
             "remote_ask_rtt_p99_us",
             "acked_ask_p50_us",
             "remote_spawn_p50_ms",
-            "remote_spawn_p99_ms"
+            "remote_spawn_p99_ms",
+            "migration_pause_64k_p50_ms",
+            "migration_pause_64k_p99_ms",
+            "migration_pause_1m_p99_ms",
+            "throughput_while_migrating"
         ]
     );
     for m in metrics {
@@ -46,6 +50,14 @@ fn remote_rows_report_every_metric_with_its_anchors() {
         );
         assert_eq!(m["repetitions"], 3, "{m}");
         let anchors = m["anchors"].as_object().unwrap();
+        // the pauses are measured against their goals alone
+        if m["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("migration_pause"))
+        {
+            assert!(anchors.is_empty(), "{m}");
+            continue;
+        }
         assert!(!anchors.is_empty(), "{m}");
         for (name, a) in anchors {
             let a = a.as_f64().unwrap();

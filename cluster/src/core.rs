@@ -453,10 +453,50 @@ impl ClusterCore {
         ticket
     }
 
-    /// A new epoch for an activation of this node, one generation past `newest` (a move's
-    /// target epoch).
-    pub fn new_epoch(&mut self, now: Instant, newest: u64) -> u64 {
-        self.raw_call(now, |_, cx| cx.new_epoch(newest))
+    /// The epoch of `current` moved to another node (see [`tether_actors::epoch::next_move`]),
+    /// tagged by this node.
+    pub fn move_epoch(&mut self, now: Instant, current: u64) -> u64 {
+        self.raw_call(now, |_, cx| cx.move_epoch(current))
+    }
+
+    /// The directory owner of `id` in this node's view now.
+    pub fn owner_of(&self, id: &AgentId) -> Option<String> {
+        let view = self.members.up_view();
+        directory::owner(id.as_str(), view.remotes()).map(str::to_owned)
+    }
+
+    /// Where `id` runs, asked of `node` itself (a move's source asks the owner it sent its
+    /// commit to, not whichever node owns the id in its view now); ends like a lookup. A node
+    /// decided down is not asked: the owner of this node's view is.
+    pub fn lookup_at(&mut self, now: Instant, id: AgentId, node: &str) -> Ticket {
+        let ticket = self
+            .io
+            .new_ticket(Want::Location, now + LOOKUP_TIMEOUT, &id);
+        let gone = matches!(self.members.state_of(node), Some(PeerState::Down) | None)
+            && node != self.me();
+        let node = match gone {
+            true => match self.owner_of(&id) {
+                Some(o) => o,
+                None => {
+                    let e = AgentError::NoDirectory("no remote node is reachable".into());
+                    self.io.complete(ticket, Err(e), &self.members);
+                    return ticket;
+                }
+            },
+            false => node.to_owned(),
+        };
+        if node == self.me() {
+            let reply = ReplyTo::Local(ticket);
+            self.call(now, |role, cx| role.lookup(cx, reply, id));
+            return ticket;
+        }
+        let state = self.members.state_of(&node);
+        self.io
+            .request_for_ticket(ticket, &node, state, &self.members, |req| DirMsg::Lookup {
+                req,
+                id,
+            });
+        ticket
     }
 
     /// Commits a live migration of `id` at its owner (see [`DirMsg::Move`]); ends with its

@@ -30,6 +30,12 @@ pub trait HostView: Send + Sync {
     fn epoch_of(&self, id: &AgentId) -> Option<u64>;
     /// Whether `id` runs here and is local-only.
     fn is_local_only(&self, id: &AgentId) -> bool;
+
+    /// Whether activation `epoch` of `id` is here: running, restarting, or installed for a
+    /// move and waiting for its source's hand-over (see `tether_cluster::migration`).
+    fn holds(&self, id: &AgentId, epoch: u64) -> bool {
+        self.epoch_of(id) == Some(epoch)
+    }
 }
 
 impl HostView for Host {
@@ -39,6 +45,10 @@ impl HostView for Host {
 
     fn is_local_only(&self, id: &AgentId) -> bool {
         self.placement_of(id).is_some_and(|p| p.is_local_only())
+    }
+
+    fn holds(&self, id: &AgentId, epoch: u64) -> bool {
+        Host::epoch_of(self, id) == Some(epoch) || self.is_installed(id, epoch)
     }
 }
 

@@ -21,8 +21,12 @@
 //!    Discard{e'} ─▶ target drops the instance; the source runs it again from the frozen
 //!    state, same epoch, messages in order
 //!  commit answer lost (timeout, owner lost): the commit is asked again (the owner answers
-//!    "already there" to a repeat); still unknown after COMMIT_TRIES: a lookup decides; if
-//!    even that fails, the target's instance is discarded first and the source resumes
+//!    "already there" to a repeat); still unknown after COMMIT_TRIES, the owner the commit
+//!    went to is asked where the agent runs (its entry tells, the commit having reached it
+//!    first on the same stream): the target (committed), the source (abort), elsewhere (a
+//!    failover won: neither runs); while it cannot say, the agent stays frozen
+//!  a move's target not told within DRAIN_WAIT asks the directory: named, it runs; not, it
+//!    drops what it installed
 //! ```
 //!
 //! **Why at most one instance.** The target's instance receives nothing until the owner's
@@ -86,6 +90,8 @@ pub enum CommitOutcome {
     Refused(AgentError),
     /// No answer that says: ask again.
     Unknown(AgentError),
+    /// The owner placed the agent elsewhere meanwhile: neither instance of the move runs.
+    Elsewhere(AgentError),
 }
 
 impl CommitOutcome {

@@ -340,6 +340,15 @@ impl Cx<'_> {
         tether_actors::epoch::next(newest, tag)
     }
 
+    /// A move's epoch for an activation now at `current` (see
+    /// [`tether_actors::epoch::next_move`]), tagged as [`Cx::new_epoch`] tags.
+    pub fn move_epoch(&mut self, current: u64) -> u64 {
+        self.io.epochs += 1;
+        let me = self.members.me();
+        let tag = tether_actors::epoch::tag_of(&me.name, me.incarnation, self.io.epochs);
+        tether_actors::epoch::next_move(current, tag)
+    }
+
     /// A peer's state (`None`: unknown).
     pub fn state_of(&self, node: &str) -> Option<PeerState> {
         self.members.state_of(node)

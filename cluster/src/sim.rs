@@ -27,6 +27,7 @@
 pub mod check;
 mod driver;
 mod host;
+mod moves;
 mod net;
 pub(crate) mod rng;
 pub mod schedule;
@@ -140,6 +141,19 @@ pub(crate) enum DataMsg {
         qid: u64,
         result: Result<(), tether_actors::AgentError>,
     },
+    /// A move's install, source to target (see [`moves`]).
+    Install {
+        op: u64,
+        id: AgentId,
+        epoch: u64,
+        marks: BTreeMap<String, u64>,
+    },
+    /// Its answer.
+    Installed { op: u64, ok: bool },
+    /// The source handed everything over: the target serves.
+    Drained { id: AgentId, epoch: u64 },
+    /// The move was aborted: the target drops what it installed.
+    Discard { id: AgentId, epoch: u64 },
 }
 
 #[derive(Debug)]
@@ -168,6 +182,25 @@ pub(crate) enum Kind {
     Fenced {
         node: usize,
         life: u64,
+    },
+    /// A move's source stops waiting for the install.
+    MoveTimeout {
+        node: usize,
+        life: u64,
+        op: u64,
+    },
+    /// A move's source asks again where the agent of an unanswered commit runs.
+    Outcome {
+        node: usize,
+        life: u64,
+        op: u64,
+    },
+    /// A move's target asks the directory whether what it installed runs there.
+    InstallCheck {
+        node: usize,
+        life: u64,
+        id: AgentId,
+        epoch: u64,
     },
     Links,
 }
@@ -199,8 +232,28 @@ impl Ord for Event {
 /// What a node's request (a ticket of its core) is for.
 #[derive(Debug, Clone)]
 pub(crate) enum Purpose {
-    Spawn { op: u64, id: AgentId },
-    LookupForApply { op: u64, id: AgentId, seq: u64 },
+    Spawn {
+        op: u64,
+        id: AgentId,
+    },
+    LookupForApply {
+        op: u64,
+        id: AgentId,
+        seq: u64,
+    },
+    /// A move's commit at the owner.
+    Commit {
+        op: u64,
+    },
+    /// Where the agent of a commit that was not answered runs.
+    Outcome {
+        op: u64,
+    },
+    /// A move's target asking where the agent it installed runs.
+    InstallCheck {
+        id: AgentId,
+        epoch: u64,
+    },
 }
 
 /// A client operation waiting for its end.
@@ -235,6 +288,8 @@ pub(crate) struct SimNode {
     pub(crate) seqs: BTreeMap<AgentId, u64>,
     /// How it saw its peers at the last trace line (for tracing changes only).
     pub(crate) seen: String,
+    /// Moves this node is the source of, by op.
+    pub(crate) moves: BTreeMap<u64, moves::Move>,
 }
 
 /// A simulation (see the module doc).
@@ -311,6 +366,7 @@ impl<R: Roles> Sim<R> {
                 quarantined: BTreeSet::new(),
                 seqs: BTreeMap::new(),
                 seen: String::new(),
+                moves: BTreeMap::new(),
             });
         }
         for i in 0..n {
@@ -412,9 +468,12 @@ impl<R: Roles> Sim<R> {
 
     fn handle(&mut self, kind: Kind) {
         let node = match &kind {
-            Kind::Tick { node, .. } | Kind::Activated { node, .. } | Kind::Fenced { node, .. } => {
-                Some(*node)
-            }
+            Kind::Tick { node, .. }
+            | Kind::Activated { node, .. }
+            | Kind::Fenced { node, .. }
+            | Kind::MoveTimeout { node, .. }
+            | Kind::Outcome { node, .. }
+            | Kind::InstallCheck { node, .. } => Some(*node),
             Kind::Arrive { to, .. } | Kind::Datagram { to, .. } => Some(*to),
             Kind::Links => None,
         };
@@ -700,6 +759,7 @@ impl<R: Roles> Sim<R> {
         let node = &mut self.nodes[i];
         node.core = None;
         node.host.clear();
+        node.moves.clear();
         node.paused_until = None;
         node.deferred.clear();
         // its clients went down with it

@@ -173,7 +173,7 @@ impl Owner {
     /// host does not run it. Such an entry is failed over.
     pub(crate) fn gone(cx: &Cx<'_>, id: &AgentId, e: &Entry) -> bool {
         if *e.node == *cx.me() {
-            return cx.life_of(&e.node) != Some(e.life) || cx.host.epoch_of(id) != Some(e.epoch);
+            return cx.life_of(&e.node) != Some(e.life) || !cx.host.holds(id, e.epoch);
         }
         match cx.members.get(&e.node) {
             None => false,
@@ -335,8 +335,11 @@ impl Owner {
             let life = cx.life_of(&f.node).unwrap_or_default();
             Entry::found(self.entries.name(&f.node), life, f.epoch)
         };
+        // a newer activation found wins; so does any found where the known one was stopped
+        // (evicted, failed): it serves now, and placing another would double it (a move made
+        // on one side of a split can give the other side's failover an older epoch)
         let existing = match (known, found) {
-            (Some(e), Some(f)) if f.epoch > e.epoch => Some(Entry {
+            (Some(e), Some(f)) if f.epoch > e.epoch || !e.usable() => Some(Entry {
                 spec: e.spec.clone(),
                 ..entry_of(&f)
             }),

@@ -426,6 +426,33 @@ impl Host {
         debug!(agent = %id, epoch, "installed agent runs");
     }
 
+    /// A frozen agent whose move lost to a placement elsewhere: neither it nor what waited
+    /// for it runs here; the askers learn it is not here (their next send finds it).
+    pub fn drop_frozen(&self, id: &AgentId, calls: Vec<Call>) {
+        let Some((_, slot)) = self
+            .down
+            .remove_if(id, |_, d| d.status == DownStatus::Moving)
+        else {
+            return;
+        };
+        let waited = slot
+            .queue
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .into_iter()
+            .map(|(d, body, reply)| into_call(d, body, reply).1);
+        for call in calls.into_iter().chain(waited) {
+            slot.stats.settle(1);
+            if let Some(r) = call.reply {
+                let _ = r.send(Err(AgentError::NotHere {
+                    id: id.to_string(),
+                    node: self.node.to_string(),
+                }));
+            }
+        }
+        warn!(agent = %id, "frozen instance dropped: the agent was placed elsewhere");
+    }
+
     /// Drops an instance installed for a move that was aborted (no `on_stop`: it never ran for
     /// everyone); what others sent it meanwhile goes where the agent still runs, if this node
     /// knows, else fails with why.

@@ -38,7 +38,7 @@ impl Driver {
         };
         let policy = self.check_move(&id, &to).await?;
         let frozen = self.host.freeze(&id, FREEZE_WITHIN).await?;
-        let new_epoch = self.with(|c, now| c.new_epoch(now, epoch));
+        let new_epoch = self.with(|c, now| c.move_epoch(now, epoch));
         let state_bytes = frozen.checkpoint.state.len();
         let spec = AgentSpec::of(&frozen.record, policy, None);
         let install = self
@@ -76,12 +76,44 @@ impl Driver {
             node: to.clone(),
             epoch: new_epoch,
         };
-        match self.commit(&id, from, there).await {
-            CommitOutcome::Committed => {}
-            CommitOutcome::Refused(e) | CommitOutcome::Unknown(e) => {
-                return self.abort(frozen, &to, new_epoch, e.to_string()).await;
+        let owner = self.read(|c| c.owner_of(&id)).unwrap_or_default();
+        match self.commit(&id, from.clone(), there.clone(), &owner).await {
+            CommitOutcome::Committed => self.finish(frozen, &to, new_epoch, state_bytes).await,
+            CommitOutcome::Refused(e) => self.abort(frozen, &to, new_epoch, e.to_string()).await,
+            CommitOutcome::Elsewhere(e) => {
+                self.lost_to_elsewhere(frozen, &to, new_epoch).await;
+                Err(e)
+            }
+            CommitOutcome::Unknown(e) => {
+                // the commit may have happened: the agent stays frozen (it serves nowhere,
+                // what comes for it waits) until the owner it went to can say
+                if let Some(me) = self.arc() {
+                    tokio::spawn(async move {
+                        me.settle_move(frozen, to, from, there, owner, state_bytes)
+                            .await
+                    });
+                }
+                Err(not_moved(
+                    &id,
+                    format!(
+                        "the commit was not answered ({e}); it stays frozen until its \
+                         directory owner says whether it moved"
+                    ),
+                ))
             }
         }
+    }
+
+    /// After the commit: forgotten by this node's supervision, what it had not handled and
+    /// what waited go to the target in order, and the target runs it for everyone.
+    async fn finish(
+        &self,
+        frozen: FrozenAgent,
+        to: &str,
+        new_epoch: u64,
+        state_bytes: usize,
+    ) -> Result<MoveReport, AgentError> {
+        let id = frozen.checkpoint.id.clone();
         if let Err(e) = self.sup.forget(&id).await {
             warn!(agent = %id, error = %e, "a moved agent stays in this node's supervision tree");
         }
@@ -91,9 +123,9 @@ impl Driver {
         // what it had not handled and what waited go first, on this node's stream to the
         // target; then this node's own senders go there too, behind them on the same stream;
         // then the target runs it for everyone
-        self.host.moved(&id, &to, new_epoch, calls);
+        self.host.moved(&id, to, new_epoch, calls);
         let there = Location {
-            node: to.clone(),
+            node: to.to_owned(),
             epoch: new_epoch,
         };
         self.routes.set(&self.me, &id, &there);
@@ -102,7 +134,7 @@ impl Driver {
             id: id.clone(),
             epoch: new_epoch,
         };
-        if let Err(e) = self.io.request(&to, drained, INSTALL_TIMEOUT).await {
+        if let Err(e) = self.io.request(to, drained, INSTALL_TIMEOUT).await {
             warn!(agent = %id, %to, error = %e, "the target did not hear that the move was handed over; it asks the directory");
         }
         let pause_ms = frozen_at.elapsed().as_secs_f64() * 1e3;
@@ -110,11 +142,62 @@ impl Driver {
         Ok(MoveReport {
             agent: id.to_string(),
             from: self.me.clone(),
-            to,
+            to: to.to_owned(),
             epoch: new_epoch,
             pause_ms,
             state_bytes,
         })
+    }
+
+    /// A move whose commit was not answered: asks the owner it went to, until it can say.
+    async fn settle_move(
+        &self,
+        frozen: FrozenAgent,
+        to: String,
+        from: Location,
+        there: Location,
+        owner: String,
+        state_bytes: usize,
+    ) {
+        let id = frozen.checkpoint.id.clone();
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            match self.outcome(&id, &from, &there, &owner).await {
+                CommitOutcome::Committed => {
+                    let _ = self.finish(frozen, &to, there.epoch, state_bytes).await;
+                    return;
+                }
+                CommitOutcome::Refused(e) => {
+                    let _ = self.abort(frozen, &to, there.epoch, e.to_string()).await;
+                    return;
+                }
+                CommitOutcome::Elsewhere(_) => {
+                    return self.lost_to_elsewhere(frozen, &to, there.epoch).await;
+                }
+                CommitOutcome::Unknown(_) => {}
+            }
+        }
+    }
+
+    /// The directory placed the agent elsewhere meanwhile: neither the frozen instance here
+    /// nor the one installed on the target may run.
+    async fn lost_to_elsewhere(&self, frozen: FrozenAgent, to: &str, epoch: u64) {
+        let id = frozen.checkpoint.id.clone();
+        warn!(agent = %id, "placed elsewhere while it moved: the frozen instance is dropped");
+        let _ = self
+            .io
+            .request(
+                to,
+                |req| Request::Discard {
+                    req,
+                    id: id.clone(),
+                    epoch,
+                },
+                INSTALL_TIMEOUT,
+            )
+            .await;
+        let _ = self.sup.forget(&id).await;
+        self.host.drop_frozen(&id, frozen.calls);
     }
 
     /// Refuses new activations here (a node being drained), or takes them again.
@@ -198,10 +281,15 @@ impl Driver {
         }
     }
 
-    /// Asks the owner to commit, again while the answer says nothing; a lookup decides a
-    /// commit whose answer never came.
-    async fn commit(&self, id: &AgentId, from: Location, to: Location) -> CommitOutcome {
-        let mut last = None;
+    /// Asks the owner to commit, again while the answer says nothing; then asks the owner
+    /// the commit went to where the agent runs (see [`Driver::outcome`]).
+    async fn commit(
+        &self,
+        id: &AgentId,
+        from: Location,
+        to: Location,
+        owner: &str,
+    ) -> CommitOutcome {
         for attempt in 0..COMMIT_TRIES {
             let rx = self.with(|c, now| {
                 let t = c.commit_move(now, id.clone(), from.clone(), to.clone());
@@ -213,20 +301,39 @@ impl Driver {
             match CommitOutcome::of(result.map(|_: DirAnswer| ())) {
                 CommitOutcome::Unknown(e) => {
                     warn!(agent = %id, attempt, error = %e, "commit of a move not answered");
-                    last = Some(e);
                     tokio::time::sleep(Duration::from_millis(200 << attempt.min(4))).await;
                 }
                 decided => return decided,
             }
         }
-        match self.lookup(id).await {
-            Ok(Ok(DirAnswer::Location(Some(loc)))) if loc == to => CommitOutcome::Committed,
-            Ok(Ok(DirAnswer::Location(Some(loc)))) if loc == from => {
+        self.outcome(id, &from, &to, owner).await
+    }
+
+    /// Where the agent of an unanswered commit runs, as the owner the commit went to says
+    /// (the owner now, once that one is decided down): a commit sent before on the same
+    /// stream was answered before this lookup, so its entry tells.
+    async fn outcome(
+        &self,
+        id: &AgentId,
+        from: &Location,
+        to: &Location,
+        owner: &str,
+    ) -> CommitOutcome {
+        let rx = self.with(|c, now| {
+            let t = c.lookup_at(now, id.clone(), owner);
+            self.ticket(t)
+        });
+        match rx.await {
+            Ok(Ok(DirAnswer::Location(Some(loc)))) if loc == *to => CommitOutcome::Committed,
+            Ok(Ok(DirAnswer::Location(Some(loc)))) if loc == *from => {
                 CommitOutcome::Refused(not_moved(id, "its owner did not commit it"))
             }
-            _ => CommitOutcome::Unknown(
-                last.unwrap_or_else(|| not_moved(id, "the commit was never answered")),
-            ),
+            Ok(Ok(DirAnswer::Location(Some(loc)))) => CommitOutcome::Elsewhere(not_moved(
+                id,
+                format!("its owner placed it on {} meanwhile", loc.node),
+            )),
+            Ok(Err(e)) => CommitOutcome::Unknown(e),
+            _ => CommitOutcome::Unknown(not_moved(id, "the commit was never answered")),
         }
     }
 

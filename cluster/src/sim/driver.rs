@@ -80,6 +80,26 @@ impl<R: Roles> Sim<R> {
                     self.fenced(node);
                 }
             }
+            Kind::MoveTimeout { node, life, op } => {
+                if self.nodes[node].life == life {
+                    self.move_timed_out(node, op);
+                }
+            }
+            Kind::Outcome { node, life, op } => {
+                if self.nodes[node].life == life && self.nodes[node].moves.contains_key(&op) {
+                    self.ask_outcome_again(node, op);
+                }
+            }
+            Kind::InstallCheck {
+                node,
+                life,
+                id,
+                epoch,
+            } => {
+                if self.nodes[node].life == life {
+                    self.check_install(node, id, epoch);
+                }
+            }
             Kind::Links => {}
         }
     }
@@ -388,6 +408,9 @@ impl<R: Roles> Sim<R> {
                 }
                 _ => self.op_ended(op, false),
             },
+            Purpose::Commit { op } => self.committed(i, op, result),
+            Purpose::Outcome { op } => self.outcome(i, op, result),
+            Purpose::InstallCheck { id, epoch } => self.install_checked(i, id, epoch, result),
         }
     }
 
@@ -432,6 +455,7 @@ impl<R: Roles> Sim<R> {
                     self.pump(at);
                 }
             }
+            other => self.move_data(at, from, other),
         }
     }
 

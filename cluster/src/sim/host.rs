@@ -8,11 +8,24 @@ use tether_actors::{AgentError, AgentId};
 
 use crate::core::HostView;
 
+/// Where a hosted agent is in a move (see `tether_cluster::migration`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum Stage {
+    /// It serves.
+    #[default]
+    Running,
+    /// Frozen at the source: it serves nothing, and runs again if the move is aborted.
+    Frozen,
+    /// Installed at the target: it serves nothing until the source says it handed over.
+    Installed,
+}
+
 /// One agent hosted by a simulated node.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Hosted {
     pub(crate) epoch: u64,
     pub(crate) local_only: bool,
+    pub(crate) stage: Stage,
     /// Last sequence number applied, per sender.
     pub(crate) last_seq: BTreeMap<String, u64>,
 }
@@ -25,11 +38,19 @@ pub(crate) struct SimHost {
 
 impl HostView for SimHost {
     fn epoch_of(&self, id: &AgentId) -> Option<u64> {
-        self.lock().get(id).map(|h| h.epoch)
+        // a frozen agent runs here until its move commits; an installed one does not yet
+        self.lock()
+            .get(id)
+            .filter(|h| h.stage != Stage::Installed)
+            .map(|h| h.epoch)
     }
 
     fn is_local_only(&self, id: &AgentId) -> bool {
         self.lock().get(id).is_some_and(|h| h.local_only)
+    }
+
+    fn holds(&self, id: &AgentId, epoch: u64) -> bool {
+        self.lock().get(id).is_some_and(|h| h.epoch == epoch)
     }
 }
 
@@ -42,7 +63,7 @@ impl SimHost {
     /// Returns the epoch that runs, and whether it was created now.
     pub(crate) fn activate(&self, id: &AgentId, epoch: u64, local_only: bool) -> (u64, bool) {
         let mut agents = self.lock();
-        if let Some(h) = agents.get(id) {
+        if let Some(h) = agents.get(id).filter(|h| h.stage != Stage::Installed) {
             return (h.epoch, false);
         }
         agents.insert(
@@ -50,7 +71,7 @@ impl SimHost {
             Hosted {
                 epoch,
                 local_only,
-                last_seq: BTreeMap::new(),
+                ..Hosted::default()
             },
         );
         (epoch, true)
@@ -71,7 +92,15 @@ impl SimHost {
         let mut agents = self.lock();
         let h = agents
             .get_mut(id)
+            .filter(|h| h.stage != Stage::Installed)
             .ok_or_else(|| AgentError::NotFound { id: id.to_string() })?;
+        if h.stage == Stage::Frozen {
+            // (a real host holds it for the move's outcome; refusing is the stricter model)
+            return Err(AgentError::Unavailable {
+                id: id.to_string(),
+                reason: "moving".into(),
+            });
+        }
         if epoch != 0 && epoch < h.epoch {
             return Err(AgentError::StaleEpoch {
                 id: id.to_string(),
@@ -99,11 +128,73 @@ impl SimHost {
             .collect()
     }
 
-    /// What runs here.
+    /// What serves here (not frozen, not merely installed).
     pub(crate) fn list(&self) -> Vec<(AgentId, u64)> {
         self.lock()
             .iter()
+            .filter(|(_, h)| h.stage == Stage::Running)
             .map(|(id, h)| (id.clone(), h.epoch))
             .collect()
+    }
+
+    /// Freezes `id` for a move: its epoch and sequence marks, if it was running here.
+    pub(crate) fn freeze(&self, id: &AgentId) -> Option<(u64, BTreeMap<String, u64>)> {
+        let mut agents = self.lock();
+        let h = agents
+            .get_mut(id)
+            .filter(|h| h.stage == Stage::Running && !h.local_only)?;
+        h.stage = Stage::Frozen;
+        Some((h.epoch, h.last_seq.clone()))
+    }
+
+    /// Whether `id` is at `stage` as `epoch` here.
+    pub(crate) fn is(&self, id: &AgentId, epoch: u64, stage: Stage) -> bool {
+        self.lock()
+            .get(id)
+            .is_some_and(|h| h.epoch == epoch && h.stage == stage)
+    }
+
+    /// Moves `id` from `from` to `to` at `epoch`, if it is there; whether it was.
+    pub(crate) fn shift(&self, id: &AgentId, epoch: u64, from: Stage, to: Stage) -> bool {
+        let mut agents = self.lock();
+        match agents
+            .get_mut(id)
+            .filter(|h| h.epoch == epoch && h.stage == from)
+        {
+            Some(h) => {
+                h.stage = to;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Drops `id` at `epoch` if it is at `stage` (a committed source, an aborted target).
+    pub(crate) fn drop_at(&self, id: &AgentId, epoch: u64, stage: Stage) {
+        let mut agents = self.lock();
+        if agents
+            .get(id)
+            .is_some_and(|h| h.epoch == epoch && h.stage == stage)
+        {
+            agents.remove(id);
+        }
+    }
+
+    /// Installs `id` as `epoch` with the source's marks; false if it serves here already.
+    pub(crate) fn install(&self, id: &AgentId, epoch: u64, marks: BTreeMap<String, u64>) -> bool {
+        let mut agents = self.lock();
+        if agents.get(id).is_some_and(|h| h.stage != Stage::Installed) {
+            return false;
+        }
+        agents.insert(
+            id.clone(),
+            Hosted {
+                epoch,
+                local_only: false,
+                stage: Stage::Installed,
+                last_seq: marks,
+            },
+        );
+        true
     }
 }

@@ -51,6 +51,9 @@ pub enum Step {
     /// Undo every fault: heal the rules, restart crashed nodes (paused nodes resume by
     /// themselves).
     Heal,
+    /// Move agent `key` (a counter) from where it serves to another remote node (the `.1`th
+    /// of the others); see `super::moves`.
+    Move(String, usize),
 }
 
 /// A schedule: steps at virtual times, and how long to let the cluster settle after the last.
@@ -113,6 +116,28 @@ pub fn random(seed: u64) -> Schedule {
         steps,
         end: t + Duration::from_secs(25),
     }
+}
+
+/// [`random`]`(seed)` with live migrations among the faults: one every 0.3 to 1.2 s from the
+/// first fault to the last heal, of a random counter to a random remote node (drawn from a
+/// stream of their own, so the rest of the schedule is `random(seed)`'s).
+pub fn random_with_moves(seed: u64) -> Schedule {
+    let mut s = random(seed);
+    let mut rng = super::Rng::new(seed ^ 0x0307_e5e5_0307_e5e5);
+    let first = s
+        .steps
+        .iter()
+        .find(|(_, st)| matches!(st, Step::Fault(_)))
+        .map_or(Duration::ZERO, |(at, _)| *at);
+    let last = s.steps.last().map_or(Duration::ZERO, |(at, _)| *at);
+    let mut t = first;
+    while t < last {
+        let key = format!("c{}", rng.below(6));
+        s.steps.push((t, Step::Move(key, rng.below(4) as usize)));
+        t += ms(300 + rng.below(900));
+    }
+    s.steps.sort_by_key(|(at, _)| *at);
+    s
 }
 
 fn random_fault(rng: &mut super::Rng, remotes: usize, local: usize) -> Fault {
@@ -178,6 +203,7 @@ impl<R: Roles> Sim<R> {
             Step::Ask(node, key) => self.ask(*node, &id(key)),
             Step::Tell(node, key) => self.tell(*node, &id(key)),
             Step::Fault(f) => self.fault(f),
+            Step::Move(key, to) => self.migrate(key, *to),
             Step::Heal => {
                 self.heal();
                 for i in 0..self.nodes.len() {
@@ -334,10 +360,26 @@ pub fn run<R: Roles>(seed: u64, roles: R) -> Result<Outcome, String> {
 /// # Errors
 /// As [`run`].
 pub fn run_traced<R: Roles>(seed: u64, roles: R, trace: bool) -> Result<Outcome, String> {
-    let s = random(seed);
+    run_schedule_of(seed, &random(seed), roles, trace)
+}
+
+/// Runs [`random_with_moves`]`(seed)` (see [`run`]).
+///
+/// # Errors
+/// As [`run`].
+pub fn run_with_moves<R: Roles>(seed: u64, roles: R, trace: bool) -> Result<Outcome, String> {
+    run_schedule_of(seed, &random_with_moves(seed), roles, trace)
+}
+
+fn run_schedule_of<R: Roles>(
+    seed: u64,
+    s: &Schedule,
+    roles: R,
+    trace: bool,
+) -> Result<Outcome, String> {
     let mut sim = Sim::new(seed, s.cfg.clone(), roles);
     sim.trace = trace;
-    match sim.run_schedule(&s) {
+    match sim.run_schedule(s) {
         Ok(()) => Ok(Outcome {
             seed,
             steps: s.steps.len(),
@@ -349,7 +391,7 @@ pub fn run_traced<R: Roles>(seed: u64, roles: R, trace: bool) -> Result<Outcome,
             let faults: Vec<String> = s
                 .steps
                 .iter()
-                .filter(|(_, st)| matches!(st, Step::Fault(_) | Step::Heal))
+                .filter(|(_, st)| matches!(st, Step::Fault(_) | Step::Heal | Step::Move(..)))
                 .map(|(at, st)| format!("{:.3}s {st:?}", at.as_secs_f64()))
                 .collect();
             Err(format!(

@@ -35,6 +35,14 @@ impl Owner {
                 node: cx.me().to_owned(),
             });
         }
+        if cx.owner_and_backup(id).0.as_deref() != Some(cx.me()) {
+            // a backup's copy, or a view that changed: only the owner decides (nothing is
+            // committed here, so the source may resume)
+            return Err(AgentError::NotMoved {
+                id: id.to_string(),
+                reason: format!("{} does not own it now; try again", cx.me()),
+            });
+        }
         if self.runs.get(id).is_some_and(|r| !r.queue.is_empty()) {
             return Err(AgentError::Unavailable {
                 id: id.to_string(),
