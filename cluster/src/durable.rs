@@ -42,28 +42,17 @@
 //! wire codec would refuse a `LocalOnly` state anyway).
 //!
 //! # Failover with state
-//! The owner that fails an agent over asks the backup (and the old host, if it is only
-//! unreachable, not asked) for their newest checkpoint, takes the newest [`Version`], and
-//! activates the agent from it with a new epoch (a higher generation) on a node its placement
-//! allows, preferring remote nodes.
+//! An activation of a durable agent (a failover, or its id spawned again) first gathers the
+//! newest checkpoint of this node and of every up remote peer ([`Checkpointer::gather`]; all
+//! must answer, else the activation fails and the failover is tried again), stores it here,
+//! and starts from it with the new epoch; placement prefers remote nodes for agents that do
+//! not prefer the device. A restart under a supervisor starts from the newest checkpoint on
+//! its own node.
 //!
-//! # Live migration: freeze, ship, commit
-//! ```text
-//!   owner                      source (epoch e)                 target
-//!   Moving(e -> e') ──copy to backup, acked──▶
-//!        ├──────── Freeze(e') ─▶ stop at the next message boundary
-//!        │                       (a handler over its deadline aborts)
-//!        │                       checkpoint + unhandled mailbox + timers
-//!        │                       + reply routes ─── Ship (own stream) ──▶ install, not running
-//!        │◀──────────────────────────────────────────────── Installed(e')
-//!   Active(target, e') ──copy to backup, acked──▶
-//!        ├──────── Commit(e') ────────────────────────────────▶ run: shipped mailbox first
-//!        ├──────── Moved(e', target) ─▶ forward late messages on the same stream,
-//!                                       tell senders the new route, then redirect
-//!   any failure before Active: Abort(e') ─▶ the source resumes at e; the target drops e'
-//! ```
-//! After `Active`, the target's checkpoint is the truth: the source's activation is stopped
-//! for good, and a source that comes back from a partition finds its epoch stale.
+//! # Live migration
+//! The protocol (freeze, ship, commit) is in [`crate::migration`]; the host's side in
+//! `tether_actors::host` (`moving`). A move ships the agent's final checkpoint (version
+//! `(epoch, u64::MAX)`); the target stores it before it runs, for a durable agent.
 
 pub mod checkpointer;
 pub mod store;
