@@ -19,8 +19,10 @@ use super::StateDirArg;
 
 The agent stops at a message boundary where it runs, its state and the messages it had not
 handled go to the target, the directory switches to the target, and the agent goes on there
-with a new epoch; messages sent meanwhile wait and follow in order. Nothing runs twice: if any
-step fails, the agent goes on where it was and the command says why (exit status 1).
+with a new epoch; messages sent meanwhile wait and follow in order. Nothing runs twice: if a
+step fails, the agent goes on where it was and the command says why (exit status 1); if the
+directory's answer to the switch is lost, the agent waits, frozen, until its directory owner
+can say where it runs, and goes on there.
 Local-only agents never move, and agents in a supervisor group move only with their group
 (not yet supported).")]
 pub(crate) struct MigrateArgs {
