@@ -499,6 +499,26 @@ impl ClusterCore {
         ticket
     }
 
+    /// Whether `node` runs `id` now, as its host says (a probe); ends like a lookup: the
+    /// location, or [`AgentError::NotFound`] when it does not run it there.
+    pub fn probe_at(&mut self, now: Instant, id: AgentId, node: &str) -> Ticket {
+        let ticket = self
+            .io
+            .new_ticket(Want::Location, now + LOOKUP_TIMEOUT, &id);
+        if node == self.me() {
+            let found = self.probed(&id);
+            self.io.complete(ticket, found, &self.members);
+            return ticket;
+        }
+        let state = self.members.state_of(node);
+        self.io
+            .request_for_ticket(ticket, node, state, &self.members, |req| DirMsg::Probe {
+                req,
+                id,
+            });
+        ticket
+    }
+
     /// Commits a live migration of `id` at its owner (see [`DirMsg::Move`]); ends with its
     /// answer: the activation on `to`, or why not.
     pub fn commit_move(

@@ -249,6 +249,11 @@ pub(crate) enum Purpose {
     Outcome {
         op: u64,
     },
+    /// Whether the host an owner's entry names runs the agent.
+    Verify {
+        op: u64,
+        stale: crate::directory::Location,
+    },
     /// A move's target asking where the agent it installed runs.
     InstallCheck {
         id: AgentId,

@@ -328,12 +328,47 @@ impl Driver {
             Ok(Ok(DirAnswer::Location(Some(loc)))) if loc == *from => {
                 CommitOutcome::Refused(not_moved(id, "its owner did not commit it"))
             }
-            Ok(Ok(DirAnswer::Location(Some(loc)))) => CommitOutcome::Elsewhere(not_moved(
-                id,
-                format!("its owner placed it on {} meanwhile", loc.node),
-            )),
+            Ok(Ok(DirAnswer::Location(Some(loc)))) => self.verify_elsewhere(id, from, loc).await,
             Ok(Err(e)) => CommitOutcome::Unknown(e),
             _ => CommitOutcome::Unknown(not_moved(id, "the commit was never answered")),
+        }
+    }
+
+    /// The owner's entry names another activation: if its host runs it, a failover won (no
+    /// instance of the move runs); if not, the entry is stale (a copy that missed a commit):
+    /// it is set back to the source, which runs the agent again.
+    async fn verify_elsewhere(
+        &self,
+        id: &AgentId,
+        from: &Location,
+        named: Location,
+    ) -> CommitOutcome {
+        let rx = self.with(|c, now| {
+            let t = c.probe_at(now, id.clone(), &named.node);
+            self.ticket(t)
+        });
+        match rx.await {
+            Ok(Ok(DirAnswer::Location(Some(_)))) => CommitOutcome::Elsewhere(not_moved(
+                id,
+                format!("its owner placed it on {} meanwhile", named.node),
+            )),
+            Ok(Err(AgentError::NotFound { .. })) => {
+                // its answer changes nothing here: the agent runs here again either way
+                self.with(|c, now| {
+                    c.commit_move(now, id.clone(), named.clone(), from.clone());
+                });
+                CommitOutcome::Refused(not_moved(
+                    id,
+                    format!(
+                        "its owner's entry named {}, which does not run it; it runs here again",
+                        named.node
+                    ),
+                ))
+            }
+            Ok(Err(e)) => CommitOutcome::Unknown(e),
+            _ => {
+                CommitOutcome::Unknown(not_moved(id, "the node the directory named did not answer"))
+            }
         }
     }
 

@@ -85,11 +85,7 @@ impl<R: Roles> Sim<R> {
                     self.move_timed_out(node, op);
                 }
             }
-            Kind::Outcome { node, life, op } => {
-                if self.nodes[node].life == life && self.nodes[node].moves.contains_key(&op) {
-                    self.ask_outcome_again(node, op);
-                }
-            }
+            Kind::Outcome { node, life, op } => self.ask_outcome_again(node, life, op),
             Kind::InstallCheck {
                 node,
                 life,
@@ -410,6 +406,7 @@ impl<R: Roles> Sim<R> {
             },
             Purpose::Commit { op } => self.committed(i, op, result),
             Purpose::Outcome { op } => self.outcome(i, op, result),
+            Purpose::Verify { op, stale } => self.verified(i, op, stale, result),
             Purpose::InstallCheck { id, epoch } => self.install_checked(i, id, epoch, result),
         }
     }

@@ -239,9 +239,12 @@ impl<R: Roles> Sim<R> {
         }
     }
 
-    /// [`Sim::ask_outcome`], from the event that asks again.
-    pub(super) fn ask_outcome_again(&mut self, i: usize, op: u64) {
-        self.ask_outcome(i, op);
+    /// [`Sim::ask_outcome`], from the event that asks again (of the same life of the node,
+    /// for a move still unsettled).
+    pub(super) fn ask_outcome_again(&mut self, i: usize, life: u64, op: u64) {
+        if self.nodes[i].life == life && self.nodes[i].moves.contains_key(&op) {
+            self.ask_outcome(i, op);
+        }
     }
 
     /// Looks up where the agent of an unanswered commit runs (see [`Sim::outcome`]).
@@ -280,6 +283,22 @@ impl<R: Roles> Sim<R> {
             }
             Ok(DirAnswer::Location(Some(loc))) if loc.node == me && loc.epoch == m.from_epoch => {
                 self.abort(i, op);
+            }
+            Ok(DirAnswer::Location(Some(loc))) => {
+                // the entry names another activation: is it there (a failover won), or is the
+                // entry stale (a copy that missed a commit)? its host says
+                let now = self.at(self.now);
+                let Some(ticket) = self.nodes[i]
+                    .core
+                    .as_mut()
+                    .map(|c| c.probe_at(now, m.id.clone(), &loc.node))
+                else {
+                    return;
+                };
+                self.nodes[i]
+                    .tickets
+                    .insert(ticket, Purpose::Verify { op, stale: loc });
+                self.pump(i);
             }
             Ok(_) => {
                 // placed again elsewhere: neither the frozen nor the installed one serves
@@ -327,6 +346,59 @@ impl<R: Roles> Sim<R> {
     }
 
     /// A target whose source said nothing: the directory decides.
+    /// The host named by the owner's entry answered: it runs the agent (a failover won:
+    /// neither instance of the move runs), or it does not (the entry is stale: the move is
+    /// aborted, and the entry is set back to the source, which runs it again).
+    pub(super) fn verified(
+        &mut self,
+        i: usize,
+        op: u64,
+        stale: Location,
+        result: Result<DirAnswer, AgentError>,
+    ) {
+        let Some(m) = self.nodes[i].moves.get(&op).cloned() else {
+            return;
+        };
+        match result {
+            Ok(DirAnswer::Location(Some(_))) => {
+                self.nodes[i].moves.remove(&op);
+                self.nodes[i]
+                    .host
+                    .drop_at(&m.id, m.from_epoch, Stage::Frozen);
+                let msg = DataMsg::Discard {
+                    id: m.id,
+                    epoch: m.epoch,
+                };
+                self.send(i, m.to, Wire::Data(msg));
+                self.op_ended(op, false);
+            }
+            Err(AgentError::NotFound { .. }) => {
+                self.abort(i, op);
+                let here = Location {
+                    node: self.nodes[i].info.name.clone(),
+                    epoch: m.from_epoch,
+                };
+                let now = self.at(self.now);
+                if let Some(ticket) = self.nodes[i]
+                    .core
+                    .as_mut()
+                    .map(|c| c.commit_move(now, m.id.clone(), stale, here))
+                {
+                    // its answer changes nothing here: the agent runs here either way
+                    let _ = ticket;
+                }
+                self.pump(i);
+            }
+            _ => {
+                let life = self.nodes[i].life;
+                self.push(
+                    self.now + Duration::from_millis(500),
+                    Kind::Outcome { node: i, life, op },
+                );
+            }
+        }
+    }
+
     pub(super) fn check_install(&mut self, j: usize, id: AgentId, epoch: u64) {
         if !self.nodes[j].host.is(&id, epoch, Stage::Installed) {
             return;
