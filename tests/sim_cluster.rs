@@ -198,6 +198,35 @@ fn replay_with_moves() {
     assert!(r.is_ok());
 }
 
+/// Seeds of the schedules with moves that once broke an invariant, and what they found.
+const FOUND_WITH_MOVES: &[(u64, &str)] = &[
+    (
+        3947,
+        "a lookup between a move's commit and its hand-over found the agent nowhere, and the \
+         device's outbox dropped a tell to it as sent to no one",
+    ),
+    (
+        4936,
+        "a backup entry that missed a move's commit sent the move to the wrong activation",
+    ),
+    (
+        5429,
+        "a fence stopped an agent whose owner and backup were across the split: the winning \
+         side had no spawn record and could not place it again",
+    ),
+];
+
+#[test]
+fn seeds_with_moves_that_found_bugs_keep_every_invariant() {
+    let mut failures = Vec::new();
+    for (seed, found) in FOUND_WITH_MOVES {
+        if let Err(e) = schedule::run_with_moves(*seed, roles(), false) {
+            failures.push(format!("(once found: {found})\n{e}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
 #[test]
 fn schedules_with_moves_keep_every_invariant() {
     run_moving(0..300);

@@ -500,6 +500,18 @@ impl Host {
             .or_else(|| self.down.get(id).map(|d| d.spec.record.durability))
     }
 
+    /// The epoch and spawn record of a hosted agent (running, restarting or down).
+    pub fn record_of(&self, id: &AgentId) -> Option<(u64, Arc<SpawnRecord>)> {
+        self.agents
+            .get(id)
+            .map(|h| (h.spec.epoch, h.spec.record.clone()))
+            .or_else(|| {
+                self.down
+                    .get(id)
+                    .map(|d| (d.spec.epoch, d.spec.record.clone()))
+            })
+    }
+
     /// Placement labels of a hosted agent.
     pub fn placement_of(&self, id: &AgentId) -> Option<Placement> {
         self.agents

@@ -658,6 +658,14 @@ impl ClusterCore {
                 reason: format!("{} is placing it now", self.me()),
             });
         }
+        if self.host.installing(id).is_some() {
+            // between a move's commit and its hand-over neither end serves it: "not here"
+            // from both would let the prober decide that the agent runs nowhere
+            return Err(AgentError::Unavailable {
+                id: id.to_string(),
+                reason: format!("a move is installing it on {}", self.me()),
+            });
+        }
         let here = self
             .host
             .epoch_of(id)
@@ -787,7 +795,7 @@ impl ClusterCore {
     }
 
     /// The fence ordered with [`Output::Fence`] finished.
-    pub fn fence_done(&mut self, stopped: usize, now: Instant) {
+    pub fn fence_done(&mut self, stopped: Vec<(AgentId, u64, AgentSpec)>, now: Instant) {
         self.call(now, |role, cx| role.fence_done(cx, stopped));
     }
 }

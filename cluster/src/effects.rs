@@ -34,7 +34,14 @@ pub trait HostView: Send + Sync {
     /// Whether activation `epoch` of `id` is here: running, restarting, or installed for a
     /// move and waiting for its source's hand-over (see `tether_cluster::migration`).
     fn holds(&self, id: &AgentId, epoch: u64) -> bool {
-        self.epoch_of(id) == Some(epoch)
+        self.epoch_of(id) == Some(epoch) || self.installing(id) == Some(epoch)
+    }
+
+    /// The epoch of `id` if it is installed here for a move, not serving yet: the move may
+    /// have committed already, while its source no longer runs it either.
+    fn installing(&self, id: &AgentId) -> Option<u64> {
+        let _ = id;
+        None
     }
 }
 
@@ -47,8 +54,8 @@ impl HostView for Host {
         self.placement_of(id).is_some_and(|p| p.is_local_only())
     }
 
-    fn holds(&self, id: &AgentId, epoch: u64) -> bool {
-        Host::epoch_of(self, id) == Some(epoch) || self.is_installed(id, epoch)
+    fn installing(&self, id: &AgentId) -> Option<u64> {
+        self.installed_epoch(id)
     }
 }
 

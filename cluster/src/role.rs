@@ -244,8 +244,9 @@ pub trait RoleCore: Send + 'static {
         cx.report_exit(id, epoch, reason);
     }
 
-    /// A fence ordered with [`Output::Fence`] finished: `stopped` agents.
-    fn fence_done(&mut self, cx: &mut Cx<'_>, stopped: usize) {
+    /// A fence ordered with [`Output::Fence`] finished: the activations it stopped, with
+    /// their spawn records.
+    fn fence_done(&mut self, cx: &mut Cx<'_>, stopped: Vec<(AgentId, u64, AgentSpec)>) {
         let _ = (cx, stopped);
     }
 

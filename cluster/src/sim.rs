@@ -147,6 +147,7 @@ pub(crate) enum DataMsg {
         id: AgentId,
         epoch: u64,
         marks: BTreeMap<String, u64>,
+        spec: Option<Box<crate::directory::AgentSpec>>,
     },
     /// Its answer.
     Installed { op: u64, ok: bool },

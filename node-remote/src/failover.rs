@@ -19,7 +19,7 @@
 use std::time::{Duration, Instant};
 
 use tether_actors::{Activation, AgentError, AgentId};
-use tether_cluster::directory::DirMsg;
+use tether_cluster::directory::{AgentSpec, DirMsg, EntryCopy};
 use tether_cluster::role::{Cx, NoticeTo, RoleCounters};
 use tracing::{debug, warn};
 
@@ -36,8 +36,9 @@ const FAILOVER_RETRY_MAX: Duration = Duration::from_secs(5);
 pub(crate) struct Failover {
     /// Failovers to try again: when, which, which attempt.
     retries: Vec<(Instant, AgentId, u32)>,
-    /// Activations a fence stopped, reported to their owners when the fence is lifted.
-    evicted: Vec<(AgentId, u64)>,
+    /// Activations a fence stopped, reported to their owners when the fence is lifted, with
+    /// their spawn records.
+    evicted: Vec<(AgentId, u64, Option<AgentSpec>)>,
     pub(crate) counters: RoleCounters,
 }
 
@@ -180,13 +181,35 @@ impl Failover {
     /// An activation of this node ended while fenced: its owner learns it when the fence
     /// lifts.
     pub(crate) fn evicted_here(&mut self, id: AgentId, epoch: u64) {
-        self.evicted.push((id, epoch));
+        if !self.evicted.iter().any(|(i, e, _)| *i == id && *e == epoch) {
+            self.evicted.push((id, epoch, None));
+        }
+    }
+
+    /// The fence stopped these activations: their spawn records are kept for the report.
+    pub(crate) fn fenced_here(&mut self, stopped: Vec<(AgentId, u64, AgentSpec)>) {
+        for (id, epoch, spec) in stopped {
+            match self
+                .evicted
+                .iter_mut()
+                .find(|(i, e, _)| *i == id && *e == epoch)
+            {
+                Some(known) => known.2 = Some(spec),
+                None => self.evicted.push((id, epoch, Some(spec))),
+            }
+        }
     }
 
     /// The fence lifted: the activations it stopped are reported to their owners.
     pub(crate) fn fence_lifted(&mut self, owner: &mut Owner, cx: &mut Cx<'_>) {
-        for (id, epoch) in std::mem::take(&mut self.evicted) {
-            cx.notify(NoticeTo::Owner, DirMsg::Evicted { req: 0, id, epoch });
+        for (id, epoch, spec) in std::mem::take(&mut self.evicted) {
+            let msg = DirMsg::Evicted {
+                req: 0,
+                id,
+                epoch,
+                spec,
+            };
+            cx.notify(NoticeTo::Owner, msg);
         }
         self.reconcile(owner, cx, false);
     }
@@ -197,10 +220,11 @@ impl Failover {
         &mut self,
         owner: &mut Owner,
         cx: &mut Cx<'_>,
-        (id, epoch): (AgentId, u64),
+        (id, epoch, spec): (AgentId, u64, Option<AgentSpec>),
         from: &str,
         fenced: bool,
     ) {
+        let life = cx.life_of(from).unwrap_or_default();
         let matches = match owner.entries.get_mut(&id) {
             Some(e) if &*e.node == from && e.epoch == epoch => {
                 e.evicted = true;
@@ -210,7 +234,6 @@ impl Failover {
             // not known here yet (this owner restarted, or took over before the entry's
             // hand-over came): the fact is kept, and the hand-over brings the spawn record
             _ => {
-                let life = cx.life_of(from).unwrap_or_default();
                 owner.entries.found(&id, from, life, epoch);
                 if let Some(e) = owner.entries.get_mut(&id) {
                     e.evicted = true;
@@ -218,6 +241,18 @@ impl Failover {
                 true
             }
         };
+        if let Some(spec) = spec.filter(|_| matches) {
+            // the host's record fills in an entry rebuilt without one
+            owner.entries.merge(EntryCopy {
+                id: id.clone(),
+                node: from.to_owned(),
+                life,
+                epoch,
+                spec,
+                failed: None,
+                evicted: true,
+            });
+        }
         if !matches {
             debug!(agent = %id, epoch, %from, "eviction of an activation that is no longer current");
         } else if !fenced {
@@ -232,7 +267,7 @@ impl Failover {
         &mut self,
         owner: &mut Owner,
         cx: &mut Cx<'_>,
-        entry: tether_cluster::directory::EntryCopy,
+        entry: EntryCopy,
         fenced: bool,
     ) {
         let id = entry.id.clone();

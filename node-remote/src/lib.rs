@@ -24,7 +24,7 @@ mod quarantine;
 use std::time::{Duration, Instant};
 
 use tether_actors::{Activation, AgentError, AgentId};
-use tether_cluster::directory::{DirAnswer, DirMsg, Location};
+use tether_cluster::directory::{AgentSpec, DirAnswer, DirMsg, Location};
 use tether_cluster::membership::detector::DetectorConfig;
 use tether_cluster::membership::Heartbeat;
 use tether_cluster::role::{
@@ -203,10 +203,12 @@ impl RoleCore for RemoteRole {
                 self.failover
                     .handoff(&mut self.owner, cx, entry, self.split.fenced())
             }
-            DirMsg::Evicted { id, epoch, .. } => {
+            DirMsg::Evicted {
+                id, epoch, spec, ..
+            } => {
                 let fenced = self.split.fenced();
                 self.failover
-                    .evicted_from(&mut self.owner, cx, (id, epoch), from, fenced)
+                    .evicted_from(&mut self.owner, cx, (id, epoch, spec), from, fenced)
             }
             DirMsg::Exited {
                 id, epoch, reason, ..
@@ -236,8 +238,9 @@ impl RoleCore for RemoteRole {
         cx.report_exit(id, epoch, reason);
     }
 
-    fn fence_done(&mut self, _cx: &mut Cx<'_>, stopped: usize) {
-        tracing::warn!(stopped, "fenced: hosted agents stopped");
+    fn fence_done(&mut self, _cx: &mut Cx<'_>, stopped: Vec<(AgentId, u64, AgentSpec)>) {
+        tracing::warn!(stopped = stopped.len(), "fenced: hosted agents stopped");
+        self.failover.fenced_here(stopped);
         self.split.fence_done();
     }
 }

@@ -261,6 +261,13 @@ impl Owner {
             };
             return Some(Ok(Some(here)));
         }
+        if cx.host.installing(id).is_some() {
+            // a move's target before its hand-over (see `probed` in the core)
+            return Some(Err(AgentError::Unavailable {
+                id: id.to_string(),
+                reason: format!("a move is installing it on {}", cx.me()),
+            }));
+        }
         // every remote node not decided down (it may run the agent, or, as the owner in its
         // view, be placing it: it then answers "unavailable"), and every up local node that
         // could host it. A remote node that cannot be asked fails the probe. A local node that

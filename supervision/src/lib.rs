@@ -27,4 +27,4 @@ pub use error::SupervisionError;
 pub use node_supervisor::NodeSupervisor;
 pub use policy::{AgentPolicy, Backoff, Intensity, RestartType, StoredPolicy, Strategy};
 pub use strategy::{ChildId, ChildSpec, ChildStatus, Core, Directive, Exit};
-pub use supervisor::{AddAgent, GroupSpec};
+pub use supervisor::{AddAgent, Fenced, GroupSpec};

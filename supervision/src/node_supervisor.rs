@@ -11,7 +11,8 @@ use tether_actors::{Activation, AgentError, AgentId, Host};
 use crate::error::SupervisionError;
 use crate::policy::{Intensity, Strategy};
 use crate::supervisor::{
-    activate_linked, lock, AddAgent, GroupSpec, Shared, SupMsg, SupervisorActor, SNAPSHOT_TIMEOUT,
+    activate_linked, lock, AddAgent, Fenced, GroupSpec, Shared, SupMsg, SupervisorActor,
+    SNAPSHOT_TIMEOUT,
 };
 use crate::tree::NodeTree;
 
@@ -137,11 +138,11 @@ impl NodeSupervisor {
 
     /// Stops every agent of this node for good, without restarts (the node is fenced: it is
     /// on the losing side of a split, and the winning side will activate them anew). Returns
-    /// how many were stopped.
+    /// what was stopped, with the spawn records.
     ///
     /// # Errors
     /// [`SupervisionError::Unavailable`] if the root supervisor does not answer.
-    pub async fn fence(&self) -> Result<usize, SupervisionError> {
+    pub async fn fence(&self) -> Result<Vec<Fenced>, SupervisionError> {
         self.call_root(SupMsg::Fence, SNAPSHOT_TIMEOUT * 8).await
     }
 
@@ -424,7 +425,17 @@ mod tests {
         sup.activate(a, None).await.unwrap();
         sup.activate(b, None).await.unwrap();
         assert_eq!(ask(&host, &fa, FlakyMsg::Ping).await.unwrap(), "pong");
-        assert_eq!(sup.fence().await.unwrap(), 2);
+        let mut fenced: Vec<String> = sup
+            .fence()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|f| f.id.to_string())
+            .collect();
+        fenced.sort();
+        // each with the spawn record the other side of the split may lack
+        assert_eq!(fenced.len(), 2);
+        assert!(fenced[0].ends_with("dormant") && fenced[1].ends_with("started"));
         let mut seen = Vec::new();
         while seen.len() < 2 {
             let e = tokio::time::timeout(Duration::from_secs(5), exits.recv())

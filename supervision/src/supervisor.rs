@@ -97,7 +97,7 @@ pub enum SupMsg {
     /// Report the subtree.
     Snapshot(RpcReplyPort<SupervisorNode>),
     /// Stop every agent of the subtree for good (the node is fenced); reply how many.
-    Fence(RpcReplyPort<usize>),
+    Fence(RpcReplyPort<Vec<Fenced>>),
     /// Reply once the children activated so far are taken in (see "Spawning under the root").
     Settle(RpcReplyPort<()>),
     /// An agent child moved to another node: forget it here without stopping anything.
@@ -118,6 +118,23 @@ pub(crate) enum Kind {
         spec: Box<GroupSpec>,
         actor: Option<ActorRef<SupMsg>>,
     },
+}
+
+/// An agent a fence stopped, with what it takes to activate it again elsewhere: the node
+/// that placed it may be on the other side of the split, and this host may be the only one
+/// on its side that knows how the agent was spawned.
+#[derive(Debug, Clone)]
+pub struct Fenced {
+    /// The agent.
+    pub id: AgentId,
+    /// The activation stopped.
+    pub epoch: u64,
+    /// How it was spawned.
+    pub record: Arc<SpawnRecord>,
+    /// How it was supervised.
+    pub policy: AgentPolicy,
+    /// The supervisor group it ran under, if not the root.
+    pub group: Option<String>,
 }
 
 pub(crate) struct ChildInfo {
@@ -337,9 +354,9 @@ impl SupervisorActor {
 
     /// Stops every agent under this supervisor (and its groups) without restarting them: they
     /// leave the supervisor first, so their exits are not failures to act on.
-    async fn fence(&self, st: &mut State) -> usize {
+    async fn fence(&self, st: &mut State) -> Vec<Fenced> {
         let host = self.shared.host.clone();
-        let mut stopped = 0;
+        let mut stopped = Vec::new();
         let children: Vec<ChildId> = st.children.keys().copied().collect();
         for c in children {
             let group = match st.children.get(&c).map(|i| &i.kind) {
@@ -352,7 +369,7 @@ impl SupervisorActor {
                     if let Ok(ractor::rpc::CallResult::Success(n)) =
                         a.call(SupMsg::Fence, Some(SNAPSHOT_TIMEOUT * 4)).await
                     {
-                        stopped += n;
+                        stopped.extend(n);
                     }
                 }
                 continue;
@@ -361,10 +378,20 @@ impl SupervisorActor {
                 continue;
             };
             st.core.remove_child(c);
-            if let Kind::Agent { id, .. } = info.kind {
+            if let Kind::Agent { id, policy } = info.kind {
+                let record = host.record_of(&id);
                 host.stop(&id, false).await;
                 host.forget(&id);
-                stopped += 1;
+                if let Some((epoch, record)) = record {
+                    let group = (self.name != "root").then(|| self.name.clone());
+                    stopped.push(Fenced {
+                        id,
+                        epoch,
+                        record,
+                        policy: policy.get(),
+                        group,
+                    });
+                }
             }
         }
         if self.name != "root" {
@@ -612,8 +639,8 @@ impl Actor for SupervisorActor {
                 let _ = reply.send(s);
             }
             SupMsg::Fence(reply) => {
-                let n = self.fence(st).await;
-                let _ = reply.send(n);
+                let stopped = self.fence(st).await;
+                let _ = reply.send(stopped);
             }
             // taken in above, as at every message
             SupMsg::Settle(reply) => {

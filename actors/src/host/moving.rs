@@ -389,9 +389,12 @@ impl Host {
 
     /// Whether `id` is installed here as `epoch`, held for its move.
     pub fn is_installed(&self, id: &AgentId, epoch: u64) -> bool {
-        self.installed
-            .get(id)
-            .is_some_and(|i| i.hosted.spec.epoch == epoch)
+        self.installed_epoch(id) == Some(epoch)
+    }
+
+    /// The epoch `id` is installed here as, held for its move, if it is.
+    pub fn installed_epoch(&self, id: &AgentId) -> Option<u64> {
+        self.installed.get(id).map(|i| i.hosted.spec.epoch)
     }
 
     /// The source of `id`'s move has handed everything over (after the commit): the agent

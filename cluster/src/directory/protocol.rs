@@ -187,6 +187,10 @@ pub enum DirMsg {
         id: AgentId,
         /// The activation the fence stopped.
         epoch: u64,
+        /// How it was spawned, as its host knew it: the owner may hold no spawn record of it
+        /// (the nodes that placed it can be across the split that fenced its host).
+        #[serde(default)]
+        spec: Option<AgentSpec>,
     },
     /// An agent ended on its host (to its owner and backup).
     Exited {
@@ -272,7 +276,7 @@ impl DirMsg {
                     entry.id, entry.epoch, entry.node
                 )
             }
-            DirMsg::Evicted { req, id, epoch } => format!("Evicted#{req} {id}@{epoch}"),
+            DirMsg::Evicted { req, id, epoch, .. } => format!("Evicted#{req} {id}@{epoch}"),
             DirMsg::Exited {
                 req,
                 id,

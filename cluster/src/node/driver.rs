@@ -33,7 +33,7 @@ use crate::agents::peer_io::PeerIo;
 use crate::agents::routes::Routes;
 use crate::agents::{ControlPlane, Target};
 use crate::core::{ActivateOrder, ClusterCore, Output, Ticket};
-use crate::directory::{DirAnswer, DirMsg};
+use crate::directory::{AgentSpec, DirAnswer, DirMsg};
 use crate::membership::detector::PeerState;
 use crate::membership::View;
 use crate::net::links::Links;
@@ -360,15 +360,19 @@ impl Driver {
     }
 
     async fn fence(&self) {
-        let n = match self.sup.fence().await {
-            Ok(n) => n,
+        let stopped = match self.sup.fence().await {
+            Ok(stopped) => stopped,
             Err(e) => {
                 error!(error = %e, "fenced, but the supervisor did not stop the agents");
-                0
+                Vec::new()
             }
         };
+        let stopped = stopped
+            .into_iter()
+            .map(|f| (f.id, f.epoch, AgentSpec::of(&f.record, f.policy, f.group)))
+            .collect();
         self.routes.clear();
-        self.with(|c, now| c.fence_done(n, now));
+        self.with(|c, now| c.fence_done(stopped, now));
     }
 
     async fn deliver(&self, qid: u64, node: String, env: Envelope) {

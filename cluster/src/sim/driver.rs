@@ -131,7 +131,8 @@ impl<R: Roles> Sim<R> {
             })
         } else {
             let local_only = order.record.placement.is_local_only();
-            let (epoch, created) = node.host.activate(&order.id, order.epoch, local_only);
+            let spec = AgentSpec::of(&order.record, order.policy.clone(), order.group.clone());
+            let (epoch, created) = node.host.activate(&order.id, order.epoch, local_only, spec);
             if created {
                 self.say(Some(i), format!("activated {} at epoch {epoch}", order.id));
                 let p = &order.record.placement;
@@ -173,13 +174,17 @@ impl<R: Roles> Sim<R> {
     fn fenced(&mut self, i: usize) {
         let now = self.at(self.now);
         let stopped = self.nodes[i].host.clear();
-        self.say(Some(i), format!("fence stopped {stopped:?}"));
+        let names: Vec<_> = stopped.iter().map(|(id, epoch, _)| (id, epoch)).collect();
+        self.say(Some(i), format!("fence stopped {names:?}"));
         if let Some(c) = self.nodes[i].core.as_mut() {
-            let n = stopped.len();
-            for (id, epoch) in stopped {
-                c.agent_exited(id, epoch, None, now);
+            for (id, epoch, _) in &stopped {
+                c.agent_exited(id.clone(), *epoch, None, now);
             }
-            c.fence_done(n, now);
+            let stopped = stopped
+                .into_iter()
+                .filter_map(|(id, epoch, spec)| Some((id, epoch, spec?)))
+                .collect();
+            c.fence_done(stopped, now);
         }
         self.pump(i);
     }

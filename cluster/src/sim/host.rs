@@ -7,6 +7,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use tether_actors::{AgentError, AgentId};
 
 use crate::core::HostView;
+use crate::directory::AgentSpec;
 
 /// Where a hosted agent is in a move (see `tether_cluster::migration`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -28,6 +29,8 @@ pub(crate) struct Hosted {
     pub(crate) stage: Stage,
     /// Last sequence number applied, per sender.
     pub(crate) last_seq: BTreeMap<String, u64>,
+    /// How it was spawned, as a real host keeps it.
+    pub(crate) spec: Option<AgentSpec>,
 }
 
 /// The agents of one simulated node.
@@ -49,8 +52,11 @@ impl HostView for SimHost {
         self.lock().get(id).is_some_and(|h| h.local_only)
     }
 
-    fn holds(&self, id: &AgentId, epoch: u64) -> bool {
-        self.lock().get(id).is_some_and(|h| h.epoch == epoch)
+    fn installing(&self, id: &AgentId) -> Option<u64> {
+        self.lock()
+            .get(id)
+            .filter(|h| h.stage == Stage::Installed)
+            .map(|h| h.epoch)
     }
 }
 
@@ -61,7 +67,13 @@ impl SimHost {
 
     /// Get-or-activate, as a real host: an agent running here already is returned as is.
     /// Returns the epoch that runs, and whether it was created now.
-    pub(crate) fn activate(&self, id: &AgentId, epoch: u64, local_only: bool) -> (u64, bool) {
+    pub(crate) fn activate(
+        &self,
+        id: &AgentId,
+        epoch: u64,
+        local_only: bool,
+        spec: AgentSpec,
+    ) -> (u64, bool) {
         let mut agents = self.lock();
         if let Some(h) = agents.get(id).filter(|h| h.stage != Stage::Installed) {
             return (h.epoch, false);
@@ -71,6 +83,7 @@ impl SimHost {
             Hosted {
                 epoch,
                 local_only,
+                spec: Some(spec),
                 ..Hosted::default()
             },
         );
@@ -120,11 +133,11 @@ impl SimHost {
         Ok(h.epoch)
     }
 
-    /// Stops every agent (a fence, a crash); returns what ran.
-    pub(crate) fn clear(&self) -> Vec<(AgentId, u64)> {
+    /// Stops every agent (a fence, a crash); returns what ran, with how it was spawned.
+    pub(crate) fn clear(&self) -> Vec<(AgentId, u64, Option<AgentSpec>)> {
         std::mem::take(&mut *self.lock())
             .into_iter()
-            .map(|(id, h)| (id, h.epoch))
+            .map(|(id, h)| (id, h.epoch, h.spec))
             .collect()
     }
 
@@ -137,14 +150,18 @@ impl SimHost {
             .collect()
     }
 
-    /// Freezes `id` for a move: its epoch and sequence marks, if it was running here.
-    pub(crate) fn freeze(&self, id: &AgentId) -> Option<(u64, BTreeMap<String, u64>)> {
+    /// Freezes `id` for a move: its epoch, sequence marks and spawn record, if it was running
+    /// here.
+    pub(crate) fn freeze(
+        &self,
+        id: &AgentId,
+    ) -> Option<(u64, BTreeMap<String, u64>, Option<AgentSpec>)> {
         let mut agents = self.lock();
         let h = agents
             .get_mut(id)
             .filter(|h| h.stage == Stage::Running && !h.local_only)?;
         h.stage = Stage::Frozen;
-        Some((h.epoch, h.last_seq.clone()))
+        Some((h.epoch, h.last_seq.clone(), h.spec.clone()))
     }
 
     /// Whether `id` is at `stage` as `epoch` here.
@@ -181,7 +198,13 @@ impl SimHost {
     }
 
     /// Installs `id` as `epoch` with the source's marks; false if it serves here already.
-    pub(crate) fn install(&self, id: &AgentId, epoch: u64, marks: BTreeMap<String, u64>) -> bool {
+    pub(crate) fn install(
+        &self,
+        id: &AgentId,
+        epoch: u64,
+        marks: BTreeMap<String, u64>,
+        spec: Option<AgentSpec>,
+    ) -> bool {
         let mut agents = self.lock();
         if agents.get(id).is_some_and(|h| h.stage != Stage::Installed) {
             return false;
@@ -193,6 +216,7 @@ impl SimHost {
                 local_only: false,
                 stage: Stage::Installed,
                 last_seq: marks,
+                spec,
             },
         );
         true

@@ -62,7 +62,7 @@ impl<R: Roles> Sim<R> {
             return;
         }
         let j = others[to % others.len()];
-        let Some((from_epoch, marks)) = self.nodes[i].host.freeze(&id) else {
+        let Some((from_epoch, marks, spec)) = self.nodes[i].host.freeze(&id) else {
             return;
         };
         let now = self.at(self.now);
@@ -99,6 +99,7 @@ impl<R: Roles> Sim<R> {
             id,
             epoch,
             marks,
+            spec: spec.map(Box::new),
         };
         self.send(i, j, Wire::Data(msg));
     }
@@ -125,8 +126,10 @@ impl<R: Roles> Sim<R> {
                 id,
                 epoch,
                 marks,
+                spec,
             } => {
-                let ok = self.can_serve(at, from) && self.nodes[at].host.install(&id, epoch, marks);
+                let ok = self.can_serve(at, from)
+                    && self.nodes[at].host.install(&id, epoch, marks, spec.map(|s| *s));
                 if ok {
                     self.say(Some(at), format!("installed {id} at epoch {epoch}"));
                     let life = self.nodes[at].life;
