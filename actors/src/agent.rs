@@ -27,6 +27,7 @@ use crate::id::AgentId;
 use crate::origin::Origin;
 use crate::placement::Placement;
 use crate::router::{Router, SendAs};
+use crate::timers::Timers;
 
 /// What a failing `init` or `handle` returns: any error, or a message (`"reason".into()`).
 pub type Failure = Box<dyn std::error::Error + Send + Sync>;
@@ -44,6 +45,7 @@ pub struct Ctx<A: ?Sized> {
     pub(crate) trace: TraceContext,
     pub(crate) sender: Option<Arc<str>>,
     pub(crate) seq: u64,
+    pub(crate) timers: Timers,
     pub(crate) _kind: PhantomData<fn(&A)>,
 }
 
@@ -67,6 +69,7 @@ impl<A: ?Sized> Ctx<A> {
             trace,
             sender: None,
             seq: 0,
+            timers: Timers::default(),
             _kind: PhantomData,
         }
     }
@@ -120,6 +123,39 @@ impl<A: ?Sized> Ctx<A> {
     pub fn stop(&self) {
         self.origin.request_stop();
     }
+
+    /// Sets timer `name` to fire after `delay` ([`Agent::on_timer`]), replacing a timer of
+    /// that name. Timers are kept as wall-clock deadlines with the agent's state: they move
+    /// with it, and survive a restart or failover as far as its durability does (see
+    /// [`crate::timers`]).
+    ///
+    /// # Panics
+    /// If `name` is empty or longer than [`crate::timers::MAX_NAME`] bytes.
+    pub fn set_timer(&self, name: impl Into<String>, delay: std::time::Duration) {
+        let at = crate::host::now_unix_ms().saturating_add(delay.as_millis() as u64);
+        self.set_timer_at(name, at);
+    }
+
+    /// Sets timer `name` to fire at `deadline_unix_ms` (milliseconds since the Unix epoch; a
+    /// deadline passed fires at the next message boundary), replacing a timer of that name.
+    ///
+    /// # Panics
+    /// If `name` is empty or longer than [`crate::timers::MAX_NAME`] bytes.
+    pub fn set_timer_at(&self, name: impl Into<String>, deadline_unix_ms: u64) {
+        let name = name.into();
+        crate::timers::check_name(&name);
+        self.timers.set(name, deadline_unix_ms);
+    }
+
+    /// Cancels timer `name`; whether it was set.
+    pub fn cancel_timer(&self, name: &str) -> bool {
+        self.timers.cancel(name)
+    }
+
+    /// The timers set, by name, with their deadlines.
+    pub fn timers(&self) -> Vec<crate::durable::Timer> {
+        self.timers.list()
+    }
 }
 
 /// An agent kind.
@@ -158,6 +194,19 @@ pub trait Agent: Send + Sync + 'static {
         state: &mut Self::State,
         msg: Self::Msg,
     ) -> impl Future<Output = Result<Self::Reply, Failure>> + Send;
+
+    /// Timer `name` fired (see [`Ctx::set_timer`]). It runs between messages, as a message
+    /// is handled: an `Err` fails the agent. The timer is gone from the table by then; set it
+    /// again here for a periodic one. Default: nothing.
+    fn on_timer(
+        &self,
+        ctx: &Ctx<Self>,
+        state: &mut Self::State,
+        name: &str,
+    ) -> impl Future<Output = Result<(), Failure>> + Send {
+        let _ = (ctx, state, name);
+        async { Ok(()) }
+    }
 
     /// Runs when the agent stops cleanly.
     fn on_stop(&self, ctx: &Ctx<Self>, state: &mut Self::State) -> impl Future<Output = ()> + Send {

@@ -5,7 +5,7 @@
 //!
 //! # What the agent's actor does
 //! ```text
-//! handled message ─▶ seq += 1, the sender's mark, unsaved += 1
+//! handled message or fired timer ─▶ seq += 1, the sender's mark, unsaved += 1
 //!   `checkpoint`: unsaved ≥ EVERY_MSGS, or the oldest unsaved change is EVERY older
 //!                 (checked after each batch, and by a timer while the agent idles)
 //!   `acked`:      after each batch that changed anything; the batch's replies are held
@@ -20,6 +20,9 @@
 //! A checkpoint's marks are what the agent *handled*, not what the door admitted: a message
 //! admitted but still in the mailbox when the checkpoint was taken is not covered by it, and
 //! must be taken again if its sender resends it after a failover.
+//!
+//! A checkpoint also holds the agent's timers as wall-clock deadlines ([`crate::timers`]): the
+//! activation that starts from it fires them when they fall due.
 
 mod checkpoint;
 

@@ -176,7 +176,10 @@ impl<A: Agent> ErasedKind for KindImpl<A> {
                 spec.local_only,
                 spec.router,
             ));
-            let ctx = Ctx::<A>::new(origin, spec.epoch, spec.trace);
+            let mut ctx = Ctx::<A>::new(origin, spec.epoch, spec.trace);
+            if let Some(cp) = &restore {
+                ctx.timers = crate::timers::Timers::from_list(&cp.timers);
+            }
             let actor = AgentActor::<A> {
                 behaviour,
                 handler_timeout: spec.handler_timeout,

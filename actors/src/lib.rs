@@ -52,6 +52,7 @@ pub mod port;
 pub mod record;
 pub mod router;
 pub mod stats;
+pub mod timers;
 
 pub use agent::{Agent, Ctx, Failure};
 pub use agent_ref::{AgentRef, TellError};

@@ -59,6 +59,7 @@ use ractor::{ActorId, ActorRef};
 use tracing::warn;
 
 use crate::call::{BoxFuture, Call};
+use crate::durable::Timer;
 
 /// Calls handled per batch, before the actor checks for a stop and spends cooperative budget.
 pub const BATCH: usize = 256;
@@ -83,15 +84,20 @@ pub trait Dormant: Send {
     /// `on_stop`, then its exit hook (a clean stop).
     fn stop(self: Box<Self>) -> BoxFuture<'static, ()>;
 
-    /// Ends the agent for a move, without `on_stop` or exit hook: its state, encoded; or why
-    /// it does not encode (the agent is then given back, unchanged).
+    /// Ends the agent for a move, without `on_stop` or exit hook: its state, encoded, and its
+    /// timers; or why the state does not encode (the agent is then given back, unchanged).
     ///
     /// # Errors
     /// The agent, and why its state does not encode.
     #[allow(clippy::type_complexity)]
     fn freeze(
         self: Box<Self>,
-    ) -> Result<bytes::Bytes, (Box<dyn Dormant>, crate::error::AgentError)>;
+    ) -> Result<(bytes::Bytes, Vec<Timer>), (Box<dyn Dormant>, crate::error::AgentError)>;
+
+    /// Whether the agent must run before any mail comes: it has timers set.
+    fn wants_wake(&self) -> bool {
+        false
+    }
 }
 
 /// The queue of one agent (see the module doc).
@@ -136,6 +142,8 @@ struct Inner {
 pub struct Frozen {
     /// The agent's `State` (MessagePack).
     pub state: bytes::Bytes,
+    /// Its timers, as deadlines.
+    pub timers: Vec<Timer>,
     /// Calls taken but not handled, then what waited in the mailbox.
     pub calls: Vec<Call>,
 }
@@ -296,6 +304,20 @@ impl Mailbox {
         drop(m);
         wake(woken);
         Ok(posted)
+    }
+
+    /// Starts the actor of a dormant agent that has timers set (it must run before any mail
+    /// comes); whether a `Wake` must be sent.
+    fn start_if_timed(self: &Arc<Self>) -> bool {
+        let mut m = self.lock();
+        let timed = m.dormant.as_ref().is_some_and(|d| d.wants_wake());
+        if !timed || m.closed || m.frozen || !self.start(&mut m) {
+            return false;
+        }
+        let (posted, woken) = m.arm();
+        drop(m);
+        wake(woken);
+        posted == Posted::WakeActor
     }
 
     /// Moves every waiting call to the back of `into` and says whether there were any; when
@@ -591,6 +613,15 @@ impl AgentActorRef {
         Ok(())
     }
 
+    /// Starts the agent's actor if it is dormant with timers set: called once the host lists
+    /// the instance as running (not before: an instance installed for a move must not run
+    /// until its source handed over).
+    pub fn start_if_timed(&self) {
+        if self.mailbox.start_if_timed() {
+            self.mailbox.wake_actor();
+        }
+    }
+
     /// The host no longer lists this instance as running: its mailbox refuses later posts
     /// (they go the long way, see [`crate::host::LocalPort`]) and what waited is dropped, as
     /// it would be with the instance; a dormant agent is dropped without `on_stop`.
@@ -869,8 +900,9 @@ mod tests {
 
         fn freeze(
             self: Box<Self>,
-        ) -> Result<bytes::Bytes, (Box<dyn Dormant>, crate::error::AgentError)> {
-            Ok(bytes::Bytes::from_static(b"probe"))
+        ) -> Result<(bytes::Bytes, Vec<Timer>), (Box<dyn Dormant>, crate::error::AgentError)>
+        {
+            Ok((bytes::Bytes::from_static(b"probe"), Vec::new()))
         }
     }
 

@@ -102,7 +102,9 @@ impl Host {
         // the target of a move: held until the source has handed everything over
         if let Some(hosted) = self.hold_installed(&id, epoch, hosted) {
             self.moved.remove(&id);
+            let actor = hosted.actor.clone();
             self.agents.insert(id.clone(), hosted);
+            actor.start_if_timed();
         }
         drop(_guard);
         self.activating.remove(&id);
@@ -313,6 +315,7 @@ impl Host {
                 self.agents.insert(id.clone(), hosted);
             }
         }
+        actor.start_if_timed();
         info!(agent = %id, "agent restarted");
         Ok(replaced)
     }

@@ -155,7 +155,11 @@ impl Host {
         let (tx, mut rx) = oneshot::channel();
         let frozen: Result<Frozen, AgentError> = match h.actor.freeze(tx) {
             Freezing::Dormant(agent, calls) => match agent.freeze() {
-                Ok(state) => Ok(Frozen { state, calls }),
+                Ok((state, timers)) => Ok(Frozen {
+                    state,
+                    timers,
+                    calls,
+                }),
                 Err((agent, e)) => {
                     h.actor.unfreeze_dormant(agent, calls);
                     Err(e)
@@ -199,7 +203,7 @@ impl Host {
                 },
                 state: frozen.state,
                 marks,
-                timers: Vec::new(),
+                timers: frozen.timers,
                 taken_unix_ms: super::now_unix_ms(),
                 since_epoch: h.spec.floor,
             },
@@ -264,8 +268,10 @@ impl Host {
                 h.stats.settle(1);
             }
         }
+        let actor = h.actor.clone();
         self.agents.insert(id.clone(), h);
         slot.remove();
+        actor.start_if_timed();
     }
 
     /// The move of `id` committed (it runs on `to` as `epoch`): the calls the frozen instance
@@ -421,6 +427,7 @@ impl Host {
         }
         self.moved.remove(id);
         self.agents.insert(id.clone(), i.hosted.clone());
+        i.hosted.actor.start_if_timed();
         drop(i);
         self.installed.remove(id);
         if let Some(f) = self.arrived.get() {

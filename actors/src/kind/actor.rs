@@ -23,6 +23,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use tokio::time::Instant;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tracing::{debug, warn, Instrument};
 
@@ -30,6 +31,8 @@ use super::saver::Saver;
 use super::{ExitHook, Gate, StartHook};
 use crate::agent::{Agent, Ctx};
 use crate::body::Body;
+use crate::durable::Timer;
+use crate::envelope::TraceContext;
 use crate::call::{BoxFuture, Call};
 use crate::error::AgentError;
 use crate::mailbox::{Dormant, Frozen, Mailbox, Took, Wake, BATCH};
@@ -87,11 +90,17 @@ impl<A: Agent> Dormant for Prepared<A> {
         Ok(aref)
     }
 
-    fn freeze(self: Box<Self>) -> Result<bytes::Bytes, (Box<dyn Dormant>, AgentError)> {
+    fn freeze(
+        self: Box<Self>,
+    ) -> Result<(bytes::Bytes, Vec<Timer>), (Box<dyn Dormant>, AgentError)> {
         match encode_state(self.ctx.id(), &self.state) {
-            Ok(state) => Ok(state),
+            Ok(state) => Ok((state, self.ctx.timers.list())),
             Err(e) => Err((self, e)),
         }
+    }
+
+    fn wants_wake(&self) -> bool {
+        !self.ctx.timers.is_empty()
     }
 
     fn stop(self: Box<Self>) -> BoxFuture<'static, ()> {
@@ -249,21 +258,32 @@ impl<A: Agent> AgentActor<A> {
         st: &mut ActorState<A>,
     ) -> Result<(), ActorProcessingErr> {
         loop {
+            self.fire_timers(st).await?;
             if st.batch.is_empty() {
+                let save_at = st.saver.as_ref().and_then(|s| s.idle_deadline());
+                let timer_at = st.ctx.timers.next().map(crate::timers::instant_of);
+                let wake_at = match (save_at, timer_at) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
                 let mailbox = &st.mailbox;
                 let batch = &mut st.batch;
                 let take = std::future::poll_fn(|cx| mailbox.poll_take(batch, cx));
-                let took = match st.saver.as_ref().and_then(|s| s.idle_deadline()) {
+                let took = match wake_at {
                     None => take.await,
                     Some(at) => match tokio::time::timeout_at(at, take).await {
                         Ok(took) => took,
                         Err(_) => {
-                            // idle with changes not saved: save them now
+                            // a timer is due (it fires at the top of the loop), or changes
+                            // wait unsaved while idle: save them now
                             let ActorState {
                                 state, ctx, saver, ..
                             } = &mut *st;
-                            if let Some(s) = saver {
-                                s.save(ctx.id(), ctx.epoch, state);
+                            if let Some(s) = saver
+                                .as_mut()
+                                .filter(|_| save_at.is_some_and(|t| t <= Instant::now()))
+                            {
+                                s.save(ctx, state);
                             }
                             continue;
                         }
@@ -314,10 +334,12 @@ impl<A: Agent> AgentActor<A> {
         } = &mut *st;
         if let Some(s) = saver.as_mut().filter(|s| s.due()) {
             // replies held for a checkpoint go out once this one is durable
-            s.save(ctx.id(), ctx.epoch, state);
+            s.save(ctx, state);
         }
+        let timers = ctx.timers.list();
         let frozen = encode_state(ctx.id(), state).map(|state| Frozen {
             state,
+            timers,
             calls: st.batch.drain(..).collect(),
         });
         let handed = frozen.as_ref().ok().map(|f| f.calls.len() as u64);
@@ -344,6 +366,69 @@ impl<A: Agent> AgentActor<A> {
                 false
             }
         }
+    }
+
+    /// Fires the timers due (see [`crate::timers`]), one at a time, each as a message would be
+    /// handled: under the agent's scope, a trace of its own, the handler deadline; an `Err`
+    /// fails the agent. Stops at a freeze or a stop asked for: the rest stay set.
+    async fn fire_timers(&self, st: &mut ActorState<A>) -> Result<(), ActorProcessingErr> {
+        if st.ctx.timers.is_empty() {
+            return Ok(());
+        }
+        while let Some(name) = st.ctx.timers.pop_due(crate::host::now_unix_ms()) {
+            if let Some(refusal) = self.gate.as_ref().and_then(|g| g()) {
+                // the node must not act now (paused past its lease, fenced): the timer waits
+                warn!(id = %st.ctx.id(), timer = %name, %refusal, "timer held");
+                st.ctx.timers.set(name, crate::host::now_unix_ms() + 100);
+                return Ok(());
+            }
+            let trace = TraceContext::new_root();
+            st.ctx.trace = trace;
+            st.ctx.sender = None;
+            st.ctx.seq = 0;
+            let origin = st.ctx.origin.clone();
+            let deadline = self.handler_timeout;
+            let ActorState { state, ctx, .. } = &mut *st;
+            let ctx: &Ctx<A> = ctx;
+            let span = tracing::debug_span!("agent", id = %ctx.id(), trace_id = %trace.trace_id_hex(), timer = %name);
+            let firing = async {
+                let on_timer = self.behaviour.on_timer(ctx, state, &name);
+                match deadline {
+                    None => on_timer.await.map_err(|e| e.to_string()),
+                    Some(d) => match tokio::time::timeout(d, on_timer).await {
+                        Ok(r) => r.map_err(|e| e.to_string()),
+                        Err(_) => Err(format!(
+                            "timer {name} overran the {} ms handler deadline",
+                            d.as_millis()
+                        )),
+                    },
+                }
+            };
+            let result = Box::pin(CURRENT_AGENT.scope(origin, trace.scope(firing)))
+                .instrument(span)
+                .await;
+            if let Err(reason) = result {
+                warn!(id = %st.ctx.id(), timer = %name, %reason, "agent failed in a timer");
+                if let Some(s) = st.saver.as_mut() {
+                    s.fail_held(st.ctx.id(), &reason);
+                }
+                st.exit(Some(reason.clone()));
+                return Err(reason.into());
+            }
+            if let Some(s) = st.saver.as_mut() {
+                s.handled(None, 0);
+            }
+            if st.mailbox.freeze_asked() || st.ctx.origin.stop_requested() {
+                break;
+            }
+        }
+        let ActorState {
+            state, ctx, saver, ..
+        } = &mut *st;
+        if let Some(s) = saver.as_mut().filter(|s| s.due()) {
+            s.save(ctx, state);
+        }
+        Ok(())
     }
 
     /// Handles at most [`BATCH`] of the calls taken from the mailbox.
@@ -375,7 +460,7 @@ impl<A: Agent> AgentActor<A> {
                     state, ctx, saver, ..
                 } = &mut *st;
                 if let Some(s) = saver.as_mut().filter(|s| s.due()) {
-                    s.save(ctx.id(), ctx.epoch, state);
+                    s.save(ctx, state);
                 }
                 st.stats.settle(handled);
                 Ok::<_, ActorProcessingErr>(())

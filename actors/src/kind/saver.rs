@@ -115,8 +115,10 @@ impl Saver {
         self.oldest_unsaved.map(|t| t + EVERY)
     }
 
-    /// Takes a checkpoint of `state` and hands it to the sink with the held replies.
-    pub(super) fn save<S: Serialize>(&mut self, id: &AgentId, epoch: u64, state: &S) {
+    /// Takes a checkpoint of `state` (and the context's timers) and hands it to the sink with
+    /// the held replies.
+    pub(super) fn save<A: ?Sized, S: Serialize>(&mut self, ctx: &crate::Ctx<A>, state: &S) {
+        let (id, epoch) = (ctx.id(), ctx.epoch);
         let held = std::mem::take(&mut self.held);
         self.unsaved = 0;
         self.oldest_unsaved = None;
@@ -154,7 +156,7 @@ impl Saver {
                     seq,
                 })
                 .collect(),
-            timers: Vec::new(),
+            timers: ctx.timers.list(),
             taken_unix_ms: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
