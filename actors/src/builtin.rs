@@ -18,6 +18,11 @@
 //! | `sleeper` | `{"sleep_ms": N}`        | `"done"` after N ms       |
 //! | `sink`    | `{"data": [bytes]}`, `{"echo": [bytes]}`, `"count"` | `{"count": N}` (messages so far); `echo` replies `{"echo": [bytes]}` |
 //! | `ledger`  | `{"append": N}`, `"len"` | entries applied by this activation |
+//! | `audit`   | `{"note": any}`, `"report"` | `"report"`: per sender, `{count, last, gaps, repeats}` |
+//!
+//! `audit` records every message's sender and sequence number, in its state: across moves
+//! and failovers it shows whether anything was lost, applied twice or reordered (see
+//! [`audit`]).
 //!
 //! `counter` takes optional args `{"start": N}`; its state (the count) is what a migration
 //! carries.
@@ -37,6 +42,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::agent::{Agent, Ctx, Failure};
+
+pub mod audit;
+pub use audit::{Audit, AuditLine, AuditMsg};
 
 /// Replies with the value it got.
 #[derive(Debug, Default, Clone, Copy)]
@@ -388,6 +396,7 @@ pub fn demo(state_dir: &std::path::Path) -> Vec<std::sync::Arc<dyn crate::kind::
         crate::kind::erase(Sleeper),
         crate::kind::erase(Sink),
         crate::kind::erase(Ledger::under(state_dir)),
+        crate::kind::erase(Audit),
     ]
 }
 

@@ -13,7 +13,9 @@
 //!    growing across restarts, and the first number of a newer session is not a gap.
 //!    A send from this very process ([`Delivery::in_process`]) skips this check: it is
 //!    handed over once, in order, and never resent (resends come from outboxes and peers,
-//!    which are checked).
+//!    which are checked). For an agent that arrived by a move it still raises the table
+//!    (without refusing): older messages of the same sender, relayed by the move's source,
+//!    may come after it and must then be refused, not applied out of order.
 //!
 //! A supervised agent that fails is not forgotten: its slot goes *down* (restarting or backing
 //! off) and keeps what it needs to start again (kind, arguments, epoch). Messages that arrive
@@ -37,6 +39,7 @@
 //! ([`Host::set_start_listener`]), so that its supervisor knows whose events it sends.
 
 mod door;
+pub(crate) use door::note_seq;
 mod lifecycle;
 mod moving;
 
@@ -406,7 +409,10 @@ impl Host {
     pub fn port(&self, id: &AgentId) -> Option<LocalPort> {
         self.agents
             .get(id)
-            .map(|h| LocalPort::new(h.actor.clone(), h.stats.clone()))
+            .map(|h| {
+                let moved_here = h.spec.floor != h.spec.epoch;
+                LocalPort::new(h.actor.clone(), h.stats.clone()).noting_seqs(moved_here)
+            })
     }
 
     /// One agent's report.

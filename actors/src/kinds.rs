@@ -28,7 +28,7 @@ impl Kinds {
         Self(crate::builtin::basic())
     }
 
-    /// Adds the demonstration kinds (`flaky`, `sleeper`, `sink`, `ledger`; see
+    /// Adds the demonstration kinds (`flaky`, `sleeper`, `sink`, `ledger`, `audit`; see
     /// [`crate::builtin`]); ledgers journal under `state_dir`.
     pub fn with_demo(mut self, state_dir: &std::path::Path) -> Self {
         for kind in crate::builtin::demo(state_dir) {

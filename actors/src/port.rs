@@ -14,6 +14,9 @@ use crate::stats::AgentStats;
 pub struct LocalPort {
     actor: AgentActorRef,
     stats: Arc<AgentStats>,
+    /// Record each call's sequence number in the door's table (an agent that arrived by a
+    /// move: see `Host`'s door).
+    note_seqs: bool,
 }
 
 impl std::fmt::Debug for LocalPort {
@@ -25,7 +28,17 @@ impl std::fmt::Debug for LocalPort {
 impl LocalPort {
     /// A port into the instance run by `actor`.
     pub fn new(actor: AgentActorRef, stats: Arc<AgentStats>) -> Self {
-        Self { actor, stats }
+        Self {
+            actor,
+            stats,
+            note_seqs: false,
+        }
+    }
+
+    /// This port records each call's sequence number in the door's table, when `on`.
+    pub fn noting_seqs(mut self, on: bool) -> Self {
+        self.note_seqs = on;
+        self
     }
 
     /// Hands a typed call from this process to the instance, as the host's door would.
@@ -34,6 +47,9 @@ impl LocalPort {
     /// The call, untouched, when the instance is no longer the running one: send it the long
     /// way.
     pub fn send(&self, call: Call) -> Result<(), Box<Call>> {
+        if let (true, Some(sender)) = (self.note_seqs && call.seq != 0, &call.sender) {
+            crate::host::note_seq(&self.stats, sender, call.seq);
+        }
         self.stats.received.fetch_add(1, Ordering::Relaxed);
         self.actor.send(call).inspect_err(|_| self.stats.settle(1))
     }

@@ -71,7 +71,7 @@ and one other; a failover loses at most that window), acked (a reply leaves only
 state it came from is saved on its node and one other; nothing acknowledged is lost with a
 node). Local-only agents are saved on their own device only.")]
 pub(crate) struct SpawnArgs {
-    /// A registered kind: echo, counter, flaky, sleeper, sink, ledger, or one of your own.
+    /// A registered kind: echo, counter, flaky, sleeper, sink, ledger, audit, or one of your own.
     kind: String,
     /// The agent's key; its id is KIND/KEY.
     key: String,

@@ -56,7 +56,7 @@ pub(crate) struct NodeArgs {
     #[arg(long, env = "TETHER_SBR_DOWN_MARGIN", default_value = "1100ms",
           value_parser = super::agents::parse_timeout)]
     sbr_down_margin: std::time::Duration,
-    /// Also register the demonstration kinds (flaky, sleeper, sink, ledger), which let anyone
+    /// Also register the demonstration kinds (flaky, sleeper, sink, ledger, audit), which let anyone
     /// who may spawn agents crash agents, hold handlers and write journals under the state
     /// directory. `tether up` turns this on for its nodes.
     #[arg(long, env = "TETHER_DEMO_KINDS")]

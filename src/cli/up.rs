@@ -34,7 +34,7 @@ pub(crate) struct UpArgs {
     /// How long to wait for the cluster to form.
     #[arg(long, default_value = "60s", value_parser = common::parse_duration)]
     timeout: Duration,
-    /// Start the nodes without the demonstration kinds (flaky, sleeper, sink, ledger); see
+    /// Start the nodes without the demonstration kinds (flaky, sleeper, sink, ledger, audit); see
     /// `tether node --demo-kinds`.
     #[arg(long)]
     no_demo_kinds: bool,

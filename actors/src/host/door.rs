@@ -182,6 +182,9 @@ impl Host {
 
     fn check(&self, d: &Delivery, spec: &Spec, stats: &AgentStats) -> Result<(), AgentError> {
         check_head(&d.target, d.epoch, d.contract.as_ref(), spec)?;
+        if d.seq != 0 && d.in_process && spec.floor != spec.epoch {
+            note_seq(stats, &d.sender, d.seq);
+        }
         if d.seq != 0 && !d.in_process {
             with_last_seq(stats, &d.sender, |last| {
                 admit_seq(last, d.seq, stats).map_err(|()| AgentError::Duplicate {
@@ -340,6 +343,14 @@ fn with_last_seq<R>(stats: &AgentStats, sender: &Arc<str>, f: impl FnOnce(&mut u
         None => table.entry(sender.clone()).or_insert(0),
     };
     f(last)
+}
+
+/// Records that a message numbered `seq` from `sender` reached the agent in process (not
+/// checked: see the module doc). Only for an agent that arrived by a move: its source may
+/// still relay older messages of a sender of this node, sent before the sender learned that
+/// the agent runs here; they must be refused, not applied after newer ones.
+pub(crate) fn note_seq(stats: &AgentStats, sender: &Arc<str>, seq: u64) {
+    with_last_seq(stats, sender, |last| *last = (*last).max(seq));
 }
 
 /// The duplicate and gap check of one sequenced message: `Err` for a duplicate (counted);
