@@ -201,8 +201,9 @@ fn report(c: &Cluster, id: &str, via: &str) -> std::collections::BTreeMap<String
 }
 
 /// An agent that records every sender's sequence numbers moves back and forth among three
-/// nodes while two nodes keep telling it: nothing lost, nothing applied twice, each sender's
-/// order kept. `TETHER_MIGRATIONS=10000` runs the figure (CI runs 150).
+/// nodes while two nodes keep telling it: nothing applied twice, each sender's order kept,
+/// and nothing lost but the rare tell overtaken on its way through an old host (tells are at
+/// most once). `TETHER_MIGRATIONS=10000` runs the figure (CI runs 150).
 #[test]
 fn migrations_under_concurrent_senders_keep_order_and_lose_and_double_nothing() {
     let wanted: usize = std::env::var("TETHER_MIGRATIONS")
@@ -217,9 +218,19 @@ fn migrations_under_concurrent_senders_keep_order_and_lose_and_double_nothing() 
     for (via, ok) in told {
         let (count, gaps, repeats) = rec[via];
         assert!(ok > 0, "{via} sent nothing");
-        assert_eq!((count, gaps, repeats), (ok, 0, 0), "{via}: {rec:?}");
+        assert_eq!(
+            repeats, 0,
+            "{via}: nothing twice, nothing out of order: {rec:?}"
+        );
+        // at most once: a tell still relayed by an old host when its sender's newer one got
+        // there first is refused, and counted as a gap; nothing else may go missing
+        assert_eq!(count + gaps, ok, "{via}: {rec:?}");
+        assert!(
+            gaps * 1000 <= ok,
+            "{via}: {gaps} of {ok} overtaken: {rec:?}"
+        );
+        eprintln!("{via}: {count} of {ok} tells arrived ({gaps} overtaken and refused)");
     }
-    eprintln!("{rec:?}");
 }
 
 /// Moves while every datagram of the node the agent starts on has a 10% chance of being
@@ -238,11 +249,15 @@ fn migrations_under_ten_percent_loss_lose_and_double_nothing() {
     for (via, ok) in told {
         let (count, gaps, repeats) = rec[via];
         assert!(ok > 0, "{via} sent nothing");
-        assert!(count <= ok, "{via}: {ok} sent, {count} arrived: {rec:?}");
-        assert_eq!(repeats, 0, "{via}: nothing twice, nothing out of order: {rec:?}");
-        eprintln!(
-            "{via}: {count} of {ok} tells arrived ({gaps} overtaken and refused)",
+        assert!(
+            count + gaps <= ok,
+            "{via}: {ok} sent, {count} arrived: {rec:?}"
         );
+        assert_eq!(
+            repeats, 0,
+            "{via}: nothing twice, nothing out of order: {rec:?}"
+        );
+        eprintln!("{via}: {count} of {ok} tells arrived ({gaps} overtaken and refused)",);
     }
     eprintln!("{rec:?}");
 }
@@ -288,4 +303,103 @@ fn a_drained_node_keeps_no_agent_and_stops_without_loss() {
         n,
         "one instance each"
     );
+}
+
+/// `tether drain` of a node hosting 1 000 agents while a client keeps telling some of them:
+/// every agent leaves with its state, none is lost or doubled, and the node takes no more.
+#[test]
+fn draining_a_node_with_a_thousand_agents_under_load_loses_none() {
+    let c = Cluster::up("mig-drain-1k", 3, 0);
+    let n = 1000;
+    let t = Instant::now();
+    let spawners: Vec<_> = (0..4)
+        .map(|w| {
+            let dir = c.dir.clone();
+            std::thread::spawn(move || {
+                for i in (w..n).step_by(4) {
+                    let key = format!("k{i}");
+                    let args = ["spawn", "counter", &key, "--on", "r1", "--via", "r1"];
+                    let out = support::run_tether(&args, &dir);
+                    assert!(out.status.success(), "{}", support::text(&out));
+                }
+            })
+        })
+        .collect();
+    for s in spawners {
+        s.join().unwrap();
+    }
+    eprintln!("{n} agents spawned in {:.1}s", t.elapsed().as_secs_f64());
+    // load: the first 20 agents keep getting tells from r2 while r1 drains
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (dir, stop) = (c.dir.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut sent = vec![0i64; 20];
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for (i, s) in sent.iter_mut().enumerate() {
+                    let id = format!("counter/k{i}");
+                    let args = ["tell", &id, "\"inc\"", "--repeat", "5", "--via", "r2"];
+                    let out = support::run_tether(&args, &dir);
+                    assert!(out.status.success(), "{}", support::text(&out));
+                    *s += 5;
+                }
+            }
+            sent
+        })
+    };
+    let t = Instant::now();
+    let out = c.ok(&["drain", "r1"]);
+    let took = t.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = load.join().unwrap();
+    assert!(
+        out.contains(&format!("r1 drained: {n} moved, 0 stayed")),
+        "{}",
+        out.lines().last().unwrap_or_default()
+    );
+    eprintln!("drained {n} agents in {:.1}s", took.as_secs_f64());
+    let agents = c.agents();
+    assert!(
+        agents.iter().all(|a| a["node"] != "r1"),
+        "nothing left on r1"
+    );
+    assert_eq!(
+        agents.iter().filter(|a| a["status"] == "running").count(),
+        n,
+        "one instance each"
+    );
+    for (i, want) in sent.iter().enumerate() {
+        assert_eq!(
+            get(&c, &format!("counter/k{i}"), "r3"),
+            *want,
+            "counter/k{i}"
+        );
+    }
+}
+
+/// A move to a node that has not registered the agent's kind is refused with the kinds it
+/// has, and the agent keeps serving where it was.
+#[test]
+fn a_move_to_a_node_without_the_kind_is_refused() {
+    let c = Cluster::up("mig-kind", 3, 0);
+    c.ok(&["spawn", "audit", "k", "--on", "r1"]);
+    c.ok(&["tell", "audit/k", "{\"note\": 1}", "--via", "r2"]);
+    // r3 comes back without the demonstration kinds
+    let (addr1, ..) = c.record("r1");
+    let (_, _, life) = c.record("r3");
+    c.ok(&["down", "--node", "r3", "--no-drain"]);
+    let mut r3 = support::spawn_node_with(&[], &c.dir, "r3", "remote", None, &[addr1], false).0;
+    assert!(c.record("r3").2 > life, "a new incarnation of r3");
+    c.wait(&["r1"], &["r3"], "up", Duration::from_secs(20))
+        .expect("r3 back up in r1's view");
+    let before = running(&c, "audit/k");
+    let e = c.err(&["migrate", "audit/k", "--to", "r3"]);
+    assert!(e.contains("audit") && e.contains("counter"), "{e}");
+    assert_eq!(running(&c, "audit/k"), before, "it stays where it was");
+    assert_eq!(before.len(), 1);
+    assert_eq!(before[0].0, "r1");
+    let rec = report(&c, "audit/k", "r2");
+    assert_eq!(rec["r2"].0, 2, "the tell and the report: {rec:?}");
+    let _ = r3.kill();
+    let _ = r3.wait();
 }

@@ -407,12 +407,10 @@ impl Host {
 
     /// A port into `id`'s running instance, if it runs here (see the module doc).
     pub fn port(&self, id: &AgentId) -> Option<LocalPort> {
-        self.agents
-            .get(id)
-            .map(|h| {
-                let moved_here = h.spec.floor != h.spec.epoch;
-                LocalPort::new(h.actor.clone(), h.stats.clone()).noting_seqs(moved_here)
-            })
+        self.agents.get(id).map(|h| {
+            let moved_here = h.spec.floor != h.spec.epoch;
+            LocalPort::new(h.actor.clone(), h.stats.clone()).noting_seqs(moved_here)
+        })
     }
 
     /// One agent's report.

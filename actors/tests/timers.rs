@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 use tether_actors::durable::{CheckpointInfo, CheckpointSink, Release};
 use tether_actors::host::RunOptions;
 use tether_actors::{
-    Agent, AgentId, Body, Checkpoint, Ctx, Delivery, Durability, Encoding, Failure, Host, Placement,
-    SpawnRecord, TraceContext,
+    Agent, AgentId, Body, Checkpoint, Ctx, Delivery, Durability, Encoding, Failure, Host,
+    Placement, SpawnRecord, TraceContext,
 };
 use tokio::sync::oneshot;
 
@@ -155,7 +155,11 @@ async fn a_timer_set_again_in_on_timer_repeats_and_a_cancelled_one_never_fires()
     assert_eq!(left, vec!["tick"]);
     assert_eq!(until(&log, 3).await, vec!["n1:tick"; 3]);
     tokio::time::sleep(Duration::from_millis(150)).await;
-    assert_eq!(log.lock().unwrap().len(), 3, "a cancelled timer stays quiet");
+    assert_eq!(
+        log.lock().unwrap().len(),
+        3,
+        "a cancelled timer stays quiet"
+    );
     assert!(ask(&h, "reminder/b", 4, Msg::Timers).await.is_empty());
 }
 

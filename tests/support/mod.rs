@@ -286,6 +286,19 @@ pub fn spawn_node_under(
     listen: Option<&str>,
     seeds: &[String],
 ) -> (std::process::Child, String) {
+    spawn_node_with(prefix, dir, name, role, listen, seeds, true)
+}
+
+/// [`spawn_node_under`], with the demonstration kinds or without.
+pub fn spawn_node_with(
+    prefix: &[String],
+    dir: &Path,
+    name: &str,
+    role: &str,
+    listen: Option<&str>,
+    seeds: &[String],
+    demo_kinds: bool,
+) -> (std::process::Child, String) {
     let node_dir = dir.join("nodes").join(name);
     std::fs::create_dir_all(&node_dir).unwrap();
     let log = std::fs::OpenOptions::new()
@@ -294,18 +307,14 @@ pub fn spawn_node_under(
         .open(node_dir.join("node.log"))
         .unwrap();
     let mut cmd = tether_command(prefix);
-    cmd.args([
-        "node",
-        "--demo-kinds",
-        "--name",
-        name,
-        "--role",
-        role,
-        "--state-dir",
-    ])
-    .arg(dir)
-    .stdout(std::process::Stdio::piped())
-    .stderr(log);
+    cmd.arg("node");
+    if demo_kinds {
+        cmd.arg("--demo-kinds");
+    }
+    cmd.args(["--name", name, "--role", role, "--state-dir"])
+        .arg(dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(log);
     if let Some(l) = listen {
         cmd.args(["--listen", l]);
     }

@@ -95,6 +95,10 @@ mod tests {
         }
         assert_eq!((l.count, l.last, l.gaps, l.repeats), (7, 6, 1, 2));
         l.record((2 << SESSION_SHIFT) | 1);
-        assert_eq!((l.gaps, l.repeats), (1, 2), "a restarted sender starts anew");
+        assert_eq!(
+            (l.gaps, l.repeats),
+            (1, 2),
+            "a restarted sender starts anew"
+        );
     }
 }

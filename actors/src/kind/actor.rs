@@ -23,17 +23,17 @@ use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use tokio::time::Instant;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::time::Instant;
 use tracing::{debug, warn, Instrument};
 
 use super::saver::Saver;
 use super::{ExitHook, Gate, StartHook};
 use crate::agent::{Agent, Ctx};
 use crate::body::Body;
+use crate::call::{BoxFuture, Call};
 use crate::durable::Timer;
 use crate::envelope::TraceContext;
-use crate::call::{BoxFuture, Call};
 use crate::error::AgentError;
 use crate::mailbox::{Dormant, Frozen, Mailbox, Took, Wake, BATCH};
 use crate::origin::CURRENT_AGENT;

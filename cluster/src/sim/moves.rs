@@ -129,7 +129,9 @@ impl<R: Roles> Sim<R> {
                 spec,
             } => {
                 let ok = self.can_serve(at, from)
-                    && self.nodes[at].host.install(&id, epoch, marks, spec.map(|s| *s));
+                    && self.nodes[at]
+                        .host
+                        .install(&id, epoch, marks, spec.map(|s| *s));
                 if ok {
                     self.say(Some(at), format!("installed {id} at epoch {epoch}"));
                     let life = self.nodes[at].life;
