@@ -258,7 +258,10 @@ impl<A: Agent> AgentActor<A> {
         st: &mut ActorState<A>,
     ) -> Result<(), ActorProcessingErr> {
         loop {
-            self.fire_timers(st).await?;
+            if !st.ctx.timers.is_empty() {
+                // boxed: an awake agent without timers keeps no room for this in its task
+                Box::pin(self.fire_timers(st)).await?;
+            }
             if st.batch.is_empty() {
                 let save_at = st.saver.as_ref().and_then(|s| s.idle_deadline());
                 let timer_at = st.ctx.timers.next().map(crate::timers::instant_of);
@@ -372,9 +375,6 @@ impl<A: Agent> AgentActor<A> {
     /// handled: under the agent's scope, a trace of its own, the handler deadline; an `Err`
     /// fails the agent. Stops at a freeze or a stop asked for: the rest stay set.
     async fn fire_timers(&self, st: &mut ActorState<A>) -> Result<(), ActorProcessingErr> {
-        if st.ctx.timers.is_empty() {
-            return Ok(());
-        }
         while let Some(name) = st.ctx.timers.pop_due(crate::host::now_unix_ms()) {
             if let Some(refusal) = self.gate.as_ref().and_then(|g| g()) {
                 // the node must not act now (paused past its lease, fenced): the timer waits
