@@ -248,6 +248,7 @@ fn link_seeds() -> Vec<Vec<u8>> {
         addr: "127.0.0.1:7000".parse().expect("an address"),
         incarnation: 3,
         kinds: vec!["counter".into()],
+        caps: Vec::new(),
     };
     vec![
         enc(&PeerMsg::Hello {

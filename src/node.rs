@@ -71,6 +71,7 @@ impl Node {
             certs: None,
             node_dir: None,
             kinds: Kinds::new(),
+            caps: None,
             timing: Timing::default(),
             outbox_max: tether_cluster::node::DEFAULT_OUTBOX_MAX,
             root_intensity: Intensity::node_root(),
@@ -164,6 +165,7 @@ pub struct NodeBuilder {
     certs: Option<PathBuf>,
     node_dir: Option<PathBuf>,
     kinds: Kinds,
+    caps: Option<Vec<String>>,
     timing: Timing,
     outbox_max: usize,
     root_intensity: Intensity,
@@ -234,6 +236,14 @@ impl NodeBuilder {
         self
     }
 
+    /// The capabilities this node offers, matched against agents' `needs` labels (default:
+    /// `fs` on a local node, none on a remote one). Each is 1 to 32 of `a-z`, `0-9`, `_`,
+    /// `.`, `-`; starting the node says which is not.
+    pub fn caps<S: Into<String>>(mut self, caps: impl IntoIterator<Item = S>) -> Self {
+        self.caps = Some(caps.into_iter().map(Into::into).collect());
+        self
+    }
+
     /// A local node's outbox bound: most tells kept for agents it cannot reach.
     pub fn outbox_max(mut self, max: usize) -> Self {
         self.outbox_max = max;
@@ -280,6 +290,9 @@ impl NodeBuilder {
                         .into(),
                 )),
             };
+        for c in self.caps.iter().flatten() {
+            tether_cluster::identity::validate_cap(c).map_err(NodeError::Config)?;
+        }
         Ok(NodeConfig {
             name: self.name,
             role: self.role,
@@ -291,6 +304,9 @@ impl NodeBuilder {
             timing: self.timing,
             fault_seed: self.fault_seed,
             kinds: self.kinds,
+            caps: self
+                .caps
+                .unwrap_or_else(|| tether_cluster::identity::default_caps(self.role)),
             root_intensity: self.root_intensity,
             outbox_max: self.outbox_max,
         })

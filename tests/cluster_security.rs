@@ -64,6 +64,7 @@ fn hello(name: &str, addr: SocketAddr) -> PeerMsg {
             addr,
             incarnation: 1,
             kinds: Vec::new(),
+            caps: Vec::new(),
         },
         replace: false,
     }

@@ -132,7 +132,7 @@ impl<A: ?Sized> Ctx<A> {
     /// # Panics
     /// If `name` is empty or longer than [`crate::timers::MAX_NAME`] bytes.
     pub fn set_timer(&self, name: impl Into<String>, delay: std::time::Duration) {
-        let at = crate::host::now_unix_ms().saturating_add(delay.as_millis() as u64);
+        let at = crate::timers::now_unix_ms().saturating_add(delay.as_millis() as u64);
         self.set_timer_at(name, at);
     }
 

@@ -39,14 +39,13 @@
 //! ([`Host::set_start_listener`]), so that its supervisor knows whose events it sends.
 
 mod door;
-pub(crate) use door::note_seq;
 mod lifecycle;
 mod moving;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use ractor::{ActorCell, ActorId};
@@ -298,13 +297,6 @@ impl std::fmt::Debug for Host {
     }
 }
 
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 impl Host {
     /// A host for node `node` with these kinds.
     pub fn new(node: &str, kinds: impl IntoIterator<Item = Arc<dyn ErasedKind>>) -> Arc<Self> {
@@ -542,7 +534,7 @@ impl Host {
 
 /// Milliseconds since the Unix epoch, for failure times in reports.
 pub fn now_unix_ms() -> u64 {
-    unix_ms()
+    crate::timers::now_unix_ms()
 }
 
 #[cfg(test)]

@@ -48,7 +48,7 @@ impl LocalPort {
     /// way.
     pub fn send(&self, call: Call) -> Result<(), Box<Call>> {
         if let (true, Some(sender)) = (self.note_seqs && call.seq != 0, &call.sender) {
-            crate::host::note_seq(&self.stats, sender, call.seq);
+            self.stats.raise_seq(sender, call.seq);
         }
         self.stats.received.fetch_add(1, Ordering::Relaxed);
         self.actor.send(call).inspect_err(|_| self.stats.settle(1))

@@ -31,6 +31,27 @@ pub struct AgentStats {
 }
 
 impl AgentStats {
+    /// Runs `f` on the last sequence number accepted from `sender` (0: none yet), under the
+    /// table's lock.
+    pub fn with_last_seq<R>(&self, sender: &Arc<str>, f: impl FnOnce(&mut u64) -> R) -> R {
+        let mut guard = self
+            .last_seq
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let table = guard.get_or_insert_with(Box::default);
+        let last = match table.get_mut(&**sender) {
+            Some(l) => l,
+            None => table.entry(sender.clone()).or_insert(0),
+        };
+        f(last)
+    }
+
+    /// Records that message `seq` of `sender` reached the agent without the door's check (in
+    /// process): the door then refuses an older one that comes later (see `crate::host`).
+    pub fn raise_seq(&self, sender: &Arc<str>, seq: u64) {
+        self.with_last_seq(sender, |last| *last = (*last).max(seq));
+    }
+
     /// Messages waiting for the agent (in its mailbox, or held while it restarts). Read
     /// without a lock: a snapshot, exact when no message is in flight.
     pub fn waiting(&self) -> u64 {

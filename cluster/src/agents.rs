@@ -113,6 +113,14 @@ pub trait ControlPlane: Send + Sync + 'static {
         cp: tether_actors::Checkpoint,
     ) -> tether_actors::call::BoxFuture<'_, Result<tether_actors::Activation, AgentError>>;
 
+    /// A barrier along the way to `id` came from `peer`: done once it has been passed on to
+    /// where this node forwards `id`'s messages, if it does (see `Request::Barrier`).
+    fn barrier(
+        &self,
+        peer: &str,
+        id: AgentId,
+    ) -> tether_actors::call::BoxFuture<'_, Result<(), AgentError>>;
+
     /// Drops the instance of `id` installed as `epoch` (a move aborted).
     fn discard(&self, id: &AgentId, epoch: u64) -> tether_actors::call::BoxFuture<'_, ()>;
 

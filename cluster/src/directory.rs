@@ -13,5 +13,7 @@
 pub mod placement;
 pub mod protocol;
 
-pub use placement::{choose, owner, owner_and_backup, role_allows, Candidate, PlacementError};
+pub use placement::{
+    choose, fits, owner, owner_and_backup, role_allows, Candidate, PlacementError,
+};
 pub use protocol::{AgentSpec, DirAnswer, DirMsg, EntryCopy, Location};

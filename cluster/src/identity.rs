@@ -93,6 +93,37 @@ pub struct NodeInfo {
     /// Agent kinds the node can host.
     #[serde(default)]
     pub kinds: Vec<String>,
+    /// Capabilities it offers (`fs`, `gpu`, ...), matched against agents' `needs` labels.
+    #[serde(default)]
+    pub caps: Vec<String>,
+}
+
+/// The capabilities a node of `role` offers unless told otherwise: a local node (a device)
+/// has files (`fs`); a remote node offers nothing it was not given.
+pub fn default_caps(role: Role) -> Vec<String> {
+    match role {
+        Role::Local => vec!["fs".to_owned()],
+        Role::Remote => Vec::new(),
+    }
+}
+
+/// Checks a capability name: 1 to 32 bytes of `[a-z0-9_.-]`.
+///
+/// # Errors
+/// Why it is not one.
+pub fn validate_cap(cap: &str) -> Result<(), String> {
+    let ok = !cap.is_empty()
+        && cap.len() <= 32
+        && cap
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "capability {cap:?}: use 1 to 32 of a-z, 0-9, '_', '.', '-'"
+        ))
+    }
 }
 
 /// Of two nodes, the one that opens their connection.

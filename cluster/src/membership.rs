@@ -273,7 +273,18 @@ impl Members {
         self.peers.get(name).map(|m| m.info.role)
     }
 
-    /// The kinds a node registered, this one's included.
+    /// The capabilities a node offers, this one's included (empty if unknown).
+    pub fn caps_of(&self, name: &str) -> &[String] {
+        if name == self.me.name {
+            return &self.me.caps;
+        }
+        self.peers
+            .get(name)
+            .map(|m| m.info.caps.as_slice())
+            .unwrap_or_default()
+    }
+
+    /// The kinds `name` registered (empty if unknown).
     pub fn kinds_of(&self, name: &str) -> &[String] {
         if name == self.me.name {
             return &self.me.kinds;
@@ -414,6 +425,7 @@ mod tests {
             addr: "127.0.0.1:1".parse().unwrap(),
             incarnation: 1,
             kinds: kinds.iter().map(|k| (*k).to_owned()).collect(),
+            caps: Vec::new(),
         }
     }
 

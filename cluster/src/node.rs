@@ -84,6 +84,18 @@ struct Seed {
     failures: u32,
 }
 
+impl Seed {
+    /// A seed not dialled yet.
+    fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            pending: false,
+            last_end: None,
+            failures: 0,
+        }
+    }
+}
+
 /// What a node's tasks share.
 pub(crate) struct Shared {
     me: NodeInfo,
@@ -149,6 +161,7 @@ impl Node {
             addr,
             incarnation,
             kinds: host.kinds(),
+            caps: cfg.caps.clone(),
         };
         let sup = Arc::new(NodeSupervisor::start(host.clone(), cfg.root_intensity).await?);
         let ractor = ractor_bridge::start_node_server(&me, &ca)
@@ -185,12 +198,7 @@ impl Node {
             .seeds
             .iter()
             .filter(|a| **a != addr)
-            .map(|&addr| Seed {
-                addr,
-                pending: false,
-                last_end: None,
-                failures: 0,
-            })
+            .map(|&addr| Seed::new(addr))
             .collect();
         let shared = Arc::new(Shared {
             me: me.clone(),

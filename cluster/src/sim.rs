@@ -357,6 +357,7 @@ impl<R: Roles> Sim<R> {
                 addr: net::addr(i),
                 incarnation: 1,
                 kinds: KINDS.iter().map(|k| (*k).to_owned()).collect(),
+                caps: Vec::new(),
             };
             sim.nodes.push(SimNode {
                 info,

@@ -461,7 +461,7 @@ impl Owner {
                 registered: cx.members.kinds_of(&c.name).join(", "),
             });
         }
-        directory::role_allows(&claim.spec.placement, c.role).map_err(|why| {
+        directory::fits(&claim.spec.placement, c.role, &c.caps).map_err(|why| {
             AgentError::Placement {
                 reason: format!("{} cannot run on {t}: {why}", claim.id),
             }
@@ -489,6 +489,7 @@ impl Owner {
             .into_iter()
             .map(|(name, role, has_kind)| Candidate {
                 load: self.entries.load(&name),
+                caps: cx.members.caps_of(&name).to_vec(),
                 has_kind,
                 name,
                 role,

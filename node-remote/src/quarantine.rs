@@ -88,6 +88,7 @@ mod tests {
                 addr: "127.0.0.1:1".parse().unwrap(),
                 incarnation,
                 kinds: Vec::new(),
+                caps: Vec::new(),
             },
             detector: Detector::new(DetectorConfig::default(), incarnation, Instant::now()),
             left: false,

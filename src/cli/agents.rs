@@ -90,7 +90,8 @@ pub(crate) struct SpawnArgs {
     /// Preferred side: local, remote or any.
     #[arg(long)]
     prefer: Option<String>,
-    /// Capabilities the host must have.
+    /// Capabilities the host must offer (`tether node --cap`; a local node offers fs): the
+    /// agent is placed, failed over and moved only to nodes that offer them all.
     #[arg(long, value_delimiter = ',')]
     needs: Vec<String>,
     /// Restart type: permanent (default), transient or temporary.

@@ -56,6 +56,11 @@ pub(crate) struct NodeArgs {
     #[arg(long, env = "TETHER_SBR_DOWN_MARGIN", default_value = "1100ms",
           value_parser = super::agents::parse_timeout)]
     sbr_down_margin: std::time::Duration,
+    /// Capabilities this node offers, matched against agents' `needs` labels (`--needs` of
+    /// `tether spawn`): comma-separated names such as fs,gpu. Default: `fs` on a local node
+    /// (a device has files), none on a remote node. `--cap none` offers none.
+    #[arg(long = "cap", env = "TETHER_CAPS", value_delimiter = ',')]
+    caps: Option<Vec<String>>,
     /// Also register the demonstration kinds (flaky, sleeper, sink, ledger, audit), which let anyone
     /// who may spawn agents crash agents, hold handlers and write journals under the state
     /// directory. `tether up` turns this on for its nodes.
@@ -80,6 +85,16 @@ pub(crate) async fn run(a: NodeArgs) -> anyhow::Result<ExitCode> {
              losing side must have fenced before the winning side downs it)"
         );
     }
+    let caps = match a.caps {
+        None => tether_cluster::identity::default_caps(a.role),
+        Some(c) if c == ["none"] => Vec::new(),
+        Some(c) => {
+            for cap in &c {
+                tether_cluster::identity::validate_cap(cap).map_err(anyhow::Error::msg)?;
+            }
+            c
+        }
+    };
     let mut timing = Timing::default();
     timing.sbr.stable_after = a.sbr_stable_after;
     timing.sbr.down_margin = a.sbr_down_margin;
@@ -98,6 +113,7 @@ pub(crate) async fn run(a: NodeArgs) -> anyhow::Result<ExitCode> {
         } else {
             Kinds::builtin()
         },
+        caps,
         root_intensity: tether_supervision::Intensity::node_root(),
         outbox_max: a.outbox_max,
     };

@@ -2,7 +2,6 @@
 //! (see the [module doc](super) for the list), and the hand-over.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 use super::{Delivery, Host, Hosted, Spec, MAX_QUEUED_WHILE_DOWN, SESSION_SHIFT};
 use crate::body::Body;
@@ -183,10 +182,10 @@ impl Host {
     fn check(&self, d: &Delivery, spec: &Spec, stats: &AgentStats) -> Result<(), AgentError> {
         check_head(&d.target, d.epoch, d.contract.as_ref(), spec)?;
         if d.seq != 0 && d.in_process && spec.floor != spec.epoch {
-            note_seq(stats, &d.sender, d.seq);
+            stats.raise_seq(&d.sender, d.seq);
         }
         if d.seq != 0 && !d.in_process {
-            with_last_seq(stats, &d.sender, |last| {
+            stats.with_last_seq(&d.sender, |last| {
                 admit_seq(last, d.seq, stats).map_err(|()| AgentError::Duplicate {
                     id: d.target.to_string(),
                     sender: d.sender.to_string(),
@@ -235,7 +234,7 @@ impl Host {
         }
         let mut refused = Vec::new();
         let mut calls = Vec::with_capacity(msgs.len());
-        with_last_seq(&h.stats, &sender, |last| {
+        h.stats.with_last_seq(&sender, |last| {
             for m in msgs {
                 if m.seq != 0 && admit_seq(last, m.seq, &h.stats).is_err() {
                     let e = AgentError::Duplicate {
@@ -328,29 +327,6 @@ fn check_head(
         }
     }
     Ok(())
-}
-
-/// Runs `f` on the last sequence number accepted from `sender` (0: none yet), under the
-/// agent's sequence lock.
-fn with_last_seq<R>(stats: &AgentStats, sender: &Arc<str>, f: impl FnOnce(&mut u64) -> R) -> R {
-    let mut guard = stats
-        .last_seq
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let table = guard.get_or_insert_with(Box::default);
-    let last = match table.get_mut(&**sender) {
-        Some(l) => l,
-        None => table.entry(sender.clone()).or_insert(0),
-    };
-    f(last)
-}
-
-/// Records that a message numbered `seq` from `sender` reached the agent in process (not
-/// checked: see the module doc). Only for an agent that arrived by a move: its source may
-/// still relay older messages of a sender of this node, sent before the sender learned that
-/// the agent runs here; they must be refused, not applied after newer ones.
-pub(crate) fn note_seq(stats: &AgentStats, sender: &Arc<str>, seq: u64) {
-    with_last_seq(stats, sender, |last| *last = (*last).max(seq));
 }
 
 /// The duplicate and gap check of one sequenced message: `Err` for a duplicate (counted);

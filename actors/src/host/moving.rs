@@ -42,8 +42,8 @@ pub const TOMBSTONE: Duration = Duration::from_secs(30);
 /// Sends a call for a moved agent on to its new host: `(target, contract, node, epoch, call)`.
 pub type Forwarder = Arc<dyn Fn(&AgentId, Contract, &str, u64, Call) + Send + Sync>;
 
-/// Told when an agent moved here runs for everyone.
-pub type ArrivalHook = Arc<dyn Fn(&AgentId) + Send + Sync>;
+/// Told when an agent moved here runs for everyone: the agent, and the node it came from.
+pub type ArrivalHook = Arc<dyn Fn(&AgentId, &str) + Send + Sync>;
 
 /// Where a moved agent went.
 #[derive(Debug, Clone)]
@@ -428,10 +428,11 @@ impl Host {
         self.moved.remove(id);
         self.agents.insert(id.clone(), i.hosted.clone());
         i.hosted.actor.start_if_timed();
+        let source = i.source.clone();
         drop(i);
         self.installed.remove(id);
         if let Some(f) = self.arrived.get() {
-            f(id); // this node's senders send here directly from now on
+            f(id, &source); // this node's senders send here directly, once nothing overtakes
         }
         debug!(agent = %id, epoch, "installed agent runs");
     }

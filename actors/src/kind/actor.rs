@@ -375,11 +375,11 @@ impl<A: Agent> AgentActor<A> {
     /// handled: under the agent's scope, a trace of its own, the handler deadline; an `Err`
     /// fails the agent. Stops at a freeze or a stop asked for: the rest stay set.
     async fn fire_timers(&self, st: &mut ActorState<A>) -> Result<(), ActorProcessingErr> {
-        while let Some(name) = st.ctx.timers.pop_due(crate::host::now_unix_ms()) {
+        while let Some(name) = st.ctx.timers.pop_due(crate::timers::now_unix_ms()) {
             if let Some(refusal) = self.gate.as_ref().and_then(|g| g()) {
                 // the node must not act now (paused past its lease, fenced): the timer waits
                 warn!(id = %st.ctx.id(), timer = %name, %refusal, "timer held");
-                st.ctx.timers.set(name, crate::host::now_unix_ms() + 100);
+                st.ctx.timers.set(name, crate::timers::now_unix_ms() + 100);
                 return Ok(());
             }
             let trace = TraceContext::new_root();

@@ -169,10 +169,7 @@ impl Inbound {
                     tx.send(Response::Done { req, result });
                 });
             }
-            Request::Barrier { req, .. } => {
-                let result = Ok(Answer::Passed);
-                tx.send(Response::Done { req, result });
-            }
+            Request::Barrier { req, id, relayed } => self.barrier(peer, req, id, relayed, tx),
             Request::Drained { req, id, epoch } => {
                 self.host.drained(&id, epoch);
                 let result = Ok(Answer::Drained);
@@ -192,6 +189,27 @@ impl Inbound {
     /// A tell from a local node's outbox, which removes it once answered: answered when it is
     /// in the agent's mailbox, or, for an `acked` agent, once the checkpoint that covers it is
     /// durable (the agent answers it as an ask whose reply is dropped).
+    /// A barrier (see [`Request::Barrier`]): answered at once, or once passed on along the
+    /// way to the agent (`relayed`).
+    fn barrier(
+        &self,
+        peer: &str,
+        req: u64,
+        id: tether_actors::AgentId,
+        relayed: bool,
+        tx: &Answers,
+    ) {
+        if !relayed {
+            let result = Ok(Answer::Passed);
+            return tx.send(Response::Done { req, result });
+        }
+        let (control, tx, from) = (self.control.clone(), tx.clone(), peer.to_owned());
+        tokio::spawn(async move {
+            let result = control.barrier(&from, id).await.map(|()| Answer::Passed);
+            tx.send(Response::Done { req, result });
+        });
+    }
+
     fn deliver_for_outbox(&self, peer: &str, req: u64, env: Envelope, tx: &Answers) {
         let acked = self.host.durability_of(&env.target) == Some(tether_actors::Durability::Acked);
         if !acked {

@@ -120,6 +120,13 @@ pub enum Request {
         req: u64,
         /// The agent moving.
         id: AgentId,
+        /// From a move's target once the agent runs there, to where its own senders' route
+        /// pointed: answered only once everything sent the agent that way before has reached
+        /// it (each node that forwards the agent's messages passes the barrier on to where it
+        /// forwards them, and answers once that is answered). Until then the target's own
+        /// senders keep their route, so their messages still on that way are not overtaken.
+        #[serde(default)]
+        relayed: bool,
     },
     /// Move `id`, which runs here, to `to` (None: where its placement allows): answered
     /// `Moved`.

@@ -235,6 +235,9 @@ pub struct NodeStatus {
     /// Agent kinds this node can host.
     #[serde(default)]
     pub kinds: Vec<String>,
+    /// Capabilities it offers (matched against agents' `needs`).
+    #[serde(default)]
+    pub caps: Vec<String>,
     /// Agents hosted here.
     #[serde(default)]
     pub agents_hosted: u64,

@@ -9,8 +9,8 @@
 //!
 //! **Placement.** Among the up nodes that registered the kind: a `local-only` agent only on a
 //! local node (and only the requesting one: see the runtime), `heavy` compute only on remote
-//! nodes; `prefer` narrows to its side when that side has a candidate; then the least loaded
-//! (fewest agents), ties broken by name.
+//! nodes, a `needs` label only on nodes offering that capability; `prefer` narrows to its side
+//! when that side has a candidate; then the least loaded (fewest agents), ties broken by name.
 
 use serde::{Deserialize, Serialize};
 use tether_actors::{Compute, Placement, Prefer};
@@ -77,6 +77,9 @@ pub struct Candidate {
     pub has_kind: bool,
     /// Agents it hosts (as far as the chooser knows).
     pub load: usize,
+    /// Capabilities it offers.
+    #[serde(default)]
+    pub caps: Vec<String>,
 }
 
 /// Why no node fits.
@@ -106,6 +109,27 @@ pub fn role_allows(p: &Placement, role: Role) -> Result<(), String> {
     Ok(())
 }
 
+/// The first of `p`'s `needs` that `caps` lacks, if any.
+pub fn missing_need<'a>(p: &'a Placement, caps: &[String]) -> Option<&'a str> {
+    p.needs
+        .iter()
+        .find(|n| !caps.iter().any(|c| c == *n))
+        .map(String::as_str)
+}
+
+/// Whether a node of `role` offering `caps` may host an agent with `p`: its role, then its
+/// capabilities (the refusal names the label that did not match).
+pub fn fits(p: &Placement, role: Role, caps: &[String]) -> Result<(), String> {
+    role_allows(p, role)?;
+    match missing_need(p, caps) {
+        Some(need) => Err(format!(
+            "it needs capability {need} (needs={}), which the node does not offer",
+            p.needs.join(",")
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Picks the node for a new agent of `kind` with labels `p`.
 ///
 /// # Errors
@@ -122,10 +146,32 @@ pub fn choose<'a>(
     let allowed: Vec<&Candidate> = with_kind
         .iter()
         .copied()
-        .filter(|c| role_allows(p, c.role).is_ok())
+        .filter(|c| fits(p, c.role, &c.caps).is_ok())
         .collect();
     if allowed.is_empty() {
-        let why = role_allows(p, with_kind[0].role).err().unwrap_or_default();
+        // the role rule, if it rules them all out; else the capability no eligible node has
+        let by_role: Vec<&Candidate> = with_kind
+            .iter()
+            .copied()
+            .filter(|c| role_allows(p, c.role).is_ok())
+            .collect();
+        let why = match by_role.first() {
+            None => role_allows(p, with_kind[0].role).err().unwrap_or_default(),
+            Some(_) => {
+                let offered = |n: &String| by_role.iter().any(|c| c.caps.contains(n));
+                match p.needs.iter().find(|n| !offered(n)) {
+                    Some(need) => format!(
+                        "it needs capability {need} (needs={}), which no node that may host it \
+                         offers",
+                        p.needs.join(",")
+                    ),
+                    None => format!(
+                        "it needs capabilities {}, which no single node that may host it offers",
+                        p.needs.join(",")
+                    ),
+                }
+            }
+        };
         return Err(PlacementError::NoFit {
             kind: kind.to_owned(),
             why,
@@ -161,7 +207,45 @@ mod tests {
             role,
             has_kind: true,
             load,
+            caps: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_need_is_met_only_by_a_node_offering_it_and_a_refusal_names_it() {
+        let mut fs_node = c("l1", Role::Local, 9);
+        fs_node.caps = vec!["fs".into()];
+        let nodes = [c("r1", Role::Remote, 0), fs_node, c("r2", Role::Remote, 1)];
+        let p = Placement {
+            needs: vec!["fs".into()],
+            ..Placement::default()
+        };
+        assert_eq!(
+            choose("k", &p, &nodes).unwrap().name,
+            "l1",
+            "despite its load"
+        );
+        let gpu = Placement {
+            needs: vec!["fs".into(), "gpu".into()],
+            ..Placement::default()
+        };
+        let e = choose("k", &gpu, &nodes).unwrap_err().to_string();
+        assert!(
+            e.contains("capability gpu") && e.contains("needs=fs,gpu"),
+            "{e}"
+        );
+        // the role rule speaks first when it is what rules every node out
+        let heavy_fs = Placement {
+            compute: Compute::Heavy,
+            ..p.clone()
+        };
+        let e = choose("k", &heavy_fs, &nodes[1..2])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("heavy agents run only on remote nodes"), "{e}");
+        let e = fits(&p, Role::Remote, &[]).unwrap_err();
+        assert!(e.contains("capability fs"), "{e}");
+        assert!(fits(&p, Role::Local, &["gpu".into(), "fs".into()]).is_ok());
     }
 
     #[test]

@@ -70,6 +70,9 @@ pub struct NodeConfig {
     pub fault_seed: u64,
     /// Agent kinds this node can host.
     pub kinds: Kinds,
+    /// Capabilities it offers, matched against agents' `needs` labels
+    /// ([`crate::identity::default_caps`] unless set).
+    pub caps: Vec<String>,
     /// Budget of the node's root supervisor (past it, every agent of the node stops).
     pub root_intensity: tether_supervision::Intensity,
     /// Most tells a local node keeps for agents it cannot reach (its outbox; remote nodes
@@ -101,6 +104,7 @@ impl NodeConfig {
             timing: Timing::default(),
             fault_seed: 1,
             kinds: Kinds::builtin(),
+            caps: crate::identity::default_caps(role),
             root_intensity: tether_supervision::Intensity::node_root(),
             outbox_max: DEFAULT_OUTBOX_MAX,
         })

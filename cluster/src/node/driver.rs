@@ -180,11 +180,13 @@ impl Driver {
         });
         driver.host.set_checkpoints(driver.durable.clone());
         let weak = Arc::downgrade(&driver);
-        driver.host.set_arrival_listener(Arc::new(move |id| {
-            if let Some(d) = weak.upgrade() {
-                d.routes.forget(id);
-            }
-        }));
+        driver
+            .host
+            .set_arrival_listener(Arc::new(move |id, _source| {
+                if let Some(d) = weak.upgrade() {
+                    d.arrived(id.clone());
+                }
+            }));
         driver.host.set_forwarder(crate::agents::forward::forwarder(
             Arc::downgrade(&driver.io),
             driver.me.clone(),
@@ -465,6 +467,15 @@ impl ControlPlane for Driver {
     ) -> tether_actors::call::BoxFuture<'_, Result<Activation, AgentError>> {
         let from = from.to_owned();
         Box::pin(async move { self.install_here(&from, id, epoch, spec, cp).await })
+    }
+
+    fn barrier(
+        &self,
+        peer: &str,
+        id: AgentId,
+    ) -> tether_actors::call::BoxFuture<'_, Result<(), AgentError>> {
+        let _ = peer;
+        Box::pin(async move { self.barrier_along(id).await })
     }
 
     fn discard(&self, id: &AgentId, epoch: u64) -> tether_actors::call::BoxFuture<'_, ()> {

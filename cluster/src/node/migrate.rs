@@ -213,11 +213,12 @@ impl Driver {
     pub(crate) fn choose_target(&self, id: &AgentId) -> Result<String, AgentError> {
         let placement = self.host.placement_of(id).unwrap_or_default();
         let view = self.view();
+        let caps = |n: &str| self.read(|c| c.members().caps_of(n).to_vec());
         let candidates: Vec<(&str, crate::Role)> = view
             .up
             .members(id.kind())
             .filter(|(n, role, has)| {
-                *has && *n != self.me && directory::role_allows(&placement, *role).is_ok()
+                *has && *n != self.me && directory::fits(&placement, *role, &caps(n)).is_ok()
             })
             .map(|(n, role, _)| (n, role))
             .collect();
@@ -268,7 +269,8 @@ impl Driver {
             });
         }
         let placement = self.host.placement_of(id).unwrap_or_default();
-        directory::role_allows(&placement, role).map_err(|why| AgentError::Placement {
+        let caps = self.read(|c| c.members().caps_of(to).to_vec());
+        directory::fits(&placement, role, &caps).map_err(|why| AgentError::Placement {
             reason: format!("{id} cannot run on {to}: {why}"),
         })?;
         match self.sup.root_policy(id).await {
@@ -437,6 +439,7 @@ impl Driver {
             let barrier = |req| Request::Barrier {
                 req,
                 id: id.clone(),
+                relayed: false,
             };
             if let Err(e) = self.io.request(from, barrier, INSTALL_TIMEOUT).await {
                 act = Err(e);
@@ -484,6 +487,56 @@ impl Driver {
     }
 
     /// The target's side of an abort.
+    /// Passes a barrier to `peer` (see `Request::Barrier`); `relayed`: and back from it.
+    pub(crate) async fn pass_barrier(
+        &self,
+        peer: &str,
+        id: AgentId,
+        relayed: bool,
+    ) -> Result<(), AgentError> {
+        let barrier = |req| Request::Barrier { req, id, relayed };
+        match self.io.request(peer, barrier, INSTALL_TIMEOUT).await? {
+            Answer::Passed => Ok(()),
+            other => Err(AgentError::Internal(format!(
+                "unexpected answer to a barrier: {other:?}"
+            ))),
+        }
+    }
+
+    /// An agent moved here runs: this node's senders send to it here directly once what they
+    /// sent it the old way has come back relayed (a barrier along that way: see
+    /// `Request::Barrier`); until then their route keeps them on that way, in order.
+    pub(crate) fn arrived(self: &Arc<Self>, id: AgentId) {
+        let via = match self.routes.0.get(&id).as_deref() {
+            Some(crate::agents::routes::Route::Remote(loc)) if loc.node != self.me => {
+                loc.node.clone()
+            }
+            _ => return, // this node's senders find it here already: nothing on the way
+        };
+        let me = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = me.pass_barrier(&via, id.clone(), true).await {
+                tracing::debug!(agent = %id, %via, error = %e, "no barrier back along the old way");
+            }
+            // unless the route changed meanwhile (the agent moved on: the route is the way
+            // to it then, and forgetting it would let newer messages overtake older ones)
+            use crate::agents::routes::Route;
+            me.routes.0.remove_if(&id, |_, r| {
+                matches!(r, Route::Remote(loc) if loc.node == via)
+                    && me.host.epoch_of(&id).is_some()
+            });
+        });
+    }
+
+    /// A barrier that came along the way to `id` (see `Request::Barrier`): passed on to where
+    /// this node forwards `id`'s messages, if it does, so that it comes after them.
+    pub(crate) async fn barrier_along(&self, id: AgentId) -> Result<(), AgentError> {
+        match self.host.moved_to(&id) {
+            Some((to, _)) if to != self.me => self.pass_barrier(&to, id, true).await,
+            _ => Ok(()),
+        }
+    }
+
     pub(crate) async fn discard_here(&self, id: &AgentId, epoch: u64) {
         if self.host.epoch_of(id) == Some(epoch) {
             let _ = self.sup.forget(id).await;

@@ -65,6 +65,7 @@ impl Shared {
             datagrams_dropped: dropped,
             datagrams_delayed: delayed,
             kinds: self.me.kinds.clone(),
+            caps: self.me.caps.clone(),
             agents_hosted: self
                 .host
                 .list()

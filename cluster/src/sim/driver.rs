@@ -131,7 +131,7 @@ impl<R: Roles> Sim<R> {
             })
         } else {
             let local_only = order.record.placement.is_local_only();
-            let spec = AgentSpec::of(&order.record, order.policy.clone(), order.group.clone());
+            let spec = AgentSpec::of(&order.record, order.policy, order.group.clone());
             let (epoch, created) = node.host.activate(&order.id, order.epoch, local_only, spec);
             if created {
                 self.say(Some(i), format!("activated {} at epoch {epoch}", order.id));
@@ -177,14 +177,12 @@ impl<R: Roles> Sim<R> {
         let names: Vec<_> = stopped.iter().map(|(id, epoch, _)| (id, epoch)).collect();
         self.say(Some(i), format!("fence stopped {names:?}"));
         if let Some(c) = self.nodes[i].core.as_mut() {
-            for (id, epoch, _) in &stopped {
-                c.agent_exited(id.clone(), *epoch, None, now);
+            let mut specs = Vec::new();
+            for (id, epoch, spec) in stopped {
+                c.agent_exited(id.clone(), epoch, None, now);
+                specs.extend(spec.map(|s| (id, epoch, s)));
             }
-            let stopped = stopped
-                .into_iter()
-                .filter_map(|(id, epoch, spec)| Some((id, epoch, spec?)))
-                .collect();
-            c.fence_done(stopped, now);
+            c.fence_done(specs, now);
         }
         self.pump(i);
     }
