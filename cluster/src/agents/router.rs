@@ -71,7 +71,7 @@ impl Router {
         control: ControlRef,
         (io, routes, counters): (Arc<PeerIo>, Arc<Routes>, Arc<Counters>),
     ) -> Arc<Self> {
-        Arc::new_cyclic(|myself| Self {
+        let router = Arc::new_cyclic(|myself| Self {
             myself: myself.clone(),
             me: me.to_owned(),
             me_sender: me.into(),
@@ -83,7 +83,17 @@ impl Router {
             node_seqs: DashMap::default(),
             seqs: DashMap::new(),
             seq_base: incarnation << tether_actors::host::SESSION_SHIFT,
-        })
+        });
+        // an agent that moved here: this node's senders switch to it once nothing overtakes
+        let arrivals = Arc::downgrade(&router);
+        router
+            .host
+            .set_arrival_listener(Arc::new(move |id, _source| {
+                if let Some(r) = arrivals.upgrade() {
+                    r.arrived(id.clone());
+                }
+            }));
+        router
     }
 
     /// The agents this node hosts.

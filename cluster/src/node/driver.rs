@@ -179,14 +179,6 @@ impl Driver {
             myself: myself.clone(),
         });
         driver.host.set_checkpoints(driver.durable.clone());
-        let weak = Arc::downgrade(&driver);
-        driver
-            .host
-            .set_arrival_listener(Arc::new(move |id, _source| {
-                if let Some(d) = weak.upgrade() {
-                    d.arrived(id.clone());
-                }
-            }));
         driver.host.set_forwarder(crate::agents::forward::forwarder(
             Arc::downgrade(&driver.io),
             driver.me.clone(),

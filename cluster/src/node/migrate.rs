@@ -503,31 +503,6 @@ impl Driver {
         }
     }
 
-    /// An agent moved here runs: this node's senders send to it here directly once what they
-    /// sent it the old way has come back relayed (a barrier along that way: see
-    /// `Request::Barrier`); until then their route keeps them on that way, in order.
-    pub(crate) fn arrived(self: &Arc<Self>, id: AgentId) {
-        let via = match self.routes.0.get(&id).as_deref() {
-            Some(crate::agents::routes::Route::Remote(loc)) if loc.node != self.me => {
-                loc.node.clone()
-            }
-            _ => return, // this node's senders find it here already: nothing on the way
-        };
-        let me = self.clone();
-        tokio::spawn(async move {
-            if let Err(e) = me.pass_barrier(&via, id.clone(), true).await {
-                tracing::debug!(agent = %id, %via, error = %e, "no barrier back along the old way");
-            }
-            // unless the route changed meanwhile (the agent moved on: the route is the way
-            // to it then, and forgetting it would let newer messages overtake older ones)
-            use crate::agents::routes::Route;
-            me.routes.0.remove_if(&id, |_, r| {
-                matches!(r, Route::Remote(loc) if loc.node == via)
-                    && me.host.epoch_of(&id).is_some()
-            });
-        });
-    }
-
     /// A barrier that came along the way to `id` (see `Request::Barrier`): passed on to where
     /// this node forwards `id`'s messages, if it does, so that it comes after them.
     pub(crate) async fn barrier_along(&self, id: AgentId) -> Result<(), AgentError> {

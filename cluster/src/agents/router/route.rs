@@ -12,6 +12,10 @@ use crate::agents::encode_for_wire;
 use crate::agents::routes::{take_queue, Outgoing, Route};
 use crate::directory::Location;
 
+/// How long this node's senders of an agent that moved here wait for the barrier along their
+/// old route (see [`Router::arrived`]) before they send here anyway.
+const BARRIER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// What a delivery to this node's host came to.
 pub(super) enum LocalOutcome {
     /// Handed to the agent (or held for its restart).
@@ -117,7 +121,37 @@ impl Router {
         }
     }
 
-    async fn resolve(&self, target: AgentId) {
+    /// An agent moved here runs (see `Request::Barrier`). If this node's senders had a route
+    /// to it elsewhere, what they sent that way is still coming back relayed: their new
+    /// messages wait (the route is being resolved) until a barrier passed along the old way
+    /// comes back, then the route is resolved again (here, as a rule) and they go on, in order.
+    pub(crate) fn arrived(self: &Arc<Self>, id: AgentId) {
+        let via = {
+            let Some(mut entry) = self.routes.0.get_mut(&id) else {
+                return; // no route: this node's senders find it here already
+            };
+            let via = match &*entry {
+                Route::Remote(loc) if loc.node != self.me => loc.node.clone(),
+                _ => return,
+            };
+            *entry = Route::Resolving(std::sync::Mutex::new(Vec::new()));
+            via
+        };
+        let me = self.clone();
+        tokio::spawn(async move {
+            let barrier = |req| crate::agents::protocol::Request::Barrier {
+                req,
+                id: id.clone(),
+                relayed: true,
+            };
+            if let Err(e) = me.io.request(&via, barrier, BARRIER_WAIT).await {
+                debug!(agent = %id, %via, error = %e, "no barrier back along the old way");
+            }
+            me.resolve(id).await;
+        });
+    }
+
+    pub(super) async fn resolve(&self, target: AgentId) {
         let found = self.lookup(&target).await;
         // take the queue and install the route under the entry lock, so that no message
         // sent meanwhile overtakes the queued ones
