@@ -153,14 +153,12 @@ async fn a_timer_set_again_in_on_timer_repeats_and_a_cancelled_one_never_fires()
     ask(&h, "reminder/b", 2, Msg::Set("never".into(), 60)).await;
     let left = ask(&h, "reminder/b", 3, Msg::Cancel("never".into())).await;
     assert_eq!(left, vec!["tick"]);
-    assert_eq!(until(&log, 3).await, vec!["n1:tick"; 3]);
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    assert_eq!(
-        log.lock().unwrap().len(),
-        3,
-        "a cancelled timer stays quiet"
-    );
-    assert!(ask(&h, "reminder/b", 4, Msg::Timers).await.is_empty());
+    // a timer due after the cancelled one: once it fired, the cancelled one would have
+    ask(&h, "reminder/b", 4, Msg::Set("after".into(), 90)).await;
+    let mut fired = until(&log, 4).await;
+    fired.sort();
+    assert_eq!(fired, ["n1:after", "n1:tick", "n1:tick", "n1:tick"]);
+    assert!(ask(&h, "reminder/b", 5, Msg::Timers).await.is_empty());
 }
 
 #[tokio::test]
@@ -204,14 +202,18 @@ async fn a_timer_moves_with_the_agent_and_fires_once_at_the_target() {
     )
     .await
     .expect("installs");
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert!(log.lock().unwrap().is_empty(), "an installed agent waits");
+    let due = timers[0].deadline_unix_ms + 50;
+    while tether_actors::timers::now_unix_ms() < due {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(log.lock().unwrap().is_empty(), "an installed agent waits past its deadline");
     a.moved(&id("reminder/m"), "n2", 2, frozen.calls);
     b.drained(&id("reminder/m"), 2);
     // its deadline has passed: it fires at once, at the target only
     assert_eq!(until(&log, 1).await, vec!["n2:due"]);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(log.lock().unwrap().len(), 1);
+    // and once: a later timer fires after it, alone
+    ask(&b, "reminder/m", 2, Msg::Set("after".into(), 20)).await;
+    assert_eq!(until(&log, 2).await, vec!["n2:due", "n2:after"]);
 }
 
 /// Keeps the newest checkpoint of each agent, durable at once.
