@@ -206,7 +206,10 @@ async fn a_timer_moves_with_the_agent_and_fires_once_at_the_target() {
     while tether_actors::timers::now_unix_ms() < due {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert!(log.lock().unwrap().is_empty(), "an installed agent waits past its deadline");
+    assert!(
+        log.lock().unwrap().is_empty(),
+        "an installed agent waits past its deadline"
+    );
     a.moved(&id("reminder/m"), "n2", 2, frozen.calls);
     b.drained(&id("reminder/m"), 2);
     // its deadline has passed: it fires at once, at the target only
